@@ -18,6 +18,7 @@ SILENT = "silent"                # peak below the silence threshold everywhere
 NON_FINITE = "non_finite"        # NaN or inf samples
 CHANNELS = "channels"            # unsupported channel count
 UNMATCHED = "unmatched"          # a pair member without its partner
+PARTNER_REFUSED = "partner_refused"  # a pair member whose partner was refused
 AMBIGUOUS = "ambiguous"          # several candidates for one pair partner
 LENGTH_MISMATCH = "length_mismatch"  # pair members differ in length beyond the tolerance
 OFFSET = "offset"                # pair members are shifted in time beyond the threshold
