@@ -7,6 +7,39 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and run frame-primer vocal removers.")
 
 
+@app.callback()
+def cli() -> None:
+    """Train and run frame-primer vocal removers."""
+    # A callback keeps `vrtrain` a command group even while it has a single command.
+
+
+@app.command()
+def presets() -> None:
+    """List the model presets with their parameter counts."""
+    from rich.table import Table
+
+    from pipelines.common import console
+    from vr_model.presets import DESCRIPTIONS, PRESETS, SEED_PARAMETERS, count_parameters
+
+    table = Table(title="model presets")
+    for column in ("preset", "parameters", "vs seed 108,229,338", "channels", "primers enc/dec", "heads", "max frames", "about"):
+        table.add_column(column, justify="right" if column in ("parameters", "vs seed 108,229,338", "heads", "max frames") else "left")
+    for name, config in PRESETS.items():
+        parameters = count_parameters(config)
+        ratio = parameters / SEED_PARAMETERS - 1
+        table.add_row(
+            name,
+            f"{parameters:,}",
+            f"{ratio * 100:+.2f}%" if abs(ratio) < 0.1 else "-",
+            " ".join(str(width) for width in config.channels),
+            f"{'/'.join(map(str, config.encoder_primers))} | {'/'.join(map(str, config.decoder_primers))}",
+            str(config.num_heads),
+            str(config.max_frames),
+            DESCRIPTIONS.get(name, ""),
+        )
+    console.print(table)
+
+
 def main() -> None:
     app()
 
