@@ -118,3 +118,33 @@ def crop_level_dbfs(stored: np.ndarray, window_energy: float) -> float:
     if power <= 0.0:
         return float("-inf")
     return 10.0 * np.log10(power / window_energy)
+
+
+def mix_complex(
+    a: np.ndarray,
+    target: np.ndarray | None = None,
+    vocal: np.ndarray | None = None,
+    *,
+    vocal_gain: tuple[float, float] = (1.0, 1.0),
+    swap_a: bool = False,
+    swap_vocal: bool = False,
+    mono: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The same example as `mix_magnitudes`, as complex64 `(2, bins, frames)` mixture and target.
+
+    The reference path: previews (which need phase to resynthesise audio) and tests.
+    """
+    a_c = complex_from_stored(a)
+    t_c = a_c if target is None else complex_from_stored(target)
+    if swap_a:
+        a_c, t_c = a_c[::-1], t_c[::-1]
+    mixture = a_c.copy()
+    if vocal is not None:
+        v_c = complex_from_stored(vocal)
+        if swap_vocal:
+            v_c = v_c[::-1]
+        mixture = mixture + np.asarray(vocal_gain, np.float32)[:, None, None] * v_c
+    if mono:
+        mixture = np.repeat(mixture.mean(axis=0, keepdims=True), 2, axis=0)
+        t_c = np.repeat(t_c.mean(axis=0, keepdims=True), 2, axis=0)
+    return mixture.astype(np.complex64), np.ascontiguousarray(t_c, dtype=np.complex64)
