@@ -26,6 +26,7 @@ rounded on that grid.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
@@ -142,14 +143,19 @@ def _quantise_blocks(components: np.ndarray, target_snr_db: float) -> None:
         exponent = np.floor(np.log2(worst_case_step))
     exponent = np.clip(np.nan_to_num(exponent, neginf=MIN_STEP_EXPONENT), MIN_STEP_EXPONENT, 15)
     chosen = exponent.copy()
+    error = np.empty_like(components)
     for extra in (1, 2, 3):
         trial = exponent + extra
         step = np.exp2(trial).astype(np.float32)[:, :, None, None]
-        error = components - np.rint(components / step) * step
+        np.multiply(components, 1 / step, out=error)  # scaling by a power of two is exact
+        np.rint(error, out=error)
+        error *= step
+        np.subtract(components, error, out=error)
         error_energy = np.einsum("fcrb,fcrb->fc", error, error, dtype=np.float64)
         chosen = np.where(error_energy <= allowed, trial, chosen)
     step = np.exp2(chosen).astype(np.float32)[:, :, None, None]
-    np.rint(components / step, out=components)  # division by a power of two is exact
+    components *= 1 / step
+    np.rint(components, out=components)
     components *= step
 
 
@@ -194,9 +200,21 @@ def decode_frames_major(stored: np.ndarray, out: np.ndarray | None = None) -> np
     elif out.shape != (frames, channels, bins) or out.dtype != np.complex64 or not out.flags.c_contiguous:
         raise ValueError(f"out must be C-contiguous complex64 {(frames, channels, bins)}, got {out.dtype} {out.shape}")
     interleaved = out.view(np.float32).reshape(frames, channels, bins, 2)  # [re, im] pairs
-    interleaved[..., 0] = stored[:, :, 0]
-    interleaved[..., 1] = stored[:, :, 1]
+    if stored.dtype == np.float16:
+        # numpy's float16 cast is scalar code; a 256 KiB table lookup is about 1.5x faster here.
+        bits = stored.view(np.uint16)
+        interleaved[..., 0] = np.take(_float16_table(), bits[:, :, 0])
+        interleaved[..., 1] = np.take(_float16_table(), bits[:, :, 1])
+    else:
+        interleaved[..., 0] = stored[:, :, 0]
+        interleaved[..., 1] = stored[:, :, 1]
     return out
+
+
+@functools.lru_cache(maxsize=1)
+def _float16_table() -> np.ndarray:
+    """float32 value of every float16 bit pattern, `(65536,)`."""
+    return np.arange(65536, dtype=np.uint32).astype(np.uint16).view(np.float16).astype(np.float32)
 
 
 def decode_torch(stored):
