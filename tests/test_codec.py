@@ -57,6 +57,31 @@ def test_default_codec_keeps_40_db_on_every_track_within_the_size_budget(tracks,
     assert total_bytes / hours / 1e9 <= MAX_GB_PER_STEREO_HOUR
 
 
+def _coloured_noise(rng: np.random.Generator, samples: int, exponent: float) -> np.ndarray:
+    """Stereo noise with power falling as 1/f**exponent (0 white, 2 brown), RMS 0.2."""
+    spectrum = np.fft.rfft(rng.standard_normal((2, samples)), axis=-1)
+    spectrum /= np.maximum(np.arange(spectrum.shape[-1]), 1) ** (exponent / 2)
+    noise = np.fft.irfft(spectrum, n=samples, axis=-1)
+    return (0.2 * noise / noise.std()).astype(np.float32)
+
+
+def test_default_codec_keeps_40_db_on_spectral_extremes() -> None:
+    """Flat (white), bass-heavy (brown), one sub-bass sine, a DC offset under a tone."""
+    rng = np.random.default_rng(7)
+    samples = 4 * STFT.sample_rate
+    time = np.arange(samples) / STFT.sample_rate
+    signals = {
+        "white": _coloured_noise(rng, samples, 0.0),
+        "brown": _coloured_noise(rng, samples, 2.0),
+        "sub_bass": np.stack([0.7 * np.sin(2 * np.pi * 41 * time), 0.5 * np.sin(2 * np.pi * 41 * time + 1)]),
+        "dc_and_tone": np.stack([0.3 + 0.1 * np.sin(2 * np.pi * 440 * time)] * 2),
+    }
+    for name, audio in signals.items():
+        audio = audio.astype(np.float32)
+        snr, _ = _round_trip(audio, stft(audio, STFT), CodecConfig())
+        assert snr >= MIN_SNR_DB, f"{name}: {snr:.1f} dB"
+
+
 def test_quiet_passages_keep_their_own_snr(tracks, spectrograms) -> None:
     """Noise follows each block's level: the near-silent break of "mix" is not drowned."""
     audio, spec = tracks["mix"], spectrograms["mix"]
