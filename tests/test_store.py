@@ -1,0 +1,183 @@
+"""Reading stores: the Store API, zarr-python compatibility, WebDataset samples, verify, the CLI."""
+
+from __future__ import annotations
+
+import io
+import json
+import pickle
+import shutil
+import tarfile
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from test_build_support import GEOMETRY, STFT, corpus, built_store, load  # noqa: F401
+from pipelines.vrdata import app
+from vr_data.build import build_store
+from vr_data.errors import VRDataError
+from vr_data.store import iter_wds_samples, open_store
+from vr_data.store_verify import verify_store
+from vr_data.wds import iter_tar_samples
+
+runner = CliRunner()
+
+
+def test_store_json_and_layout(built_store):
+    meta = json.loads((built_store / "store.json").read_text())
+    assert meta["format"] == "vr-store" and meta["complete"] is True
+    assert meta["stft"] == STFT.to_dict() and meta["segment_frames"] == GEOMETRY.segment_frames
+    assert {m["role"] for m in meta["manifests"]} == {"pair", "vocal", "instrumental", "pretrain"}
+    assert all(len(m["sha256"]) == 64 for m in meta["manifests"])
+    assert set(meta["arrays"]) == {"pair_mixture", "pair_instrumental", "vocal", "instrumental", "pretrain"}
+    for name, array in meta["arrays"].items():
+        assert array["shape"][1:] == [2, 2, STFT.bins] and array["shard_frames"] == GEOMETRY.shard_frames
+    index = json.loads((built_store / "wds" / "index.json").read_text())
+    assert sum(s["samples"] for s in index["shards"]) == sum(index["samples"].values())
+    assert all(len(s["sha256"]) == 64 and s["bytes"] > 0 for s in index["shards"])
+
+
+def test_zarr_python_reads_what_tensorstore_wrote(built_store):
+    store = open_store(built_store)
+    group = zarr.open_group(built_store / "zarr", mode="r")
+    for track in store.tracks:
+        for source, name in track.arrays.items():
+            array = group[name]
+            assert array.shards[0] == GEOMETRY.shard_frames and array.chunks[0] == GEOMETRY.chunk_frames
+            by_zarr = array[track.zarr_start: track.zarr_start + track.frames]
+            assert np.array_equal(by_zarr, store.read_frames(track, source))
+            padding = array[track.zarr_start + track.frames: track.zarr_start + track.reserved_frames]
+            assert not np.any(padding)
+
+
+def test_read_api(built_store):
+    store = open_store(built_store)
+    pair = store.tracks_by_role("pair")[0]
+    assert store.tracks_by_role("pair", split=pair.split)[0] is not None
+    crop = store.read_frames(pair.id, "mixture", 10, 42)
+    assert crop.shape == (32, 2, 2, STFT.bins) and crop.dtype == np.float16
+    many = store.read_many([(pair, "mixture", 10, 42), (pair, "instrumental", 0, 5)])
+    assert np.array_equal(many[0], crop) and many[1].shape[0] == 5
+    spec = store.read_spectrogram(pair, "instrumental", 3, 9)
+    assert spec.shape == (2, STFT.bins, 6) and spec.dtype == np.complex64
+    with pytest.raises(ValueError, match="outside track"):
+        store.read_frames(pair, "mixture", pair.frames - 4, pair.frames + 4)
+    with pytest.raises(VRDataError, match="no source"):
+        store.read_frames(pair, "vocal", 0, 4)
+    clone = pickle.loads(pickle.dumps(store))  # DataLoader workers get a copy that reopens arrays
+    assert np.array_equal(clone.read_frames(pair, "mixture", 10, 42), crop)
+
+
+def test_wds_samples_match_zarr_and_are_padded(built_store):
+    store = open_store(built_store)
+    track = max(store.tracks_by_role("pair"), key=lambda t: t.frames)
+    assert len(track.wds_shards) > 1  # split into parts by wds_shard_bytes
+    samples = [s for s in iter_wds_samples(store, "pair", track.wds_shards)]
+    assert len(samples) == track.segments == -(-track.frames // GEOMETRY.segment_frames)
+    for index, sample in enumerate(samples):
+        assert sample["__key__"] == f"{track.id}_{index:05d}" and "." not in sample["__key__"]
+        meta = sample["json"]
+        start = index * GEOMETRY.segment_frames
+        assert meta["track"] == track.id and meta["start_frame"] == start and meta["split"] == track.split
+        assert meta["frames"] == min(GEOMETRY.segment_frames, track.frames - start)
+        assert sample["mixture"].shape == (GEOMETRY.segment_frames, 2, 2, STFT.bins)
+        stop = start + meta["frames"]
+        assert np.array_equal(sample["mixture"][: meta["frames"]], store.read_frames(track, "mixture", start, stop))
+        assert not np.any(sample["instrumental"][meta["frames"]:])
+    assert sum(1 for _ in iter_wds_samples(store, "vocal")) == sum(t.segments for t in store.tracks_by_role("vocal"))
+
+
+def test_webdataset_library_reads_the_tars(built_store):
+    import webdataset as wds
+
+    store = open_store(built_store)
+    urls = [str(built_store / "wds" / shard.path) for shard in store.wds_shards("vocal")]
+    samples = list(wds.WebDataset(urls, shardshuffle=False).decode())
+    assert len(samples) == sum(t.segments for t in store.tracks_by_role("vocal"))
+    assert samples[0]["vocal.npy"].dtype == np.float16
+
+
+def _tar_with(tmp_path, name: str):
+    path = tmp_path / "evil.tar"
+    with tarfile.open(path, "w") as archive:
+        data = b"{}"
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.mark.parametrize("name", ["/etc/x_00000.json", "../x_00000.json", "sub/x_00000.json", "x_00000.pickle"])
+def test_tar_reader_refuses_unsafe_members(tmp_path, name):
+    with pytest.raises(VRDataError, match="evil.tar"):
+        list(iter_tar_samples(_tar_with(tmp_path, name)))
+
+
+def test_tar_reader_refuses_pickled_arrays(tmp_path):
+    path = tmp_path / "evil.tar"
+    buffer = io.BytesIO()
+    np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    with tarfile.open(path, "w") as archive:
+        info = tarfile.TarInfo("x_00000.vocal.npy")
+        info.size = len(buffer.getvalue())
+        archive.addfile(info, io.BytesIO(buffer.getvalue()))
+    with pytest.raises(VRDataError, match="damaged"):
+        list(iter_tar_samples(path))
+
+
+def test_incomplete_store_is_refused(built_store, tmp_path):
+    out = tmp_path / "store"
+    shutil.copytree(built_store, out)
+    meta = json.loads((out / "store.json").read_text())
+    (out / "store.json").write_text(json.dumps({**meta, "complete": False}))
+    with pytest.raises(VRDataError, match="incomplete.*rerun"):
+        open_store(out)
+    with pytest.raises(VRDataError, match="not a store"):
+        open_store(tmp_path)
+
+
+def test_verify_names_damaged_tar_and_zarr_shard(built_store, tmp_path):
+    out = tmp_path / "store"
+    shutil.copytree(built_store, out)
+    assert verify_store(out).ok
+    store = open_store(out)
+    vocal, pair = store.tracks_by_role("vocal")[0], store.tracks_by_role("pair")[0]
+    tar = out / "wds" / vocal.wds_shards[0]
+    data = bytearray(tar.read_bytes())
+    data[1500] ^= 0xFF  # inside the first array's payload
+    tar.write_bytes(bytes(data))
+    shard = out / "zarr" / "pair_mixture" / "c" / str(pair.zarr_start // GEOMETRY.shard_frames) / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    report = verify_store(out)
+    damaged = {(d.kind, d.name) for d in report.damages}
+    assert ("wds_shard", f"wds/{vocal.wds_shards[0]}") in damaged
+    assert ("track", vocal.id) in damaged and ("track", pair.id) in damaged
+    zarr_shard = f"zarr/pair_mixture/c/{pair.zarr_start // GEOMETRY.shard_frames}/0/0/0"
+    assert any(zarr_shard in d.name or zarr_shard in d.reason for d in report.damages if d.kind != "wds_shard")
+    result = runner.invoke(app, ["verify", str(out)])
+    assert result.exit_code == 1 and vocal.id in result.output and "damaged wds_shard" in result.output
+
+
+def test_cli_build_resume_verify(corpus, tmp_path):
+    out = tmp_path / "store"
+    pairs = corpus["pairs"]
+    args = ["build-shards", str(pairs), "--out", str(out), "--workers", "0", "--n-fft", "512", "--hop-length", "256",
+            "--chunk-frames", "32", "--shard-frames", "128", "--segment-frames", "32"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "tracks built" in result.output or "built" in result.output
+    assert open_store(out).hours("pair") > 0
+    again = runner.invoke(app, args)
+    assert again.exit_code == 0 and "nothing to do" in again.output
+    other = runner.invoke(app, args + ["--hop-length", "128"])
+    assert other.exit_code == 2 and "STFT config" in other.output and "Traceback" not in other.output
+    verified = runner.invoke(app, ["verify", str(out)])
+    assert verified.exit_code == 0 and "intact" in verified.output
+    incomplete = tmp_path / "half"
+    build_store(load(corpus, ("vocals",)), incomplete, stft=STFT, geometry=GEOMETRY)
+    (incomplete / "store.json").write_text((incomplete / "store.json").read_text().replace('"complete": true', '"complete": false'))
+    refused = runner.invoke(app, ["verify", str(incomplete)])
+    assert refused.exit_code == 2 and "incomplete" in refused.output

@@ -1,0 +1,189 @@
+"""Reading a spectrogram store built by `vrdata build-shards` (layout: docs/store.md).
+
+`open_store(path)` refuses an incomplete store (a build still running, killed or appending) and
+returns a `Store`: its STFT config and codec, its tracks (`TrackRecord`, from tracks.jsonl), and
+random access to any track's frames. Reads go through tensorstore (several times faster than
+zarr-python per crop); each process opens each array once and reuses it, with a shared chunk
+cache, and `read_many` keeps many crops in flight at once. `iter_wds_samples` streams the
+WebDataset shards of a role, validating every member.
+
+Shapes: stored frames are float16 `(frames, channels=2, re/im=2, bins)`; spectrograms are
+complex64 `(channels=2, bins, frames)` as `vr_data.spectrogram.stft` returns them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import tensorstore as ts
+
+from vr_data.codec import CodecConfig, decode
+from vr_data.errors import VRDataError
+from vr_data.manifest import resolve_under
+from vr_data.spectrogram import StftConfig
+from vr_data.store_arrays import open_array, read_region
+from vr_data.store_format import (
+    REJECTS_JSONL, STORE_JSON, TRACKS_JSONL, WDS_DIR, WDS_INDEX, ZARR_DIR, BuildReject, StoreMeta, TrackRecord,
+    WdsShard, read_json, read_store_meta,
+)
+from vr_data.store_plan import Geometry
+from vr_data.wds import iter_tar_samples
+
+DEFAULT_CACHE_BYTES = 64 * 2**20
+
+# A frame range of a track's source: (track or track id, source, start frame, stop frame).
+FrameRequest = tuple["TrackRecord | str", str, int, int]
+
+
+class Store:
+    """A complete store opened for reading; cheap to pickle (arrays reopen in each process)."""
+
+    def __init__(self, path: Path, meta: StoreMeta, tracks: list[TrackRecord], cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.path = Path(path)
+        self.meta = meta
+        self.config = StftConfig.from_dict(meta.stft)
+        self.codec = CodecConfig.from_dict(meta.codec)
+        self.geometry = Geometry.from_dict(meta.geometry)
+        self.tracks = tracks
+        self.cache_bytes = cache_bytes
+        self._by_id = {track.id: track for track in tracks}
+        self._arrays: dict[str, ts.TensorStore] = {}
+        self._pid = os.getpid()
+        self._context: ts.Context | None = None
+
+    @property
+    def segment_frames(self) -> int:
+        return self.geometry.segment_frames
+
+    @property
+    def bins(self) -> int:
+        return self.config.bins
+
+    def track(self, track: TrackRecord | str) -> TrackRecord:
+        if isinstance(track, TrackRecord):
+            return track
+        try:
+            return self._by_id[track]
+        except KeyError:
+            raise VRDataError(self.path, f"no track {track!r} in this store") from None
+
+    def tracks_by_role(self, role: str, split: str | None = None) -> list[TrackRecord]:
+        """Tracks of `role` (`pair`, `vocal`, `instrumental`, `pretrain`), optionally of one split."""
+        return [t for t in self.tracks if t.role == role and (split is None or t.split == split)]
+
+    def hours(self, role: str | None = None) -> float:
+        return sum(t.duration for t in self.tracks if role is None or t.role == role) / 3600.0
+
+    # ------------------------------------------------------------------------ Zarr random access
+
+    def array(self, name: str) -> ts.TensorStore:
+        """The tensorstore handle of array `name`, opened once per process."""
+        if self._pid != os.getpid():  # a forked worker must not reuse its parent's handles
+            self._arrays, self._context, self._pid = {}, None, os.getpid()
+        if name not in self._arrays:
+            if name not in self.meta.arrays:
+                raise VRDataError(self.path, f"no array {name!r} in this store (has {', '.join(self.meta.arrays)})")
+            if self._context is None:
+                self._context = ts.Context({"cache_pool": {"total_bytes_limit": self.cache_bytes}})
+            self._arrays[name] = open_array(self.path / ZARR_DIR / name, self._context, read_only=True)
+        return self._arrays[name]
+
+    def _region(self, track: TrackRecord | str, source: str, start: int, stop: int | None):
+        track = self.track(track)
+        if source not in track.arrays:
+            raise VRDataError(self.path, f"track {track.id} ({track.role}) has no source {source!r} "
+                                         f"(has {', '.join(track.arrays)})")
+        stop = track.frames if stop is None else stop
+        if not 0 <= start <= stop <= track.frames:
+            raise ValueError(f"frames {start}:{stop} are outside track {track.id} (0:{track.frames})")
+        name = track.arrays[source]
+        return self.array(name), track.zarr_start + start, track.zarr_start + stop, f"{name} (track {track.id})"
+
+    def read_frames(self, track: TrackRecord | str, source: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Stored float16 `(stop - start, 2, 2, bins)` of one source of a track.
+
+        Frames are indexed from the track's first frame; a range outside `[0, track.frames]` is
+        refused (ValueError) rather than clipped, so a caller never trains on padding unknowingly.
+        """
+        array, first, last, name = self._region(track, source, start, stop)
+        return read_region(array, first, last, name)
+
+    def read_many(self, requests: Iterable[FrameRequest]) -> list[np.ndarray]:
+        """`read_frames` of many `(track, source, start, stop)` at once: all reads are issued
+        before any is awaited, so tensorstore overlaps their I/O and decompression."""
+        regions = [self._region(*request) for request in requests]
+        futures = [array[first:last].read() for array, first, last, _ in regions]
+        out = []
+        for future, (_, first, last, name) in zip(futures, regions):
+            try:
+                out.append(future.result())
+            except (ValueError, RuntimeError) as error:
+                raise VRDataError(name, f"cannot read frames {first}:{last} ({str(error).splitlines()[0][:200]})") from None
+        return out
+
+    def read_spectrogram(self, track: TrackRecord | str, source: str, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Complex64 `(2, bins, frames)` of frames `[start, stop)` (a view of a frames-major buffer)."""
+        return decode(self.read_frames(track, source, start, stop))
+
+    # ------------------------------------------------------------------------ side files
+
+    def wds_shards(self, role: str | None = None) -> list[WdsShard]:
+        index = read_json(self.path / WDS_DIR / WDS_INDEX)
+        shards = [WdsShard.from_json(record) for record in index["shards"]]
+        return [shard for shard in shards if role is None or shard.role == role]
+
+    def rejects(self) -> list[BuildReject]:
+        return [BuildReject.from_json(record) for record in _read_jsonl(self.path / REJECTS_JSONL)]
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.update(_arrays={}, _context=None)  # tensorstore handles do not cross processes
+        return state
+
+    def __repr__(self) -> str:
+        return f"Store({str(self.path)!r}, tracks={len(self.tracks)}, hours={self.hours():.2f})"
+
+
+def open_store(path: str | Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Store:
+    """Open the complete store at `path`; an incomplete or unknown one is a one-line VRDataError."""
+    path = Path(path)
+    meta = read_store_meta(path)
+    if meta is None:
+        raise VRDataError(path, f"not a store ({STORE_JSON} missing)")
+    if not meta.complete:
+        raise VRDataError(path, "store is incomplete (a build is running, was interrupted or is appending); "
+                                "rerun the same vrdata build-shards command to finish it")
+    tracks = [TrackRecord.from_json(record) for record in _read_jsonl(path / TRACKS_JSONL)]
+    return Store(path, meta, tracks, cache_bytes)
+
+
+def iter_wds_samples(store: Store, role: str, shards: Sequence[WdsShard | str] | None = None) -> Iterator[dict]:
+    """Samples of the WebDataset shards of `role` (all, in index order, or the given ones).
+
+    Each sample is `{"__key__", "json": {...}, source: float16 (segment_frames, 2, 2, bins)...}`.
+    Shard paths must stay inside `wds/`; members are validated (see `vr_data.wds.iter_tar_samples`).
+    """
+    chosen = store.wds_shards(role) if shards is None else shards
+    for shard in chosen:
+        relative = shard.path if isinstance(shard, WdsShard) else shard
+        yield from iter_tar_samples(resolve_under(store.path / WDS_DIR, relative))
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    if not path.exists():
+        raise VRDataError(path, "file not found (an incomplete or damaged store)")
+    records = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                raise VRDataError(path, f"line {number} is not JSON ({error.msg})") from None
+    return records
+
+
+__all__ = ["Store", "TrackRecord", "open_store", "iter_wds_samples", "FrameRequest"]

@@ -1,0 +1,102 @@
+"""The store's sharded Zarr v3 arrays, written and read through tensorstore.
+
+Each array is float16 `(frames, channels=2, re/im=2, bins)`, chunked by `chunk_frames` frames
+inside shards of `shard_frames` frames; the other axes are whole in every chunk. Writes always
+cover whole shards (a partial shard write is a read-modify-write that races with other writers
+and silently corrupts sharded Zarr, zarr-python #3682), and all-zero inner chunks are not
+stored, so the zero padding after a track costs nothing. zarr-python reads these arrays too.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import tensorstore as ts
+
+from vr_data.codec import CodecConfig, zarr_codecs_json
+from vr_data.errors import VRDataError
+from vr_data.store_format import CHANNELS, REIM, atomic_write_json
+
+DIMENSION_NAMES = ["frames", "channel", "reim", "bins"]
+
+
+def write_group(zarr_dir: Path) -> None:
+    """The Zarr v3 group node `zarr/zarr.json` (arrays are its children)."""
+    path = Path(zarr_dir) / "zarr.json"
+    if not path.exists():
+        atomic_write_json(path, {"zarr_format": 3, "node_type": "group", "attributes": {}})
+
+
+def array_metadata(frames: int, bins: int, chunk_frames: int, shard_frames: int, codec: CodecConfig) -> dict:
+    """Zarr v3 array metadata: the chunk grid is the shard grid; inner chunks via sharding_indexed."""
+    return {
+        "shape": [int(frames), CHANNELS, REIM, int(bins)],
+        "data_type": "float16",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [int(shard_frames), CHANNELS, REIM, int(bins)]}},
+        "chunk_key_encoding": {"name": "default"},
+        "fill_value": 0.0,
+        "codecs": zarr_codecs_json(codec, (int(chunk_frames), CHANNELS, REIM, int(bins))),
+        "dimension_names": DIMENSION_NAMES,
+    }
+
+
+def _spec(path: Path) -> dict:
+    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(Path(path).resolve())}}
+
+
+def ensure_array(path: Path, frames: int, bins: int, chunk_frames: int, shard_frames: int,
+                 codec: CodecConfig) -> None:
+    """Create the array at `path` with `frames` frames, or grow an existing one to that size.
+
+    Growing rewrites only `zarr.json` (`resize_metadata_only`): existing shards stay valid
+    because the shard grid does not depend on the length.
+    """
+    path = Path(path)
+    if (path / "zarr.json").exists():
+        array = open_array(path)
+        if array.shape[1:] != (CHANNELS, REIM, bins):
+            raise VRDataError(path, f"array has shape {array.shape}, expected (frames, {CHANNELS}, {REIM}, {bins})")
+        if array.shape[0] < frames:
+            array.resize(exclusive_max=[frames, CHANNELS, REIM, bins], resize_metadata_only=True).result()
+        return
+    metadata = array_metadata(frames, bins, chunk_frames, shard_frames, codec)
+    ts.open({**_spec(path), "metadata": metadata}, create=True).result()
+
+
+def open_array(path: Path, context: ts.Context | None = None, read_only: bool = False) -> ts.TensorStore:
+    """Open an existing array; errors name the array path."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise VRDataError(path, "Zarr array not found (zarr.json missing)")
+    spec = _spec(path)
+    if read_only:
+        spec["recheck_cached_data"] = "open"
+    try:
+        kwargs = {"context": context} if context is not None else {}
+        return ts.open(spec, read=True, write=not read_only, **kwargs).result()
+    except ValueError as error:
+        raise VRDataError(path, f"cannot open Zarr array ({_first_line(error)})") from None
+
+
+def read_metadata(path: Path) -> dict:
+    return json.loads((Path(path) / "zarr.json").read_text())
+
+
+def shard_key(array_dir: Path, shard_index: int) -> Path:
+    """The file of shard `shard_index` (default chunk key encoding, `c/` + indexes joined by `/`)."""
+    return Path(array_dir) / "c" / str(shard_index) / "0" / "0" / "0"
+
+
+def read_region(array: ts.TensorStore, start: int, stop: int, name: str) -> np.ndarray:
+    """Frames `[start, stop)` as float16 `(frames, 2, 2, bins)`; errors name the array and frames."""
+    try:
+        return array[start:stop].read().result()
+    except (ValueError, RuntimeError) as error:
+        raise VRDataError(name, f"cannot read frames {start}:{stop} ({_first_line(error)})") from None
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:200] if text else type(error).__name__

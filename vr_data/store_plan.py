@@ -1,0 +1,226 @@
+"""The build plan: which frames of which Zarr array each track owns, decided before decoding.
+
+Tracks of a role are laid end to end along the frame axis, each starting on a shard boundary
+and owning whole shards, so no two build tasks ever write the same shard. A track's reserve is
+its frame count predicted from the manifest header (samples at the file's rate, resampled as
+soxr does, then `StftConfig.frames_for`) plus `MARGIN_FRAMES`, rounded up to whole shards.
+The plan depends only on the manifests (in the order given) and the configs; it is written to
+`plan.json` before any audio is decoded, so a resumed build reuses it, and `--append` extends
+it without moving a single existing track.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vr_data.codec import CodecConfig
+from vr_data.errors import VRDataError
+from vr_data.manifest import Item, Manifest, manifest_digest
+from vr_data.spectrogram import StftConfig
+from vr_data.store_format import ROLE_SOURCES, array_name, atomic_write_json, read_json
+
+PLAN_FORMAT = "vr-store-plan"
+MARGIN_FRAMES = 2  # reserve beyond the predicted frames, for headers that undercount by a few samples
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Frame counts of the store's containers.
+
+    `chunk_frames`: Zarr inner chunk (about one training crop); `shard_frames`: Zarr shard, the
+    unit a task writes; `segment_frames`: one WebDataset sample; `wds_shard_bytes`: target size
+    of one tar (a track's tar is split into parts beyond it).
+    """
+
+    chunk_frames: int = 256
+    shard_frames: int = 4096
+    segment_frames: int = 256
+    wds_shard_bytes: int = 256 * 2**20
+
+    def __post_init__(self) -> None:
+        if min(self.chunk_frames, self.shard_frames, self.segment_frames, self.wds_shard_bytes) <= 0:
+            raise VRDataError(None, f"store geometry must be positive: {self}")
+        if self.shard_frames % self.chunk_frames or self.shard_frames % self.segment_frames:
+            raise VRDataError(None, f"shard_frames={self.shard_frames} must be a multiple of chunk_frames="
+                                    f"{self.chunk_frames} and segment_frames={self.segment_frames}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Geometry":
+        return cls(**{k: int(values[k]) for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class PlannedTrack:
+    """A manifest item's place in the store: frames `[start_frame, start_frame + reserved_frames)`."""
+
+    id: str
+    role: str
+    library: str
+    manifest: str          # sha256 of its manifest
+    split: str
+    group: str | None
+    duration: float        # seconds, from the manifest
+    content: str           # digest of its files' sha256s: the same id with other audio is refused
+    expected_frames: int
+    start_frame: int
+    reserved_frames: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, record: dict) -> "PlannedTrack":
+        return cls(**{k: record.get(k) for k in cls.__dataclass_fields__})
+
+
+@dataclass(frozen=True)
+class ManifestRef:
+    """A manifest that fed the store: `path` as given, sha256 of its bytes."""
+
+    path: str
+    sha256: str
+    library: str
+    role: str
+    items: int
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BuildPlan:
+    stft: StftConfig
+    codec: CodecConfig
+    geometry: Geometry
+    manifests: list[ManifestRef] = field(default_factory=list)
+    tracks: list[PlannedTrack] = field(default_factory=list)
+    created: str = ""
+
+    def frames_by_array(self) -> dict[str, int]:
+        """Array name -> total frames (the array's length); only roles that have tracks."""
+        ends: dict[str, int] = {}
+        for track in self.tracks:
+            end = track.start_frame + track.reserved_frames
+            for source in ROLE_SOURCES[track.role]:
+                name = array_name(track.role, source)
+                ends[name] = max(ends.get(name, 0), end)
+        return ends
+
+    def extend(self, manifests: list[Manifest]) -> list[PlannedTrack]:
+        """Add the items of `manifests` not yet planned; returns the new tracks.
+
+        An id already planned with the same audio is skipped (a manifest given again, or a
+        rescan that added items); with other audio it is refused: a track cannot change in place.
+        """
+        planned = {track.id: track for track in self.tracks}
+        known_manifests = {ref.sha256 for ref in self.manifests}
+        next_free = self._next_free_by_role()
+        added: list[PlannedTrack] = []
+        for manifest in manifests:
+            digest = _manifest_sha(manifest)
+            if digest not in known_manifests:
+                self.manifests.append(ManifestRef(str(manifest.source_path), digest, manifest.library,
+                                                  manifest.role, len(manifest.items)))
+                known_manifests.add(digest)
+            for item in sorted(manifest.items, key=lambda i: i.id):
+                content = item_content(item)
+                if item.id in planned:
+                    if planned[item.id].content != content:
+                        raise VRDataError(manifest.source_path, f"item {item.id} is already in the store with other "
+                                                                "audio; build a new store to change a track")
+                    continue
+                if item.role not in ROLE_SOURCES:
+                    raise VRDataError(manifest.source_path, f"item {item.id} has unknown role {item.role!r}")
+                expected = expected_frames(item, self.stft)
+                reserved = -(-(expected + MARGIN_FRAMES) // self.geometry.shard_frames) * self.geometry.shard_frames
+                track = PlannedTrack(
+                    id=item.id, role=item.role, library=manifest.library, manifest=digest, split=item.split,
+                    group=item.group, duration=round(item.duration, 6), content=content,
+                    expected_frames=expected, start_frame=next_free.get(item.role, 0), reserved_frames=reserved,
+                )
+                next_free[item.role] = track.start_frame + reserved
+                planned[item.id] = track
+                self.tracks.append(track)
+                added.append(track)
+        return added
+
+    def _next_free_by_role(self) -> dict[str, int]:
+        ends: dict[str, int] = {}
+        for track in self.tracks:
+            ends[track.role] = max(ends.get(track.role, 0), track.start_frame + track.reserved_frames)
+        return ends
+
+    def to_json(self) -> dict:
+        return {
+            "format": PLAN_FORMAT, "version": 1, "created": self.created,
+            "stft": self.stft.to_dict(), "codec": self.codec.to_dict(), "geometry": self.geometry.to_dict(),
+            "manifests": [ref.to_json() for ref in self.manifests],
+            "tracks": [track.to_json() for track in self.tracks],
+        }
+
+    @classmethod
+    def from_json(cls, record: dict, path: Path | None = None) -> "BuildPlan":
+        if record.get("format") != PLAN_FORMAT:
+            raise VRDataError(path, "not a build plan")
+        return cls(
+            stft=StftConfig.from_dict(record["stft"]), codec=CodecConfig.from_dict(record["codec"]),
+            geometry=Geometry.from_dict(record["geometry"]),
+            manifests=[ManifestRef(**ref) for ref in record["manifests"]],
+            tracks=[PlannedTrack.from_json(track) for track in record["tracks"]],
+            created=record.get("created", ""),
+        )
+
+    def save(self, path: Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+    @classmethod
+    def load(cls, path: Path) -> "BuildPlan":
+        return cls.from_json(read_json(path), path)
+
+
+def new_plan(stft: StftConfig, codec: CodecConfig, geometry: Geometry) -> BuildPlan:
+    created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+    return BuildPlan(stft=stft, codec=codec, geometry=geometry, created=created)
+
+
+def resampled_samples(samples: int, rate: int, target_rate: int) -> int:
+    """Samples soxr returns when resampling `samples` from `rate` to `target_rate` Hz.
+
+    soxr divides by its input/output rate ratio in double precision and rounds half up, so
+    exact ties (e.g. 367.5 from 48 kHz) can fall either way; this reproduces its arithmetic
+    (checked against soxr for 8-96 kHz inputs in tests/test_build.py).
+    """
+    if rate == target_rate:
+        return samples
+    return math.floor(samples / (rate / target_rate) + 0.5)
+
+
+def source_samples(item: Item, source: str, sample_rate: int) -> int:
+    """Samples of one source after decoding: sources of several files are cut to the shortest."""
+    return min(resampled_samples(item.files[key].samples, item.files[key].sample_rate, sample_rate)
+               for key in item.sources[source])
+
+
+def expected_frames(item: Item, stft: StftConfig) -> int:
+    """STFT frames the build will store for `item`: its sources are cut to the shortest."""
+    samples = min(source_samples(item, source, stft.sample_rate) for source in ROLE_SOURCES[item.role])
+    return stft.frames_for(samples)
+
+
+def item_content(item: Item) -> str:
+    """A digest of the files an item is made of (their sha256s, keyed by role in the item)."""
+    text = "|".join(f"{key}:{item.files[key].sha256}" for key in sorted(item.files))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _manifest_sha(manifest: Manifest) -> str:
+    if manifest.source_path is None:
+        raise VRDataError(None, f"manifest of {manifest.library} has no file; write it before building")
+    return manifest_digest(manifest.source_path)

@@ -1,0 +1,191 @@
+"""Verify a complete store: checksums, Zarr/WebDataset agreement, frame counts vs manifests.
+
+Every tar's size and sha256 are checked against `wds/index.json`; every track's frames are read
+back from Zarr and compared bit for bit (float16) with its WebDataset segments, padding
+included; every track's frame count is checked against the frames its manifest predicts (the
+manifest is re-read when it is still at its recorded path with the recorded sha256). Each
+damaged tar, Zarr shard and track is named; a value mismatch under an intact tar is blamed on
+the Zarr shard that holds those frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vr_data.errors import VRDataError
+from vr_data.manifest import file_sha256, read_manifest
+from vr_data.parallel import map_unordered
+from vr_data.store import Store, open_store
+from vr_data.store_arrays import open_array, read_region, shard_key
+from vr_data.store_format import WDS_DIR, ZARR_DIR, TrackRecord, WdsShard
+from vr_data.store_plan import expected_frames
+from vr_data.wds import iter_tar_samples, sample_key
+
+
+@dataclass(frozen=True)
+class Damage:
+    """One problem: `kind` is `wds_shard`, `zarr_shard` or `track`; `name` a path or track id."""
+
+    kind: str
+    name: str
+    reason: str
+
+
+@dataclass
+class VerifyReport:
+    damages: list[Damage] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # what could not be checked, and why
+    shards: int = 0
+    tracks: int = 0
+    frames: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.damages
+
+
+def verify_store(
+    path: str | Path, executor: Executor | None = None,
+    on_shard: Callable[[WdsShard], None] | None = None,
+    on_track: Callable[[TrackRecord], None] | None = None,
+) -> VerifyReport:
+    """Re-read the whole store at `path` and report damage (an empty list means intact)."""
+    store = open_store(path)
+    report = VerifyReport()
+    bad_tars: set[str] = set()
+    for shard, problem in map_unordered(_check_shard, [(store.path, s) for s in store.wds_shards()], executor):
+        report.shards += 1
+        if problem is not None:
+            report.damages.append(Damage("wds_shard", f"{WDS_DIR}/{shard[1].path}", problem))
+            bad_tars.add(shard[1].path)
+        if on_shard is not None:
+            on_shard(shard[1])
+    suspects: dict[str, str] = {}
+    tasks = [(store.path, track, store.geometry.segment_frames, store.geometry.shard_frames) for track in store.tracks]
+    for task, (problems, zarr_suspects) in map_unordered(_check_track, tasks, executor):
+        track = task[1]
+        report.tracks += 1
+        report.frames += track.frames
+        report.damages.extend(Damage("track", track.id, problem) for problem in problems)
+        for zarr_shard, tar in zarr_suspects:
+            if tar not in bad_tars:
+                suspects.setdefault(zarr_shard, f"frames differ from the intact {WDS_DIR}/{tar} (track {track.id})")
+        if on_track is not None:
+            on_track(track)
+    report.damages.extend(Damage("zarr_shard", name, reason) for name, reason in sorted(suspects.items()))
+    _check_frame_counts(store, report)
+    report.damages.sort(key=lambda d: (d.kind, d.name))
+    return report
+
+
+def _check_shard(task: tuple[Path, WdsShard]) -> str | None:
+    store_path, shard = task
+    path = store_path / WDS_DIR / shard.path
+    if not path.is_file():
+        return "file missing"
+    size = path.stat().st_size
+    if size != shard.bytes:
+        return f"{size} bytes, index.json says {shard.bytes}"
+    digest = file_sha256(path)
+    if digest != shard.sha256:
+        return f"sha256 {digest[:12]}... differs from index.json's {shard.sha256[:12]}..."
+    return None
+
+
+def _check_track(task: tuple[Path, TrackRecord, int, int]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Problems of one track, and (zarr shard, tar) pairs whose frames disagree."""
+    store_path, track, segment_frames, shard_frames = task
+    problems: list[str] = []
+    suspects: list[tuple[str, str]] = []
+    expected_segments = -(-track.frames // segment_frames)
+    if track.segments != expected_segments:
+        problems.append(f"{track.segments} segments recorded for {track.frames} frames (expected {expected_segments})")
+    stored = {}
+    for source, name in track.arrays.items():
+        region_stop = track.zarr_start + expected_segments * segment_frames
+        try:
+            array = open_array(store_path / ZARR_DIR / name, read_only=True)
+            stored[source] = read_region(array, track.zarr_start, region_stop, f"{ZARR_DIR}/{name}")
+        except VRDataError as error:
+            first, last = track.zarr_start // shard_frames, (region_stop - 1) // shard_frames
+            problems.append(f"cannot read {source} from Zarr shards {first}-{last} of {name} ({error.reason})")
+    if len(stored) < len(track.arrays):
+        return problems, suspects
+    segment = 0
+    for tar in track.wds_shards:
+        try:
+            for sample in iter_tar_samples(store_path / WDS_DIR / tar):
+                problems.extend(_compare_sample(track, sample, segment, segment_frames, stored))
+                for source in track.arrays:
+                    local = slice(segment * segment_frames, (segment + 1) * segment_frames)
+                    if source in sample and not _same_bits(sample[source], stored[source][local]):
+                        index = (track.zarr_start + segment * segment_frames) // shard_frames
+                        zarr_shard = shard_key(Path(ZARR_DIR) / track.arrays[source], index).as_posix()
+                        problems.append(f"segment {segment} of {source} differs between {zarr_shard} and {WDS_DIR}/{tar}")
+                        suspects.append((zarr_shard, tar))
+                segment += 1
+        except VRDataError as error:
+            problems.append(f"cannot read {WDS_DIR}/{tar} ({error.reason})")
+            return problems, suspects
+    if segment != expected_segments:
+        problems.append(f"{segment} WebDataset segments, expected {expected_segments}")
+    return problems, suspects
+
+
+def _compare_sample(track: TrackRecord, sample: dict, segment: int, segment_frames: int, stored: dict) -> list[str]:
+    problems = []
+    key = sample_key(track.id, segment)
+    meta = sample.get("json", {})
+    start = segment * segment_frames
+    want = {"track": track.id, "segment": segment, "start_frame": start,
+            "frames": min(segment_frames, track.frames - start)}
+    if sample["__key__"] != key:
+        problems.append(f"sample {segment} has key {sample['__key__']!r}, expected {key!r}")
+    wrong = {name: meta.get(name) for name, value in want.items() if meta.get(name) != value}
+    if wrong:
+        problems.append(f"sample {key} metadata {wrong} disagrees with the track ({want})")
+    missing = [source for source in stored if source not in sample]
+    if missing:
+        problems.append(f"sample {key} lacks {', '.join(missing)}")
+    return problems
+
+
+def _same_bits(left: np.ndarray, right: np.ndarray) -> bool:
+    """Exact float16 equality, bit for bit (NaN-safe, distinguishes -0)."""
+    return left.shape == right.shape and left.dtype == right.dtype and np.array_equal(
+        np.ascontiguousarray(left).view(np.uint16), np.ascontiguousarray(right).view(np.uint16))
+
+
+def _check_frame_counts(store: Store, report: VerifyReport) -> None:
+    """Frames of each track vs its manifest; tracks a manifest has that the store lacks."""
+    by_manifest: dict[str, list[TrackRecord]] = {}
+    for track in store.tracks:
+        by_manifest.setdefault(track.manifest, []).append(track)
+        if track.frames != track.expected_frames:
+            report.damages.append(Damage("track", track.id, f"{track.frames} frames, the manifest's duration "
+                                                            f"gives {track.expected_frames}"))
+    accounted = {reject.id for reject in store.rejects()} | {track.id for track in store.tracks}
+    for ref in store.meta.manifests:
+        path = Path(ref["path"])
+        if not path.is_file() or file_sha256(path) != ref["sha256"]:
+            report.notes.append(f"manifest {path} is gone or changed since the build: checked frame counts "
+                                "against the values recorded at build time")
+            continue
+        manifest = read_manifest(path)
+        built = {track.id: track for track in by_manifest.get(ref["sha256"], [])}
+        for item in manifest.items:
+            if item.id in built:
+                frames = expected_frames(item, store.config)
+                if built[item.id].frames != frames:
+                    report.damages.append(Damage("track", item.id, f"{built[item.id].frames} frames, manifest "
+                                                                   f"{path.name} gives {frames}"))
+            elif item.id not in accounted:
+                report.damages.append(Damage("track", item.id, f"in manifest {path.name} but neither built nor rejected"))
+
+
+__all__ = ["Damage", "VerifyReport", "verify_store"]
