@@ -14,23 +14,66 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 
+def _frame_statistics(flat: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    """Mean and 1/std over dim 1 of `(B, C*F, T)`, in float32 at least: `(B, 1, T)` each."""
+    precise = flat.to(torch.promote_types(flat.dtype, torch.float32))
+    variance, mean = torch.var_mean(precise, dim=1, keepdim=True, correction=0)
+    return mean, torch.rsqrt(variance + eps)
+
+
+class _FrameNormFunction(torch.autograd.Function):
+    """Per-frame LayerNorm that saves only its input and the (B, 1, T) statistics for backward.
+
+    Written out as elementwise tensor ops, autograd kept about three extra full-size maps per
+    norm alive for backward (the tiny preset's peak RSS at 1024 frames went from 3.1 to 4.1 GB);
+    the input is kept alive by the residual skip anyway, so saving it costs nothing.
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+        batch, channels, bins, frames = features.shape
+        flat = features.reshape(batch, channels * bins, frames)
+        mean, rstd = _frame_statistics(flat, eps)
+        normalised = ((flat - mean) * rstd).view(batch, channels, bins, frames)
+        ctx.save_for_backward(features, weight, mean, rstd)
+        return torch.addcmul(bias, normalised, weight).to(features.dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        features, weight, mean, rstd = ctx.saved_tensors
+        batch, channels, bins, frames = features.shape
+        normalised = (features.reshape(batch, channels * bins, frames) - mean) * rstd  # (B, C*F, T)
+        grad_flat = grad_output.reshape(batch, channels * bins, frames).to(rstd.dtype)
+        grad_normalised = grad_flat * weight.reshape(1, channels * bins, 1)
+        # d/dx of (x - mean) * rstd, summed over the frame's C*F features.
+        grad_features = rstd * (
+            grad_normalised
+            - grad_normalised.mean(dim=1, keepdim=True)
+            - normalised * (grad_normalised * normalised).mean(dim=1, keepdim=True)
+        )
+        grad_weight = (grad_flat * normalised).sum(dim=(0, 2)).view_as(weight) if ctx.needs_input_grad[1] else None
+        grad_bias = grad_flat.sum(dim=(0, 2)).view_as(weight) if ctx.needs_input_grad[2] else None
+        grad_features = grad_features.view_as(features).to(features.dtype) if ctx.needs_input_grad[0] else None
+        return grad_features, grad_weight, grad_bias, None
+
+
 class FrameNorm(nn.Module):
     """LayerNorm over (channels x bins) of each frame, with a per-(channel, bin) affine.
 
-    `(batch, channels, bins, frames) -> same shape`.
+    `(batch, channels, bins, frames) -> same shape`. Statistics are computed in float32;
+    reducing over dim 1 of a `(B, C*F, T)` view keeps the layout the convolutions want
+    (permuting to frames-first for `F.layer_norm` cost two large copies per call).
     """
 
     def __init__(self, channels: int, bins: int, eps: float = 1e-5):
         super().__init__()
         self.eps = eps
-        self.weight = nn.Parameter(torch.ones(channels, bins))
-        self.bias = nn.Parameter(torch.zeros(channels, bins))
+        self.weight = nn.Parameter(torch.ones(channels, bins, 1))
+        self.bias = nn.Parameter(torch.zeros(channels, bins, 1))
 
     def forward(self, features: Tensor) -> Tensor:
-        # Permuting for the fused kernel measured 2.5x faster on CPU than var_mean over dims (1, 2).
-        frames_first = features.permute(0, 3, 1, 2)  # (B, C, F, T) -> (B, T, C, F), a view
-        normalised = F.layer_norm(frames_first, self.weight.shape, self.weight, self.bias, self.eps)
-        return normalised.permute(0, 2, 3, 1)  # back to (B, C, F, T), a view
+        return _FrameNormFunction.apply(features.contiguous(), self.weight, self.bias, self.eps)
 
 
 class FrameConv(nn.Module):

@@ -1,0 +1,108 @@
+"""Model benchmark: training-step time and peak memory of `tiny` on CPU, FLOPs of `frame-primer`.
+
+    .venv/bin/python benchmarks/bench_model.py [--crops 256 512 1024] [--batch 1] [--steps 3] [--threads 2]
+
+Each crop size runs in a fresh process, so its peak RSS (`ru_maxrss`) is that crop's alone;
+"over model" is that peak minus the RSS right after building the model (activations kept for
+backward, gradients, allocator slack). One step = forward + L1 loss + backward (no optimizer
+update), timed after one warm-up step.
+FLOPs are counted by `torch.utils.flop_counter.FlopCounterMode` on a meta-device forward pass
+(matmuls and convolutions only; see `vr_model.flops`); training is about 3x the forward.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as statm:
+        pages = int(statm.read().split()[1])
+    return pages * resource.getpagesize() / 2**20
+
+
+def measure_step(preset: str, crop_frames: int, batch: int, steps: int, threads: int) -> dict:
+    """Time forward + backward of `preset` on random crops; runs in the calling process."""
+    import torch
+
+    from vr_model import build_model
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    model = build_model(preset).train()
+    baseline = _rss_mb()
+    mixture = torch.rand(batch, 2, model.config.bins + 1, crop_frames)
+    target = torch.rand_like(mixture)
+    times = []
+    for step in range(steps + 1):
+        started = time.perf_counter()
+        loss = torch.nn.functional.l1_loss(model(mixture) * mixture, target)
+        loss.backward()
+        model.zero_grad(set_to_none=True)
+        if step > 0:  # the first step pays for oneDNN primitive creation
+            times.append(time.perf_counter() - started)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return {
+        "preset": preset, "crop_frames": crop_frames, "batch": batch, "threads": threads,
+        "step_seconds": sum(times) / len(times), "min_step_seconds": min(times),
+        "baseline_rss_mb": baseline, "peak_rss_mb": peak, "over_model_mb": peak - baseline,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--crops", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--flop-frames", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one crop, JSON out
+    args = parser.parse_args()
+
+    if args.one is not None:
+        print(json.dumps(measure_step("tiny", args.one, args.batch, args.steps, args.threads)))
+        return
+
+    import torch
+
+    from vr_model.flops import forward_flops
+    from vr_model.presets import count_parameters
+
+    print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
+          f"mean and min of {args.steps} steps after 1 warm-up; {os.cpu_count()} CPUs, "
+          f"load average at start {os.getloadavg()[0]:.1f} (other processes share these CPUs)")
+    print(f"\ntiny ({count_parameters('tiny'):,} parameters): forward + backward on CPU")
+    print(f"{'crop':>6} {'s/step':>8} {'min s':>8} {'frames/s':>9} {'peak RSS MB':>12} {'over model MB':>14} "
+          f"{'fwd GFLOP':>10} {'GFLOP/s (3x fwd)':>17}")
+    for crop in args.crops:
+        child = subprocess.run(
+            [sys.executable, __file__, "--one", str(crop), "--batch", str(args.batch),
+             "--steps", str(args.steps), "--threads", str(args.threads)],
+            check=True, capture_output=True, text=True,
+        )
+        row = json.loads(child.stdout.strip().splitlines()[-1])
+        flops = forward_flops("tiny", crop, args.batch)
+        print(f"{crop:>6} {row['step_seconds']:>8.2f} {row['min_step_seconds']:>8.2f} "
+              f"{crop * args.batch / row['step_seconds']:>9.0f} {row['peak_rss_mb']:>12.0f} "
+              f"{row['over_model_mb']:>14.0f} {flops / 1e9:>10.1f} {3 * flops / 1e9 / row['step_seconds']:>17.1f}")
+
+    print(f"load average after the timed runs {os.getloadavg()[0]:.1f}")
+    print(f"\nframe-primer ({count_parameters('frame-primer'):,} parameters): forward FLOPs per example "
+          "(FlopCounterMode, meta device)")
+    print(f"{'frames':>6} {'seconds':>8} {'fwd GFLOP':>10} {'train step ~3x GFLOP':>21}")
+    for frames in args.flop_frames:
+        flops = forward_flops("frame-primer", frames)
+        print(f"{frames:>6} {frames * 1024 / 44100:>8.1f} {flops / 1e9:>10.1f} {3 * flops / 1e9:>21.1f}")
+
+
+if __name__ == "__main__":
+    main()
