@@ -8,7 +8,7 @@ leakage), `normalisation` (`STORE/stats.json`), `plots`, `report`.
 """
 
 from vr_data.stats.normalisation import load_normalisation, read_store_stats
-from vr_data.stats.report import Progress, describe, load_inputs
+from vr_data.stats.report import Progress, classify_inputs, describe, load_inputs
 from vr_data.stats.settings import StatsSettings
 
-__all__ = ["Progress", "StatsSettings", "describe", "load_inputs", "load_normalisation", "read_store_stats"]
+__all__ = ["Progress", "StatsSettings", "classify_inputs", "describe", "load_inputs", "load_normalisation", "read_store_stats"]

@@ -47,26 +47,34 @@ class Progress:
 _SILENT_PROGRESS = Progress(lambda description, total: None, lambda: None)
 
 
-def load_inputs(paths: Sequence[str | Path], root: str | Path | None = None) -> tuple[list[Manifest], list[Path]]:
-    """Manifests and store directories among `paths`; `root` re-roots a single manifest."""
-    if root is not None and len(paths) != 1:
+def classify_inputs(paths: Sequence[str | Path], root: str | Path | None = None) -> tuple[list[Path], list[Path]]:
+    """`(manifest files, store directories)` among `paths`, by their kind on disk (nothing is read).
+
+    Rejects files beside given manifests (`manifests/*.jsonl` matches them) are left out: they
+    are read with their manifest. `root` re-roots a single manifest.
+    """
+    given = [Path(path) for path in paths]
+    if root is not None and (len(given) != 1 or given[0].is_dir()):
         raise VRDataError(None, "--root applies to a single manifest; give one manifest with it")
     manifests, stores = [], []
-    given = [Path(path) for path in paths]
     for path in given:
         if any(rejects_path(other) == path for other in given if other != path):
-            continue  # `manifests/*.jsonl` also matches the rejects files; they are read with their manifest
+            continue
         if path.is_dir():
             if not (path / STORE_JSON).is_file():
                 raise VRDataError(path, f"neither a manifest nor a store (no {STORE_JSON})", errors.MISSING)
-            if root is not None:
-                raise VRDataError(path, "--root applies to manifests, not stores")
             stores.append(path)
         elif path.is_file():
-            manifests.append(read_manifest(path, root=root))
+            manifests.append(path)
         else:
             raise VRDataError(path, "no such manifest or store", errors.MISSING)
     return manifests, stores
+
+
+def load_inputs(paths: Sequence[str | Path], root: str | Path | None = None) -> tuple[list[Manifest], list[Path]]:
+    """Manifests (read) and store directories among `paths` (see `classify_inputs`)."""
+    manifest_paths, stores = classify_inputs(paths, root)
+    return [read_manifest(path, root=root) for path in manifest_paths], stores
 
 
 def describe(
