@@ -30,7 +30,7 @@ def _rss_mb() -> float:
     return pages * resource.getpagesize() / 2**20
 
 
-def measure_step(preset: str, crop_frames: int, batch: int, steps: int, threads: int) -> dict:
+def measure_step(preset: str, crop_frames: int, batch: int, steps: int, threads: int, checkpointing: bool) -> dict:
     """Time forward + backward of `preset` on random crops; runs in the calling process."""
     import torch
 
@@ -39,6 +39,7 @@ def measure_step(preset: str, crop_frames: int, batch: int, steps: int, threads:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = build_model(preset).train()
+    model.gradient_checkpointing = checkpointing
     baseline = _rss_mb()
     mixture = torch.rand(batch, 2, model.config.bins + 1, crop_frames)
     target = torch.rand_like(mixture)
@@ -65,11 +66,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--checkpointing", action="store_true", help="recompute each level in backward")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one crop, JSON out
     args = parser.parse_args()
 
     if args.one is not None:
-        print(json.dumps(measure_step("tiny", args.one, args.batch, args.steps, args.threads)))
+        print(json.dumps(measure_step("tiny", args.one, args.batch, args.steps, args.threads, args.checkpointing)))
         return
 
     import torch
@@ -80,13 +82,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, batch {args.batch}, "
           f"mean and min of {args.steps} steps after 1 warm-up; {os.cpu_count()} CPUs, "
           f"load average at start {os.getloadavg()[0]:.1f} (other processes share these CPUs)")
-    print(f"\ntiny ({count_parameters('tiny'):,} parameters): forward + backward on CPU")
+    print(f"\ntiny ({count_parameters('tiny'):,} parameters): forward + backward on CPU"
+          + (", gradient checkpointing per level" if args.checkpointing else ""))
     print(f"{'crop':>6} {'s/step':>8} {'min s':>8} {'frames/s':>9} {'peak RSS MB':>12} {'over model MB':>14} "
           f"{'fwd GFLOP':>10} {'GFLOP/s (3x fwd)':>17}")
     for crop in args.crops:
         child = subprocess.run(
             [sys.executable, __file__, "--one", str(crop), "--batch", str(args.batch),
-             "--steps", str(args.steps), "--threads", str(args.threads)],
+             "--steps", str(args.steps), "--threads", str(args.threads)]
+            + (["--checkpointing"] if args.checkpointing else []),
             check=True, capture_output=True, text=True,
         )
         row = json.loads(child.stdout.strip().splitlines()[-1])

@@ -24,6 +24,7 @@ def test_round_trip_restores_config_weights_and_outputs(tmp_path):
     loaded = load_model(tmp_path / "step_100")
     assert loaded.config == SMALL
     assert not loaded.training
+    assert all(parameter.requires_grad for parameter in loaded.parameters())  # ready to fine-tune
     for (name, original), (name_again, restored) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert name == name_again and torch.equal(original, restored)
     mixture = torch.rand(1, 2, 65, 12)

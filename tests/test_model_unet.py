@@ -126,6 +126,18 @@ def test_gradient_reaches_every_parameter(config):
     assert not silent
 
 
+def test_gradient_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    plain = FramePrimerUNet(CHAINED).train()
+    checkpointed = FramePrimerUNet(CHAINED, gradient_checkpointing=True).train()
+    checkpointed.load_state_dict(plain.state_dict())
+    mixture = magnitude(CHAINED, 12)
+    plain(mixture).square().mean().backward()
+    checkpointed(mixture).square().mean().backward()
+    for (name, a), (_, b) in zip(plain.named_parameters(), checkpointed.named_parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=1e-4, atol=1e-7, msg=name)
+
+
 def test_dropout_is_off_in_eval_and_on_in_train():
     config = CHAINED.replace(dropout=0.5)
     torch.manual_seed(0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
+from torch.utils.checkpoint import checkpoint
 
 from vr_data.errors import VRDataError
 from vr_model.config import FramePrimerConfig
@@ -130,17 +131,27 @@ class FramePrimerUNet(nn.Module):
     frames (True = padding) at the end of a crop: they are never attended to and are zeroed
     in front of every convolution, so the mask on the real frames equals the mask of the
     unpadded crop. `T` may be anything from 1 to `config.max_frames`.
+
+    `gradient_checkpointing = True` keeps only each level's inputs for backward and recomputes
+    the level (about a third more compute for a fraction of the activation memory); it is a
+    run-time choice, not part of the config, and does not change the weights.
     """
 
-    def __init__(self, config: FramePrimerConfig):
+    def __init__(self, config: FramePrimerConfig, gradient_checkpointing: bool = False):
         super().__init__()
         self.config = config
+        self.gradient_checkpointing = gradient_checkpointing
         self.encoder = nn.ModuleList(EncoderLevel(config, level) for level in range(config.levels))
         self.decoder = nn.ModuleList(DecoderLevel(config, level) for level in reversed(range(config.levels)))
         self.out = nn.Conv2d(config.channels[0], config.in_channels, 1)
 
     def num_parameters(self) -> int:
         return sum(parameter.numel() for parameter in self.parameters())
+
+    def _run(self, level: nn.Module, *inputs):
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(level, *inputs, use_reentrant=False)
+        return level(*inputs)
 
     def forward(self, magnitude: Tensor, frame_mask: Tensor | None = None) -> Tensor:
         config = self.config
@@ -160,15 +171,15 @@ class FramePrimerUNet(nn.Module):
         skips = []
         scores = None
         for level in self.encoder:
-            features, scores = level(features, keep, frame_mask, scores)
+            features, scores = self._run(level, features, keep, frame_mask, scores)
             skips.append(features)
 
         self_scores = cross_scores = None
         for index, level in enumerate(self.decoder):
             depth = config.levels - 1 - index
             next_skip = skips[depth - 1] if depth > 0 else mixture
-            features, self_scores, cross_scores = level(
-                features, skips[depth], next_skip, keep, frame_mask, self_scores, cross_scores)
+            features, self_scores, cross_scores = self._run(
+                level, features, skips[depth], next_skip, keep, frame_mask, self_scores, cross_scores)
 
         mask = torch.sigmoid(self.out(features))          # (B, C, bins, T)
         return torch.cat((mask, mask[:, :, -1:]), dim=2)  # restore Nyquist: (B, C, bins + 1, T)
