@@ -135,7 +135,8 @@ def _print_integrity(integrity: dict) -> None:
     duplicates = integrity.get("duplicates", [])
     leaks = integrity.get("group_leaks", [])
     if not duplicates and not leaks:
-        console.print("integrity: no duplicate files, no group in both splits")
+        checked = "no duplicate files, " if "duplicates" in integrity else ""  # stores keep no file hashes
+        console.print(f"integrity: {checked}no group in both splits")
         return
     if duplicates:
         table = Table(title=f"duplicate files ({len(duplicates)})")

@@ -107,3 +107,21 @@ def test_silence_fraction_counts_whole_silent_windows():
     # Below the threshold (-70 dBFS RMS < -60) is silence too, not only digital zeros.
     assert loudness.silence_fraction(np.stack([signal, signal]) * 10 ** (-50 / 20), rate) == 1.0
     assert loudness.silence_fraction(np.zeros((2, 0)), rate) == 0.0
+
+
+def test_piecewise_processing_equals_processing_at_once(monkeypatch):
+    from vr_data.stats.content import vocal_energy_db
+
+    rng = np.random.default_rng(1)
+    rate = 44100
+    audio = rng.standard_normal((2, 3 * rate)) * np.linspace(0, 0.3, 3 * rate)
+    audio[:, rate : rate + 7000] = 0.0  # a silent stretch across piece boundaries
+    other = audio + 0.01 * rng.standard_normal(audio.shape)
+    at_once = (loudness.integrated_loudness(audio, rate), loudness.silence_fraction(audio, rate),
+               vocal_energy_db(other, audio))
+    monkeypatch.setattr(loudness, "BLOCK_SAMPLES", 10_000)  # not a multiple of a step or a window
+    pieces = (loudness.integrated_loudness(audio, rate), loudness.silence_fraction(audio, rate),
+              vocal_energy_db(other, audio))
+    assert pieces[0] == pytest.approx(at_once[0], abs=1e-9)
+    assert pieces[1] == at_once[1] and pieces[1] > 0
+    assert pieces[2] == pytest.approx(at_once[2], abs=1e-9)

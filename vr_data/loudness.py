@@ -28,6 +28,7 @@ RELATIVE_GATE_LU = -10.0
 CLIP_LEVEL = 0.999                 # |sample| at or above counts as clipped
 SILENCE_WINDOW_SECONDS = 0.1
 SILENCE_DBFS = -60.0               # window RMS below this is silence
+BLOCK_SAMPLES = 1 << 20            # samples processed at once: bounds the float64 working memory
 
 # Analogue prototype of the BS.1770 K-weighting stages (libebur128's derivation of the
 # standard's 48 kHz coefficients): shelf gain (dB), Q and corner (Hz), then high-pass Q and corner.
@@ -60,23 +61,38 @@ def block_loudness(audio: np.ndarray, sample_rate: int) -> np.ndarray:
 
     Only whole blocks count: `floor((samples - block) / step) + 1` of them (none if shorter).
     """
-    audio = np.atleast_2d(np.asarray(audio, dtype=np.float64))
-    (shelf_b, shelf_a), (highpass_b, highpass_a) = k_weighting(int(sample_rate))
-    weighted = scipy.signal.lfilter(highpass_b, highpass_a, scipy.signal.lfilter(shelf_b, shelf_a, audio, axis=-1), axis=-1)
+    audio = np.atleast_2d(audio)
     step = int(round(STEP_SECONDS * sample_rate))
     steps_per_block = int(round(BLOCK_SECONDS / STEP_SECONDS))
-    block = step * steps_per_block
-    samples = weighted.shape[-1]
-    if samples < block:
+    steps = audio.shape[-1] // step
+    if steps < steps_per_block:
         return np.zeros(0)
-    # Sum of squares per 100 ms step (channel weights are 1 for L and R: sum over channels),
-    # then each block is four consecutive steps.
-    steps = samples // step
-    energy = np.square(weighted[:, : steps * step]).reshape(weighted.shape[0], steps, step).sum(axis=(0, 2))
+    # Channel weights are 1 for L and R: the energies of the channels add. Each block is four
+    # consecutive 100 ms steps.
+    energy = sum(_weighted_step_energy(channel, sample_rate, step, steps) for channel in audio)
     blocks = steps - steps_per_block + 1
-    block_energy = sum(energy[offset : offset + blocks] for offset in range(steps_per_block)) / block
+    block_energy = sum(energy[offset : offset + blocks] for offset in range(steps_per_block)) / (step * steps_per_block)
     with np.errstate(divide="ignore"):
         return -0.691 + 10.0 * np.log10(block_energy)
+
+
+def _weighted_step_energy(channel: np.ndarray, sample_rate: int, step: int, steps: int) -> np.ndarray:
+    """Sum of squares of the K-weighted `channel` over each of its first `steps` steps, float64.
+
+    Filtered piece by piece with the filter state carried over (the same result as filtering the
+    whole signal at once), so memory stays bounded for hour-long tracks.
+    """
+    (shelf_b, shelf_a), (highpass_b, highpass_a) = k_weighting(int(sample_rate))
+    shelf_state, highpass_state = np.zeros(2), np.zeros(2)
+    energy = np.empty(steps)
+    steps_per_piece = max(1, BLOCK_SAMPLES // step)
+    for first in range(0, steps, steps_per_piece):
+        last = min(first + steps_per_piece, steps)
+        piece = np.asarray(channel[first * step : last * step], dtype=np.float64)
+        piece, shelf_state = scipy.signal.lfilter(shelf_b, shelf_a, piece, zi=shelf_state)
+        piece, highpass_state = scipy.signal.lfilter(highpass_b, highpass_a, piece, zi=highpass_state)
+        energy[first:last] = np.square(piece).reshape(last - first, step).sum(axis=1)
+    return energy
 
 
 def integrated_loudness(audio: np.ndarray, sample_rate: int) -> float:
@@ -108,13 +124,18 @@ def silence_fraction(audio: np.ndarray, sample_rate: int, threshold_dbfs: float 
                      window_seconds: float = SILENCE_WINDOW_SECONDS) -> float:
     """Fraction of the duration in silent windows: consecutive `window_seconds` windows (the last
     may be shorter) whose RMS over both channels is below `threshold_dbfs`; 0 for no audio."""
-    audio = np.atleast_2d(np.asarray(audio, dtype=np.float64))
-    samples = audio.shape[-1]
+    audio = np.atleast_2d(audio)
+    channels, samples = audio.shape
     if samples == 0:
         return 0.0
     window = max(1, int(round(window_seconds * sample_rate)))
-    starts = np.arange(0, samples, window)
-    power = np.add.reduceat(np.square(audio).sum(axis=0), starts) / audio.shape[0]
-    lengths = np.diff(np.append(starts, samples))
-    silent = power / lengths < 10.0 ** (threshold_dbfs / 10.0)
-    return float(lengths[silent].sum() / samples)
+    threshold = 10.0 ** (threshold_dbfs / 10.0)
+    silent_samples = 0
+    windows_per_piece = max(1, BLOCK_SAMPLES // window)
+    for start in range(0, samples, window * windows_per_piece):  # piece by piece: bounded memory
+        piece = np.asarray(audio[:, start : start + window * windows_per_piece], dtype=np.float64)
+        starts = np.arange(0, piece.shape[1], window)
+        lengths = np.diff(np.append(starts, piece.shape[1]))
+        power = np.add.reduceat(np.square(piece).sum(axis=0), starts) / (channels * lengths)
+        silent_samples += int(lengths[power < threshold].sum())
+    return silent_samples / samples

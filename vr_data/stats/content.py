@@ -5,7 +5,7 @@ integrated loudness (BS.1770-4, LUFS), peak (dBFS), clipped samples, silence fra
 per-bin moments of its log-magnitude STFT; for a pair also the energy of `mixture -
 instrumental` (the vocal) relative to the instrumental, in dB. It is a pure function of its task,
 run on any executor; `ContentSummary` merges the results per `role/source` exactly.
-Memory per task: the decoded sources of one item plus the STFT of one channel.
+Memory per task: the decoded sources of one item plus the STFT of `chunk_frames` frames.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from vr_data import loudness
+from vr_data.build import block_stft
 from vr_data.errors import VRDataError
 from vr_data.manifest import Item, Manifest, load_item_source
 from vr_data.running import Histogram, RunningMoments
-from vr_data.spectrogram import stft_frames_major
 from vr_data.stats import settings as limits
 from vr_data.stats.settings import StatsSettings
 from vr_data.stats.spectral import log_magnitude_moments
@@ -89,10 +89,12 @@ def measure_item(task: ItemTask) -> ItemContent:
 
 def source_levels(source: str, audio: np.ndarray, settings: StatsSettings) -> SourceLevels:
     """Measures of float32 `(channels, samples)` audio at `settings.sample_rate`."""
-    moments = None
-    for channel in audio:  # one channel's STFT at a time bounds the memory of long tracks
-        magnitude = np.abs(stft_frames_major(channel[None], settings.stft)[0])  # (frames, bins)
-        moments = log_magnitude_moments(magnitude, settings.log_eps, moments)
+    moments = RunningMoments((settings.stft.bins,))
+    frames = settings.stft.frames_for(audio.shape[1])
+    for first in range(0, frames, settings.chunk_frames):  # block by block: bounded memory for long tracks
+        last = min(first + settings.chunk_frames, frames)
+        spec = block_stft(audio, settings.stft, first, last)  # complex64 (channels, frames, bins)
+        log_magnitude_moments(np.abs(spec).reshape(-1, settings.stft.bins), settings.log_eps, moments)
     return SourceLevels(
         source=source,
         seconds=audio.shape[1] / settings.sample_rate,
@@ -109,12 +111,14 @@ def vocal_energy_db(mixture: np.ndarray, instrumental: np.ndarray) -> float | No
     """Energy of `mixture - instrumental` relative to the instrumental's, dB, over their common
     length and both channels; `-inf` if they are identical, None if the instrumental is silent."""
     length = min(mixture.shape[1], instrumental.shape[1])
-    mixture = mixture[:, :length].astype(np.float64)
-    instrumental = instrumental[:, :length].astype(np.float64)
-    instrumental_energy = float(np.sum(np.square(instrumental)))
+    vocal_energy = instrumental_energy = 0.0
+    for start in range(0, length, loudness.BLOCK_SAMPLES):  # piece by piece: bounded float64 memory
+        stop = min(start + loudness.BLOCK_SAMPLES, length)
+        instrumental_piece = instrumental[:, start:stop].astype(np.float64)
+        vocal_energy += float(np.sum(np.square(mixture[:, start:stop] - instrumental_piece)))
+        instrumental_energy += float(np.sum(np.square(instrumental_piece)))
     if instrumental_energy == 0.0:
         return None
-    vocal_energy = float(np.sum(np.square(mixture - instrumental)))
     return 10.0 * math.log10(vocal_energy / instrumental_energy) if vocal_energy > 0 else float("-inf")
 
 

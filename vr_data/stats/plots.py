@@ -77,10 +77,11 @@ def _durations(section: dict, title: str, path: Path) -> Path:
     figure, axes = _figure(len(roles))
     for axis, role in zip(axes, roles):
         entry = section["durations"][role]
-        minutes = {**entry["histogram"], "edges": np.asarray(entry["histogram"]["edges"]) / 60.0}
-        _bars(axis, minutes)
+        edges = np.asarray(entry["histogram"]["edges"])
+        scale, unit = (60.0, "minutes") if edges[-1] > 120.0 else (1.0, "seconds")  # short libraries in seconds
+        _bars(axis, {**entry["histogram"], "edges": edges / scale})
         axis.set_title(f"{role}: {entry['count']} items", fontsize=10)
-        axis.set_xlabel("duration (minutes)")
+        axis.set_xlabel(f"duration ({unit})")
         axis.set_ylabel("items")
     if not roles:
         axes[0].set_axis_off()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,9 +198,3 @@ def store_durations(store: Store) -> dict[str, list[float]]:
         durations.setdefault(track.role, []).append(track.duration)
     return durations
 
-
-def merge_tracks(results: Iterable[TrackSpectral]) -> StoreContent:
-    content = StoreContent()
-    for result in results:
-        content.add(result)
-    return content
