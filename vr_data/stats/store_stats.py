@@ -7,8 +7,9 @@ spectrum (Parseval, window-weighted), the fraction of frames below the silence t
 each track's RMS level over all its frames. Loudness (LUFS), peaks and clipping need the audio
 and are manifest statistics only.
 
-One task per (track, source) reads `chunk_frames` frames at a time, so memory is bounded by one
-chunk whatever the track or store size; tasks open the store once per process.
+One task per (track, source) reads `chunk_frames` frames at a time (float16) and works on slices
+of it, so memory is bounded by one chunk whatever the track or store size; tasks open the store
+once per process.
 """
 
 from __future__ import annotations
@@ -25,10 +26,12 @@ from vr_data.running import Histogram, RunningMoments
 from vr_data.stats import settings as limits
 from vr_data.stats.content import log_magnitude_json
 from vr_data.stats.settings import StatsSettings
-from vr_data.stats.spectral import frame_mean_square, level_db, log_magnitude_moments
+from vr_data.stats.spectral import SLICE_ROWS, frame_mean_square, level_db, log_magnitude_moments
 from vr_data.stats.totals import amount
 from vr_data.store import Store, open_store
 from vr_data.store_format import STORE_JSON
+
+SLICE_FRAMES = SLICE_ROWS // 2  # frames of a stereo slice: as many rows as one float64 pass takes
 
 
 @dataclass(frozen=True)
@@ -88,13 +91,16 @@ def measure_track(task: TrackTask) -> TrackSpectral:
     threshold = 10.0 ** (settings.silence_dbfs / 10.0)
     for start in range(0, track.frames, settings.chunk_frames):
         stop = min(start + settings.chunk_frames, track.frames)
-        stored = store.read_frames(track, task.source, start, stop).astype(np.float32)  # (frames, 2, re/im, bins)
-        power = np.square(stored[:, :, 0]) + np.square(stored[:, :, 1])  # (frames, channels, bins)
-        log_magnitude_moments(np.sqrt(power).reshape(-1, store.bins), settings.log_eps, moments)
-        mean_square = frame_mean_square(power, store.config)  # (frames,)
-        frame_levels.update(level_db(mean_square))
-        silent_frames += int(np.count_nonzero(mean_square < threshold))
-        mean_square_sum += float(mean_square.sum())
+        stored = store.read_frames(track, task.source, start, stop)  # float16 (frames, 2, re/im, bins)
+        # One large read for I/O, float32/float64 work on slices of it to keep temporaries small.
+        for first in range(0, stored.shape[0], SLICE_FRAMES):
+            piece = stored[first : first + SLICE_FRAMES].astype(np.float32)
+            power = np.square(piece[:, :, 0]) + np.square(piece[:, :, 1])  # (frames, channels, bins)
+            log_magnitude_moments(np.sqrt(power).reshape(-1, store.bins), settings.log_eps, moments)
+            mean_square = frame_mean_square(power, store.config)  # (frames,)
+            frame_levels.update(level_db(mean_square))
+            silent_frames += int(np.count_nonzero(mean_square < threshold))
+            mean_square_sum += float(mean_square.sum())
     return TrackSpectral(track.id, track.role, track.library, track.split, task.source, track.frames, silent_frames,
                          mean_square_sum, frame_levels, moments)
 
