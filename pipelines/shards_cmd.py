@@ -13,8 +13,8 @@ from rich.table import Table
 
 from pipelines.common import console, dask_executor, default_workers, progress, user_errors
 from pipelines.vrdata import app
-from vr_data.build import BuildOptions, BuildResult, build_store, existing_configs
-from vr_data.codec import CODECS, CodecConfig
+from vr_data.build import DEFAULT_CODEC, BuildOptions, BuildResult, build_store, existing_configs
+from vr_data.codec import CODECS
 from vr_data.errors import VRDataError
 from vr_data.manifest import read_manifest
 from vr_data.spectrogram import StftConfig
@@ -31,6 +31,7 @@ def build_shards_command(
     append: bool = typer.Option(False, help="Add the manifests' new items to an existing store."),
     codec: Optional[str] = typer.Option(None, help=f"Storage codec: {', '.join(CODECS)} (default f16-q)."),
     target_snr_db: Optional[float] = typer.Option(None, help="f16-q: minimum spectral SNR per frame and channel, dB."),
+    zstd_level: Optional[int] = typer.Option(None, help="Level of the lossless zstd stage (default 1: fast, 6% larger than 5)."),
     sample_rate: Optional[int] = typer.Option(None, help="STFT sample rate, Hz (default 44100)."),
     n_fft: Optional[int] = typer.Option(None, help="STFT size, samples (default 2048)."),
     hop_length: Optional[int] = typer.Option(None, help="STFT hop, samples (default 1024)."),
@@ -50,7 +51,7 @@ def build_shards_command(
         raise typer.BadParameter("--root applies to a single MANIFEST; use M.jsonl=ROOT for several")
     loaded = [_read(spec, root) for spec in manifests]
     stft, codec_config, geometry = _configs(out, dict(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length),
-                                            dict(name=codec, target_snr_db=target_snr_db),
+                                            dict(name=codec, target_snr_db=target_snr_db, level=zstd_level),
                                             dict(segment_frames=segment_frames, chunk_frames=chunk_frames,
                                                  shard_frames=shard_frames,
                                                  wds_shard_bytes=None if wds_shard_mb is None else int(wds_shard_mb * 2**20)))
@@ -84,7 +85,7 @@ def _read(spec: str, root: Path | None):
 def _configs(out: Path, stft_given: dict, codec_given: dict, geometry_given: dict):
     """Configs to ask for: None where nothing was given, else the given values over the store's
     own (or the defaults), so an option equal to the existing store's value is not a conflict."""
-    existing = existing_configs(out) or (StftConfig(), CodecConfig(), Geometry())
+    existing = existing_configs(out) or (StftConfig(), DEFAULT_CODEC, Geometry())
     chosen = []
     for base, given in zip(existing, (stft_given, codec_given, geometry_given)):
         given = {name: value for name, value in given.items() if value is not None}

@@ -11,13 +11,14 @@ the same samples always give the same bytes and a resumed build writes identical
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import os
 import re
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from vr_data.errors import VRDataError
 from vr_data.store_format import WdsShard
 
 _KEY = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_BLOCK = tarfile.BLOCKSIZE
 _EXTENSIONS = {"json"} | {f"{source}.npy" for source in ("mixture", "instrumental", "vocal", "audio")}
 
 
@@ -33,37 +35,27 @@ def sample_key(track_id: str, segment: int) -> str:
     return f"{track_id}_{segment:05d}"
 
 
-def npy_bytes(array: np.ndarray) -> bytes:
-    """The .npy serialisation (format 1.0 header, deterministic) of a plain numeric array."""
+def npy_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
+    """The .npy serialisation of a plain numeric array as (format 1.0 header, raw data view):
+    written one after the other they are the file, without copying the data."""
+    array = np.ascontiguousarray(array)
+    return _npy_header(array.shape, array.dtype.str), memoryview(array).cast("B")
+
+
+@functools.lru_cache(maxsize=64)
+def _npy_header(shape: tuple[int, ...], dtype: str) -> bytes:
     buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.ascontiguousarray(array), allow_pickle=False)
+    np.lib.format.write_array_header_1_0(buffer, {"descr": dtype, "fortran_order": False, "shape": shape})
     return buffer.getvalue()
-
-
-class _HashingFile(io.RawIOBase):
-    """A write-only file that hashes and counts what passes through it."""
-
-    def __init__(self, handle):
-        self.handle = handle
-        self.digest = hashlib.sha256()
-        self.size = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self.size
-
-    def write(self, data) -> int:
-        self.digest.update(data)
-        self.size += len(data)
-        return self.handle.write(data)
 
 
 class TrackTarWriter:
     """Writes one track's samples to `{directory}/{stem}-{part:04d}.tar`, a new part beyond
     `target_bytes`. Each part is written under a temporary name and renamed when closed, so a
     killed build never leaves a truncated tar under a final name.
+
+    Headers and padding are written directly (POSIX pax/ustar, as `tarfile` writes them), so
+    array data goes from the encoder's buffer to the file with no intermediate copies.
     """
 
     def __init__(self, directory: Path, stem: str, role: str, track_id: str, target_bytes: int, relative_to: Path):
@@ -75,27 +67,37 @@ class TrackTarWriter:
         self.relative_to = Path(relative_to)
         self.shards: list[WdsShard] = []
         self._part = -1
-        self._tar = None
+        self._handle = None
 
-    def add(self, key: str, members: dict[str, bytes]) -> None:
-        """One sample: `members` maps extension (`json`, `mixture.npy`...) to bytes."""
-        size = sum(512 + -(-len(data) // 512) * 512 for data in members.values())
-        if self._tar is None or (self._samples > 0 and self._hasher.size + size > self.target_bytes):
+    def add(self, key: str, members: dict[str, Sequence[bytes | memoryview]]) -> None:
+        """One sample: `members` maps extension (`json`, `mixture.npy`...) to the member's bytes,
+        given as consecutive pieces."""
+        size = sum(_BLOCK + _padded(sum(len(piece) for piece in pieces)) for pieces in members.values())
+        if self._handle is None or (self._samples > 0 and self._size + size > self.target_bytes):
             self._next_part()
-        for extension, data in members.items():
+        for extension, pieces in members.items():
             info = tarfile.TarInfo(f"{key}.{extension}")
-            info.size = len(data)
+            info.size = sum(len(piece) for piece in pieces)
             info.mtime = 0
             info.mode = 0o644
             info.uid = info.gid = 0
             info.uname = info.gname = ""
-            self._tar.addfile(info, io.BytesIO(data))
+            self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+            for piece in pieces:
+                self._write(piece)
+            if info.size % _BLOCK:
+                self._write(bytes(_BLOCK - info.size % _BLOCK))
         self._samples += 1
 
     def close(self) -> list[WdsShard]:
         """Finish the last part; returns every part written, in order."""
         self._finish_part()
         return self.shards
+
+    def _write(self, data) -> None:
+        self._handle.write(data)
+        self._digest.update(data)
+        self._size += len(data)
 
     def _next_part(self) -> None:
         self._finish_part()
@@ -104,23 +106,30 @@ class TrackTarWriter:
         self._final = self.directory / f"{self.stem}-{self._part:04d}.tar"
         self._temporary = self.directory / f".{self._final.name}.tmp-{os.getpid()}"
         self._handle = open(self._temporary, "wb")
-        self._hasher = _HashingFile(self._handle)
-        self._tar = tarfile.open(fileobj=self._hasher, mode="w", format=tarfile.PAX_FORMAT)
+        self._digest = hashlib.sha256()
+        self._size = 0
         self._samples = 0
 
     def _finish_part(self) -> None:
-        if self._tar is None:
+        if self._handle is None:
             return
-        self._tar.close()
+        # End of archive: two zero blocks, then zeros up to a whole record, as tarfile does.
+        self._write(bytes(2 * _BLOCK))
+        if self._size % tarfile.RECORDSIZE:
+            self._write(bytes(tarfile.RECORDSIZE - self._size % tarfile.RECORDSIZE))
         self._handle.flush()
         os.fsync(self._handle.fileno())
         self._handle.close()
+        self._handle = None
         os.replace(self._temporary, self._final)
         self.shards.append(WdsShard(
             path=self._final.relative_to(self.relative_to).as_posix(), role=self.role, track=self.track_id,
-            samples=self._samples, bytes=self._hasher.size, sha256=self._hasher.digest.hexdigest(),
+            samples=self._samples, bytes=self._size, sha256=self._digest.hexdigest(),
         ))
-        self._tar = None
+
+
+def _padded(size: int) -> int:
+    return -(-size // _BLOCK) * _BLOCK
 
 
 def iter_tar_samples(path: Path) -> Iterator[dict]:
