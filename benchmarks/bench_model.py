@@ -59,6 +59,39 @@ def measure_step(preset: str, crop_frames: int, batch: int, steps: int, threads:
     }
 
 
+def saved_activation_bytes(preset: str, frames: int) -> int:
+    """Bytes autograd keeps for backward in one training forward pass of one example (fp32).
+
+    Counted with a saved-tensors hook, each storage once; parameters excluded.
+    """
+    import torch
+
+    from vr_model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(preset).train()
+    parameters = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in parameters:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        model(torch.rand(1, 2, model.config.bins + 1, frames))
+    return sum(storages.values())
+
+
+def quadratic_through(points: list[tuple[int, int]]) -> tuple[float, float, float]:
+    """(a, b, c) of a + b*T + c*T^2 through three (T, value) points."""
+    import numpy as np
+
+    frames, values = zip(*points)
+    return tuple(np.linalg.solve(np.vander(np.array(frames, dtype=float), 3, increasing=True), np.array(values, float)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--crops", type=int, nargs="+", default=[256, 512, 1024])
@@ -67,6 +100,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--checkpointing", action="store_true", help="recompute each level in backward")
+    parser.add_argument("--no-activations", action="store_true", help="skip the frame-primer activation count")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one crop, JSON out
     args = parser.parse_args()
 
@@ -106,6 +140,19 @@ def main() -> None:
     for frames in args.flop_frames:
         flops = forward_flops("frame-primer", frames)
         print(f"{frames:>6} {frames * 1024 / 44100:>8.1f} {flops / 1e9:>10.1f} {3 * flops / 1e9:>21.1f}")
+
+    if args.no_activations:
+        return
+    # Every saved tensor is per frame, per frame pair (attention) or fixed, so the size is
+    # exactly a + b*T + c*T^2: three short crops on CPU give it for any crop length.
+    points = [(frames, saved_activation_bytes("frame-primer", frames)) for frames in (16, 32, 48)]
+    a, b, c = quadratic_through(points)
+    print("\nframe-primer saved activations per example for backward (fp32, no checkpointing): "
+          f"measured {', '.join(f'{t} frames {v / 2**20:.0f} MiB' for t, v in points)}; "
+          "a + bT + cT^2 through them gives")
+    print(f"{'frames':>6} {'GiB':>8}")
+    for frames in args.flop_frames:
+        print(f"{frames:>6} {(a + b * frames + c * frames**2) / 2**30:>8.2f}")
 
 
 if __name__ == "__main__":
