@@ -1,0 +1,42 @@
+"""`vrdata preview-mix`: write sampled training examples as WAV + a spectrogram sheet."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from pipelines.common import console, user_errors
+from pipelines.vrdata import app
+
+
+@app.command("preview-mix")
+@user_errors
+def preview_mix_command(
+    store: Path = typer.Argument(..., help="A complete store (vrdata build-shards)."),
+    n: int = typer.Option(8, "--n", help="How many examples."),
+    out: Path = typer.Option(..., "--out", help="Folder for the WAVs and sheet.png."),
+    crop_frames: int = typer.Option(256, help="Crop length in frames."),
+    seed: int = typer.Option(0, help="Mixer seed."),
+    split: str = typer.Option("train", help="Split to sample from."),
+    pair: float = typer.Option(0.5, help="Proportion of pair examples."),
+    augmented: float = typer.Option(0.5, help="Proportion of augmented (instrumental + vocal) examples."),
+    pretrain: float = typer.Option(0.0, help="Proportion of pretraining examples."),
+) -> None:
+    """Listen to and look at what the mixer feeds the model."""
+    from vr_data.mixer import MixerConfig, ZarrMixerDataset
+    from vr_data.preview import preview_examples, write_preview
+
+    config = MixerConfig(crop_frames=crop_frames, batch_size=min(n, 16), seed=seed, split=split,
+                         proportions={"pair": pair, "augmented": augmented, "pretrain": pretrain},
+                         examples_per_epoch=max(n, 16))
+    dataset = ZarrMixerDataset(store, config)
+    with console.status("mixing and resynthesising"):
+        examples = preview_examples(dataset, n)
+        written = write_preview(examples, dataset.store.config, out)
+    for number, example in enumerate(examples):
+        recipe = example["recipe"]
+        console.print(f"{number:02d} {example['kind']:9s} frames {example['valid']:5d}  vocal gain "
+                      f"{recipe['vocal_gain'][0]:+.2f}/{recipe['vocal_gain'][1]:+.2f}  swap {recipe['swap_a']!s:5}  "
+                      f"mono {recipe['mono']!s:5}  instrumental-only {recipe['instrumental_only']}")
+    console.print(f"wrote {len(written)} files to {out}")

@@ -1,0 +1,88 @@
+"""Listen and look: resynthesise sampled mixer examples as WAV files and a spectrogram sheet.
+
+For each example, `NN_kind_mixture.wav`, `NN_kind_target.wav` and `NN_kind_vocal.wav`
+(mixture minus target), by inverse STFT of the complex example (the same recipe the training
+kernel turns into magnitudes), and `sheet.png` with their log-magnitude spectrograms.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from vr_data.audio import write_audio
+from vr_data.mixing import mix_complex
+
+
+def preview_examples(dataset, count: int, epoch: int = 0) -> list[dict]:
+    """The first `count` examples of `epoch` from a ZarrMixerDataset, as complex spectrograms.
+
+    Each dict: `kind`, `index`, `valid` (frames), `mixture`/`target`/`vocal` complex64 `(2, bins, frames)`.
+    """
+    examples: list[dict] = []
+    plan = dataset.plan(epoch)
+    k = 0
+    while len(examples) < count and k < plan.batches_per_rank:
+        buffers = dataset._new_buffers()
+        recipes, indices = dataset.assemble(plan, k, buffers)
+        for j, (recipe, index) in enumerate(zip(recipes, indices)):
+            mixture, target = mix_complex(
+                buffers["a"][j], None if recipe["target_is_a"] else buffers["t"][j],
+                buffers["v"][j] if recipe["vocal"] else None, vocal_gain=recipe["vocal_gain"],
+                swap_a=recipe["swap_a"], swap_vocal=recipe["swap_vocal"], mono=recipe["mono"],
+            )
+            valid = recipe["valid"]
+            examples.append({
+                "kind": recipe["kind"], "index": index, "valid": valid, "recipe": recipe,
+                "mixture": mixture[:, :, :valid], "target": target[:, :, :valid],
+                "vocal": (mixture - target)[:, :, :valid],
+            })
+            if len(examples) == count:
+                break
+        k += 1
+    return examples
+
+
+def write_preview(examples: list[dict], stft_config, directory: str | Path) -> list[Path]:
+    """Write the WAVs and `sheet.png` for `examples` into `directory`; returns the files written."""
+    from vr_data.spectrogram import istft
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for number, example in enumerate(examples):
+        for part in ("mixture", "target", "vocal"):
+            audio = istft(example[part], stft_config)
+            path = directory / f"{number:02d}_{example['kind']}_{part}.wav"
+            write_audio(path, np.clip(audio, -1.0, 1.0), stft_config.sample_rate)
+            written.append(path)
+    written.append(_sheet(examples, stft_config, directory / "sheet.png"))
+    return written
+
+
+def _sheet(examples: list[dict], stft_config, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = max(1, len(examples))
+    figure, axes = plt.subplots(rows, 3, figsize=(12, 2.2 * rows), squeeze=False)
+    seconds_per_frame = stft_config.hop_length / stft_config.sample_rate
+    for row, example in enumerate(examples):
+        for column, part in enumerate(("mixture", "target", "vocal")):
+            magnitude = np.abs(example[part]).mean(axis=0)
+            decibels = 20 * np.log10(magnitude + 1e-5)
+            frames = magnitude.shape[1]
+            axis = axes[row][column]
+            axis.imshow(decibels, origin="lower", aspect="auto", vmin=decibels.max() - 80, vmax=decibels.max(),
+                        extent=(0, frames * seconds_per_frame, 0, stft_config.sample_rate / 2000), cmap="magma")
+            axis.set_title(f"{row:02d} {example['kind']} {part}", fontsize=8)
+            axis.set_xlabel("s", fontsize=7)
+            axis.set_ylabel("kHz", fontsize=7)
+            axis.tick_params(labelsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=80)
+    plt.close(figure)
+    return path
