@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from vr_data.mixing import complex_from_stored, crop_level_dbfs, mix_complex, mix_magnitudes
-from vr_data.sampling import KINDS, crop_cells, example_rng, plan_epoch, worker_batches
+from vr_data.sampling import KINDS, crop_cells, example_rng, plan_epoch
 
 
 def _stored(rng, frames=40, bins=33):
@@ -90,20 +90,6 @@ def test_every_rank_gets_the_same_number_of_batches_and_disjoint_examples():
         for k in range(plan.batches_per_rank):
             seen.extend(plan.example_indices(rank, k))
     assert len(seen) == len(set(seen)) == plan.batches_per_rank * 24
-
-
-def test_worker_batches_interleave_to_the_single_worker_order():
-    for workers in (1, 2, 3):
-        for start in (0, 5):
-            per_worker = [list(worker_batches(20, start, w, workers)) for w in range(workers)]
-            merged = []
-            position = [0] * workers
-            while any(position[w] < len(per_worker[w]) for w in range(workers)):
-                for w in range(workers):  # the DataLoader's round robin
-                    if position[w] < len(per_worker[w]):
-                        merged.append(per_worker[w][position[w]])
-                        position[w] += 1
-            assert merged == list(range(start, 20))
 
 
 def test_example_rng_is_a_function_of_its_coordinates():

@@ -301,6 +301,8 @@ class ZarrMixerDataset(_MixerBase):
         for j, recipe in enumerate(recipes):
             if recipe["kind"] == "pair" and recipe["instrumental_only"]:
                 buffers["a"][j] = buffers["t"][j]
+            if recipe["vocal"]:
+                buffers["v"][j][recipe["valid"]:] = 0  # padding past the instrumental stays silent
             recipe["target_is_a"] = recipe["kind"] != "pair" or recipe["instrumental_only"]
             del recipe["resample_rng"]
             recipe.pop("vocal_rng", None)

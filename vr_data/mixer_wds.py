@@ -160,6 +160,7 @@ class WdsMixerDataset(_MixerBase):
             if recipe["vocal"]:
                 vocal, _ = self._draw(streams["vocal"], recipe)
                 v[...] = vocal["vocal"]
+                v[valid:] = 0  # padding past the instrumental stays silent
         return recipe
 
     def _draw(self, stream: CropStream, recipe: dict, check: str | None = None):

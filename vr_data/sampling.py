@@ -108,12 +108,3 @@ def plan_epoch(
         order = np.concatenate([rng.permutation(n_cells) for _ in range(repeats)])
         cell[where] = order[: where.size]
     return EpochPlan(epoch=epoch, kinds=kinds, cell=cell, batch_size=batch_size, world_size=world_size)
-
-
-def worker_batches(batches_per_rank: int, start: int, worker: int, num_workers: int) -> range:
-    """Batches (within a rank) that DataLoader worker `worker` makes, from `start` on.
-
-    Worker w makes start + w, start + w + W, ...: the DataLoader's round-robin over workers then
-    yields start, start + 1, ... in order, whatever the number of workers.
-    """
-    return range(start + worker, batches_per_rank, max(1, num_workers))

@@ -1,0 +1,285 @@
+"""The streaming mixer over a real (small) store: exact mixing, determinism, ranks, resume,
+both backends, the curriculum crop change, silence rules and corrupt data."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from test_build_support import GEOMETRY, STFT, write_corpus
+from vr_data.build import build_store
+from vr_data.errors import VRDataError
+from vr_data.manifest import read_manifest, write_manifest
+from vr_data.mixer import MixerConfig, MixerLoader, ZarrMixerDataset
+from vr_data.mixer_wds import WdsMixerDataset
+from vr_data.mixing import complex_from_stored
+from vr_data.preview import preview_examples
+from vr_data.sampling import KINDS
+from vr_data.scan import ScanOptions, scan
+
+CROP = 32
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory) -> Path:
+    """Every item in train: 3 pairs, 3 vocals, 2 instrumentals, 1 pretraining track."""
+    directory = tmp_path_factory.mktemp("mixer")
+    roots = write_corpus(directory / "audio")
+    manifests = []
+    for layout, root in roots.items():
+        path = write_manifest(directory / f"{layout}.jsonl", scan(root, ScanOptions(layout=layout, valid_fraction=0.0)).manifest)
+        manifests.append(read_manifest(path))
+    build_store(manifests, directory / "store", stft=STFT, geometry=GEOMETRY)
+    return directory / "store"
+
+
+def _config(**overrides) -> MixerConfig:
+    values = dict(crop_frames=CROP, batch_size=4, seed=11, examples_per_epoch=48)
+    values.update(overrides)
+    return MixerConfig(**values)
+
+
+def _batches(loader, count=None):
+    out = []
+    for batch in loader:
+        out.append(batch)
+        if count is not None and len(out) == count:
+            break
+    return out
+
+
+def _same(left: list[dict], right: list[dict]) -> None:
+    assert len(left) == len(right)
+    for a, b in zip(left, right):
+        for key in ("mixture", "target", "valid", "kind", "index", "scale"):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_batch_format(store):
+    dataset = ZarrMixerDataset(store, _config())
+    batch = dataset.example_batch(0, 0)
+    assert batch["mixture"].shape == batch["target"].shape == (4, 2, STFT.bins, CROP)
+    assert batch["mixture"].dtype == torch.float32 and batch["valid"].shape == (4, CROP)
+    assert batch["normalisation"] == "crop_max"
+    assert float(batch["mixture"].max()) <= 1.0 and float(batch["target"].max()) <= 1.0
+    assert torch.all(batch["mixture"].amax(dim=(1, 2, 3)) == 1.0)  # divided by the crop's own max
+
+
+def test_augmented_examples_are_exact_complex_mixes(store):
+    """mixture - gain * vocal == instrumental, in the complex domain, and the training magnitudes
+    are the magnitudes of exactly that mixture."""
+    config = _config(proportions={"augmented": 1.0}, mono_probability=0.0, instrumental_only_probability=0.0,
+                     vocal_probability=1.0, normalisation="none", silence_rule="keep")
+    dataset = ZarrMixerDataset(store, config)
+    plan = dataset.plan(0)
+    buffers = dataset._new_buffers()
+    recipes, _ = dataset.assemble(plan, 0, buffers)
+    batch = dataset.example_batch(0, 0)
+    examples = preview_examples(dataset, 4)
+    for j, (recipe, example) in enumerate(zip(recipes, examples)):
+        instrumental = complex_from_stored(buffers["a"][j])
+        vocal = complex_from_stored(buffers["v"][j])
+        if recipe["swap_a"]:
+            instrumental = instrumental[::-1]
+        if recipe["swap_vocal"]:
+            vocal = vocal[::-1]
+        gain = np.asarray(recipe["vocal_gain"], np.float32)[:, None, None]
+        valid = recipe["valid"]
+        np.testing.assert_allclose(example["mixture"] - gain * vocal[:, :, :valid], instrumental[:, :, :valid], atol=1e-3)
+        np.testing.assert_allclose(example["target"], instrumental[:, :, :valid], atol=1e-6)
+        np.testing.assert_allclose(batch["mixture"][j].numpy()[:, :, :valid], np.abs(example["mixture"]), rtol=1e-4, atol=1e-4)
+
+
+def test_pair_examples_are_aligned_store_crops(store):
+    dataset = ZarrMixerDataset(store, _config(proportions={"pair": 1.0}, normalisation="none", mono_probability=0.0,
+                                              instrumental_only_probability=0.0, silence_rule="keep"))
+    plan = dataset.plan(0)
+    cells = dataset.cells()["pair"]
+    batch = dataset.example_batch(0, 1)
+    for j, index in enumerate(batch["index"].tolist()):
+        cell = int(plan.cell[index])
+        track, _ = dataset.libraries["pair"].entries[int(cells.track[cell])]
+        start = int(cells.start[cell])
+        stop = min(start + CROP, track.frames)
+        mixture = np.abs(dataset.store.read_spectrogram(track, "mixture", start, stop))
+        target = np.abs(dataset.store.read_spectrogram(track, "instrumental", start, stop))
+        got_mixture = batch["mixture"][j].numpy()[:, :, : stop - start]
+        got_target = batch["target"][j].numpy()[:, :, : stop - start]
+        if not np.allclose(got_mixture, mixture, rtol=1e-5, atol=1e-5):  # left/right swapped
+            mixture, target = mixture[::-1], target[::-1]
+        np.testing.assert_allclose(got_mixture, mixture, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(got_target, target, rtol=1e-5, atol=1e-5)
+
+
+def test_defaults_reproduce_the_seed_recipe_rates(store):
+    dataset = ZarrMixerDataset(store, _config(proportions={"augmented": 1.0}))
+    rng = np.random.default_rng(0)
+    recipes = [dataset._recipe(rng, "augmented") for _ in range(20000)]
+    vocal = np.mean([r["vocal"] for r in recipes])
+    assert abs(vocal - 0.98 * 0.975) < 0.01  # a vocal 98% of the time, unless instrumental-only (2.5%)
+    assert abs(np.mean([r["swap_a"] for r in recipes]) - 0.5) < 0.02
+    assert abs(np.mean([r["instrumental_only"] for r in recipes]) - 0.025) < 0.005
+    dropped = np.mean([0.0 in r["vocal_gain"] for r in recipes if r["vocal"]])
+    assert abs(dropped - 0.025) < 0.005
+    gains_db = [20 * np.log10(abs(r["vocal_gain"][0])) for r in recipes if r["vocal"] and 0.0 not in r["vocal_gain"]]
+    assert -6.0 - 1e-6 <= min(gains_db) and max(gains_db) <= 3.0 + 1e-6
+
+
+def test_batches_do_not_depend_on_the_number_of_workers(store):
+    config = _config()
+    reference = _batches(MixerLoader(ZarrMixerDataset(store, config), num_workers=0))
+    with_workers = _batches(MixerLoader(ZarrMixerDataset(store, config), num_workers=2))
+    _same(reference, with_workers)
+    again = _batches(MixerLoader(ZarrMixerDataset(store, config), num_workers=0))
+    _same(reference, again)
+    other_seed = _batches(MixerLoader(ZarrMixerDataset(store, _config(seed=12)), num_workers=0))
+    assert not torch.equal(reference[0]["mixture"], other_seed[0]["mixture"])
+
+
+@pytest.mark.parametrize("world_size", [2, 3])
+def test_ranks_get_equal_batches_and_disjoint_examples(store, world_size):
+    config = _config(examples_per_epoch=50)
+    per_rank = []
+    for rank in range(world_size):
+        loader = MixerLoader(ZarrMixerDataset(store, config, rank=rank, world_size=world_size))
+        per_rank.append([i for batch in loader for i in batch["index"].tolist()])
+    assert len({len(indices) for indices in per_rank}) == 1
+    assert len(per_rank[0]) == (50 // (4 * world_size)) * 4
+    everything = [i for indices in per_rank for i in indices]
+    assert len(everything) == len(set(everything))
+
+
+def test_no_crop_cell_is_used_twice_in_an_epoch(store):
+    dataset = ZarrMixerDataset(store, _config(proportions={"pair": 1.0}, silence_rule="keep", examples_per_epoch=16))
+    cells = dataset.cells()["pair"]
+    assert len(cells) >= 16
+    used = []
+    for rank in range(2):
+        per_rank = ZarrMixerDataset(store, dataset.config, rank=rank, world_size=2)
+        plan = per_rank.plan(0)
+        for k in range(plan.batches_per_rank):
+            used += [int(plan.cell[i]) for i in plan.example_indices(rank, k)]
+    assert len(used) == len(set(used)) == 16
+
+
+@pytest.mark.parametrize("backend", [ZarrMixerDataset, WdsMixerDataset])
+def test_resume_mid_epoch_gives_the_next_100_examples_exactly(store, backend):
+    config = _config(examples_per_epoch=40)  # 10 batches per epoch: 25 batches cross two epochs
+    uninterrupted = MixerLoader(backend(store, config))
+    stream = []
+    while len(stream) < 32:
+        stream += _batches(uninterrupted)
+    interrupted = MixerLoader(backend(store, config))
+    _batches(interrupted, 7)
+    state = interrupted.state_dict()
+    assert (state["epoch"], state["batch"]) == (0, 7)
+    resumed = MixerLoader(backend(store, config))
+    resumed.load_state_dict(state)
+    after = []
+    while len(after) < 25:
+        after += _batches(resumed)
+    _same(stream[7:32], after[:25])  # 25 batches of 4 = the next 100 examples
+
+
+def test_wds_resume_with_workers(store):
+    config = _config(examples_per_epoch=40)
+    reference = MixerLoader(WdsMixerDataset(store, config), num_workers=2)
+    first = _batches(reference)
+    state = {**reference.state_dict(), "epoch": 0, "batch": 3}  # as saved after 3 batches
+    resumed = MixerLoader(WdsMixerDataset(store, config), num_workers=2)
+    resumed.load_state_dict(state)
+    _same(first[3:], _batches(resumed))
+
+
+def test_both_backends_give_the_same_format_and_recipes(store):
+    config = _config()
+    zarr_batch = next(iter(MixerLoader(ZarrMixerDataset(store, config))))
+    wds_batch = next(iter(MixerLoader(WdsMixerDataset(store, config))))
+    for key in ("mixture", "target", "valid", "kind", "index", "scale"):
+        assert zarr_batch[key].shape == wds_batch[key].shape and zarr_batch[key].dtype == wds_batch[key].dtype
+    assert torch.equal(zarr_batch["kind"], wds_batch["kind"]) and torch.equal(zarr_batch["index"], wds_batch["index"])
+    for name in ("mixture", "target"):
+        assert float(wds_batch[name].max()) <= 1.0 and float(wds_batch[name].max()) > 0
+
+
+@pytest.mark.parametrize("backend", [ZarrMixerDataset, WdsMixerDataset])
+def test_curriculum_crop_change_pads_and_masks(store, backend):
+    loader = MixerLoader(backend(store, _config(proportions={"augmented": 1.0}, silence_rule="keep")))
+    first = _batches(loader, 2)
+    assert first[0]["mixture"].shape[-1] == CROP
+    long_crop = 512  # longer than every track of the corpus (at most about 3.5 s = 600 frames)
+    loader.set_crop_frames(long_crop)
+    later = _batches(loader)
+    assert later and all(batch["mixture"].shape[-1] == long_crop for batch in later)
+    valid = torch.cat([batch["valid"] for batch in later])
+    assert (~valid).any()  # some tracks are shorter than the crop
+    for batch in later:
+        for j in range(batch["valid"].shape[0]):
+            length = int(batch["valid"][j].sum())
+            assert torch.all(batch["valid"][j, :length]) and not torch.any(batch["valid"][j, length:])
+            assert torch.all(batch["mixture"][j, :, :, length:] == 0) and torch.all(batch["target"][j, :, :, length:] == 0)
+
+
+def test_silence_rule_resample_reduces_silent_vocals(store):
+    base = dict(proportions={"augmented": 1.0}, vocal_probability=1.0, instrumental_only_probability=0.0,
+                examples_per_epoch=80, silence_dbfs=-40.0)
+    counted = sum(int(b["silent_crops"]) for b in MixerLoader(ZarrMixerDataset(store, _config(silence_rule="count", **base))))
+    dataset = ZarrMixerDataset(store, _config(silence_rule="resample", max_resamples=6, **base))
+    buffers = dataset._new_buffers()
+    still_silent = 0
+    for k in range(dataset.batches_per_rank()):
+        recipes, _ = dataset.assemble(dataset.plan(0), k, buffers)
+        still_silent += sum(dataset._is_silent(buffers["v"][j]) for j in range(len(recipes)))
+    assert counted > 0  # the synthetic vocals have rests
+    assert still_silent < counted
+
+
+def test_corrupt_zarr_shard_names_the_track(store, tmp_path):
+    damaged = tmp_path / "store"
+    shutil.copytree(store, damaged)
+    shards = sorted((damaged / "zarr" / "vocal").rglob("c/*/*/*/*"))
+    assert shards
+    for shard in shards:
+        data = bytearray(shard.read_bytes())
+        data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
+        shard.write_bytes(bytes(data))
+    dataset = ZarrMixerDataset(damaged, _config(proportions={"augmented": 1.0}, vocal_probability=1.0,
+                                                instrumental_only_probability=0.0))
+    with pytest.raises(VRDataError, match="vocal"):
+        for batch in MixerLoader(dataset):
+            pass
+
+
+def test_corrupt_tar_names_the_shard(store, tmp_path):
+    damaged = tmp_path / "store"
+    shutil.copytree(store, damaged)
+    tars = sorted((damaged / "wds").rglob("*.tar"))
+    for tar in tars:
+        data = bytearray(tar.read_bytes())
+        data[100:200] = b"\x00" * 100  # inside the first member's header
+        tar.write_bytes(bytes(data))
+    with pytest.raises(VRDataError, match=r"\.tar"):
+        for batch in MixerLoader(WdsMixerDataset(damaged, _config())):
+            pass
+
+
+def test_missing_vocals_for_augmented_mixes_is_a_clear_error(store):
+    with pytest.raises(VRDataError, match="vocal"):
+        ZarrMixerDataset(store, _config(split="valid", proportions={"augmented": 1.0}))
+
+
+def test_preview_mix_cli_writes_wavs_and_a_sheet(store, tmp_path):
+    from pipelines.vrdata import app
+
+    result = CliRunner().invoke(app, ["preview-mix", str(store), "--n", "3", "--out", str(tmp_path / "preview"),
+                                      "--crop-frames", "64"])
+    assert result.exit_code == 0, result.output
+    written = sorted(p.name for p in (tmp_path / "preview").iterdir())
+    assert "sheet.png" in written and len([n for n in written if n.endswith(".wav")]) == 9
+    kinds = {name.split("_")[1] for name in written if name.endswith(".wav")}
+    assert kinds <= set(KINDS)
