@@ -96,17 +96,21 @@ def _configs(out: Path, stft_given: dict, codec_given: dict, geometry_given: dic
 def _print_summary(result: BuildResult) -> None:
     if result.already_complete:
         console.print(f"{result.store} is complete and has every item of these manifests; nothing to do")
-    hours = result.seconds("built") / 3600.0
+    built_hours = result.seconds("built") / 3600.0
     stored_hours = (result.seconds("built") + result.seconds("skipped")) / 3600.0
-    table = Table(title=f"store {result.store}")
-    for column in ("tracks built", "skipped (done)", "rejected", "built h", "store h", "zarr GB", "wds GB",
-                   "zarr GB / audio-h", "time", "x realtime"):
-        table.add_column(column, justify="right")
-    per_hour = result.zarr_bytes / 1e9 / stored_hours if stored_hours else 0.0
     speed = result.seconds("built") / result.elapsed if result.elapsed else 0.0
-    table.add_row(str(result.count("built")), str(result.count("skipped")), str(result.count("rejected")),
-                  f"{hours:.3f}", f"{stored_hours:.3f}", f"{result.zarr_bytes / 1e9:.3f}",
-                  f"{result.wds_bytes / 1e9:.3f}", f"{per_hour:.3f}", f"{result.elapsed:.1f} s", f"{speed:.0f}")
+    table = Table(title=f"store {result.store}")
+    table.add_column("")
+    table.add_column("tracks", justify="right")
+    table.add_column("audio-hours", justify="right")
+    for status, label in (("built", "built now"), ("skipped", "done earlier"), ("rejected", "rejected")):
+        table.add_row(label, str(result.count(status)), f"{result.seconds(status) / 3600.0:.3f}")
+    table.add_section()
+    table.add_row("zarr", f"{result.zarr_bytes / 1e9:.3f} GB",
+                  f"{result.zarr_bytes / 1e9 / stored_hours:.3f} GB/h" if stored_hours else "-")
+    table.add_row("webdataset", f"{result.wds_bytes / 1e9:.3f} GB",
+                  f"{result.wds_bytes / 1e9 / stored_hours:.3f} GB/h" if stored_hours else "-")
+    table.add_row("time", f"{result.elapsed:.1f} s", f"{speed:.0f}x realtime" if built_hours else "-")
     console.print(table)
     rejects = result.rejects
     if rejects:

@@ -168,7 +168,7 @@ def test_cli_build_resume_verify(corpus, tmp_path):
             "--chunk-frames", "32", "--shard-frames", "128", "--segment-frames", "32"]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    assert "tracks built" in result.output or "built" in result.output
+    assert "built now" in result.output and "GB/h" in result.output
     assert open_store(out).hours("pair") > 0
     again = runner.invoke(app, args)
     assert again.exit_code == 0 and "nothing to do" in again.output

@@ -35,7 +35,7 @@ from vr_data.store_format import (
 from vr_data.store_plan import BuildPlan, Geometry, PlannedTrack, new_plan
 from vr_data.wds import TrackTarWriter, npy_parts, sample_key
 
-STFT_BLOCK_FRAMES = 1024  # frames transformed at once: bounds the working memory whatever the track length
+STFT_BLOCK_FRAMES = 128  # frames transformed and encoded at once: cache-sized (measured 1.3x faster than 1024), and bounds the working memory whatever the track length
 # The store's default codec: the codec module's default quantiser with zstd level 1 in the
 # lossless stage. Measured here on encoded music shards, blosc-zstd compresses 433 MB/s at
 # level 1 against 82 MB/s at level 5 for 6% more bytes; at level 5 compression alone took half
