@@ -115,15 +115,20 @@ def test_residual_attention_chains_carry_the_scores():
 
 @pytest.mark.parametrize("config", ["tiny", CHAINED], ids=["tiny", "chained"])
 def test_gradient_reaches_every_parameter(config):
+    """In float64, where a mathematically dead parameter shows ~1e-22, not float32 round-off.
+
+    (A key bias, or a bias in front of a LayerNorm, gets exactly zero gradient in theory; in
+    float32 round-off made such parameters look alive.) Live parameters here get >= 3e-8.
+    """
     torch.manual_seed(0)
-    model = build_model(config).train()
-    mixture = magnitude(model.config, 16, batch=2)
+    model = build_model(config).double().train()
+    mixture = magnitude(model.config, 16, batch=2).double()
     target = torch.rand_like(mixture)
     loss = torch.nn.functional.l1_loss(model(mixture) * mixture, target * mixture)
     loss.backward()
-    silent = [name for name, parameter in model.named_parameters()
-              if parameter.grad is None or not parameter.grad.abs().sum() > 0]
-    assert not silent
+    dead = [name for name, parameter in model.named_parameters()
+            if parameter.grad is None or not parameter.grad.abs().max() > 1e-12]
+    assert not dead
 
 
 def test_gradient_checkpointing_gives_the_same_gradients():
@@ -176,16 +181,16 @@ def test_build_model_accepts_name_config_and_dict():
 
 def test_preset_parameter_counts():
     counts = {name: count_parameters(name) for name in PRESETS}
-    assert counts["frame-primer"] == 108_202_738  # stated in docs/model.md and `vrtrain presets`
+    assert counts["frame-primer"] == 108_190_824  # stated in docs/model.md and `vrtrain presets`
     assert abs(counts["frame-primer"] / SEED_PARAMETERS - 1) < 0.02
-    assert counts["tiny"] == 2_700_295
+    assert counts["tiny"] == 2_698_948
     assert build_model("tiny").num_parameters() == counts["tiny"]
 
 
 def test_frame_primer_preset_runs_a_short_crop_on_cpu():
     torch.manual_seed(0)
     model = build_model("frame-primer").eval()
-    assert model.num_parameters() == 108_202_738
+    assert model.num_parameters() == 108_190_824
     with torch.inference_mode():
         mask = model(magnitude(model.config, 16))
     assert mask.shape == (1, 2, 1025, 16)

@@ -58,10 +58,10 @@ class DconvProjection(nn.Module):
     zeroes padded frames before the convolution so they do not leak into real neighbours.
     """
 
-    def __init__(self, features: int, kernel_size: int = 3):
+    def __init__(self, features: int, kernel_size: int = 3, bias: bool = True):
         super().__init__()
         self.linear = nn.Linear(features, features, bias=False)
-        self.dconv = nn.Conv1d(features, features, kernel_size, padding=kernel_size // 2, groups=features)
+        self.dconv = nn.Conv1d(features, features, kernel_size, padding=kernel_size // 2, groups=features, bias=bias)
 
     def forward(self, frames: Tensor, keep: Tensor | None = None) -> Tensor:
         hidden = self.linear(frames)
@@ -78,8 +78,9 @@ class MultiDconvHeadAttention(nn.Module):
     previous_scores `(B, H, T, T)` or None) -> (output `(B, T, F)`, scores `(B, H, T, T)`).
 
     The returned scores are pre-softmax and pre-mask (the mask is applied afresh in every
-    layer). Scores and softmax run in float32 even under autocast: the residual chain sums
-    them over many layers. Relative embeddings `(2 * max_frames - 1, head_dim)` are shared by
+    layer). Scores and softmax run in float32 (float64 in a float64 model) even under
+    autocast: the residual chain sums them over many layers. Keys have no bias (it would add
+    the same q . b to a whole row of scores, which softmax ignores). Relative embeddings `(2 * max_frames - 1, head_dim)` are shared by
     the heads (as in Shaw et al. and the seed's fork) to keep their size independent of heads.
     """
 
@@ -92,7 +93,8 @@ class MultiDconvHeadAttention(nn.Module):
         self.max_frames = max_frames
         self.dropout = dropout
         self.query = DconvProjection(features)
-        self.key = DconvProjection(features)
+        # A key bias adds the same q . b to every key of a query's row: softmax ignores it.
+        self.key = DconvProjection(features, bias=False)
         self.value = DconvProjection(features)
         self.out = nn.Linear(features, features)
         # Row max_frames - 1 + d is the embedding of distance d = key frame - query frame.
@@ -123,13 +125,15 @@ class MultiDconvHeadAttention(nn.Module):
         values = self._heads(self.value(source, keep))
         out_dtype = values.dtype
 
+        precise = torch.promote_types(out_dtype, torch.float32)
         with full_precision(frames.device.type):
-            queries, keys, values = queries.float(), keys.float(), values.float()
-            content = queries @ keys.transpose(-1, -2)                          # (B, H, T, T)
-            position = skew(queries @ self.relative_window(length).float().t())  # (B, H, T, 2T-1) -> (B, H, T, T)
+            queries, keys, values = queries.to(precise), keys.to(precise), values.to(precise)
+            content = queries @ keys.transpose(-1, -2)                              # (B, H, T, T)
+            window = self.relative_window(length).to(precise)                       # (2T-1, D)
+            position = skew(queries @ window.t())                                   # (B, H, T, 2T-1) -> (B, H, T, T)
             scores = (content + position) * (1.0 / math.sqrt(self.head_dim))
             if previous_scores is not None:
-                scores = scores + previous_scores.float()
+                scores = scores + previous_scores.to(precise)
             logits = scores
             if padding_mask is not None:
                 logits = scores.masked_fill(padding_mask[:, None, None, :], torch.finfo(scores.dtype).min)

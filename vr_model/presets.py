@@ -3,11 +3,11 @@
 - `frame-primer`: the seed's model: 5 encoder and 5 decoder levels, 2 frame primer encoders and
   2 decoders per level, 3x3 kernels, GELU. The seed reports 108,229,338 parameters without
   publishing the widths. Channels growing by 16 per level (the fork's `channels * (i + 1)`)
-  and a feed-forward 6x the level's bins give 108,202,738 (-0.02%). 98.8% of them sit in the
+  and a feed-forward 6x the level's bins give 108,190,824 (-0.04%). 98.8% of them sit in the
   frame primer modules, whose size depends on the bins per level, the feed-forward expansion
   and max_frames (relative embeddings), not on the channel widths, so the count pins down
   the expansion far better than the widths.
-- `tiny`: the same architecture at 2,700,295 parameters, for tests, demos and CPU training.
+- `tiny`: the same architecture at 2,698,948 parameters, for tests, demos and CPU training.
   A frame primer at full resolution costs about 4 x 1024^2 weights per attention, so `tiny`
   keeps its primers on the three coarsest levels (256, 128 and 64 bins).
 """

@@ -78,7 +78,7 @@ class FramePrimerDecoder(nn.Module):
     ):
         super().__init__()
         self.project = nn.Conv2d(in_channels, 1, 1)
-        self.project_skip = nn.Conv2d(skip_channels, 1, 1)
+        self.project_skip = nn.Conv2d(skip_channels, 1, 1, bias=False)  # memory_norm would remove a bias
         self.self_attention_norm = nn.LayerNorm(bins)
         self.self_attention = MultiDconvHeadAttention(bins, num_heads, max_frames, dropout)
         self.cross_attention_norm = nn.LayerNorm(bins)
