@@ -10,6 +10,17 @@ from vr_data.errors import VRDataError
 from vr_model import FramePrimerConfig, FramePrimerUNet
 from vr_model.inference import crop_starts, crossfade_window, normalise_by_max, separate_spectrogram
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: these models are small, and the CPUs are shared with other jobs
+    (two spinning OpenMP threads on two busy cores made this file several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 SMALL = FramePrimerConfig(
     bins=64, channels=(2, 2, 3, 3, 4), encoder_primers=(1,) * 5, decoder_primers=(1,) * 5,
     num_heads=2, feedforward_expansion=1, max_frames=32, dropout=0.0,

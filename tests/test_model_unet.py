@@ -13,6 +13,17 @@ from vr_model.attention import MultiDconvHeadAttention
 from vr_model.flops import forward_flops
 from vr_model.presets import PRESETS, SEED_PARAMETERS
 
+
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """One intra-op thread: these models are small, and the CPUs are shared with other jobs
+    (two spinning OpenMP threads on two busy cores made this file several times slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # Same architecture (5 + 5 levels, primers everywhere) on 64 bins, so 2048 frames stay fast.
 NARROW = FramePrimerConfig(
     bins=64, channels=(2, 2, 3, 3, 4), encoder_primers=(1, 1, 1, 1, 1), decoder_primers=(1, 1, 1, 1, 1),
@@ -171,6 +182,10 @@ def test_bad_configs_are_user_errors():
         FramePrimerConfig(bins=64, channels=(4,), encoder_primers=(1,), decoder_primers=(1,), num_heads=5)
     with pytest.raises(VRDataError, match="unknown model preset"):
         build_model("frame-primer-xl")
+
+
+def test_config_defaults_are_the_seed_model():
+    assert FramePrimerConfig() == PRESETS["frame-primer"]
 
 
 def test_build_model_accepts_name_config_and_dict():

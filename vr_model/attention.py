@@ -80,8 +80,9 @@ class MultiDconvHeadAttention(nn.Module):
     The returned scores are pre-softmax and pre-mask (the mask is applied afresh in every
     layer). Scores and softmax run in float32 (float64 in a float64 model) even under
     autocast: the residual chain sums them over many layers. Keys have no bias (it would add
-    the same q . b to a whole row of scores, which softmax ignores). Relative embeddings `(2 * max_frames - 1, head_dim)` are shared by
-    the heads (as in Shaw et al. and the seed's fork) to keep their size independent of heads.
+    the same q . b to a whole row of scores, which softmax ignores). Relative embeddings
+    `(2 * max_frames - 1, head_dim)` are shared by the heads (as in Shaw et al. and the seed's
+    fork) to keep their size independent of the number of heads.
     """
 
     def __init__(self, features: int, num_heads: int, max_frames: int, dropout: float = 0.0):

@@ -29,6 +29,8 @@ class FramePrimerConfig:
       chains have shape (batch, heads, frames, frames) across levels).
     - `feedforward_expansion`: transformer feed-forward width = expansion x bins at that level.
     - `max_frames`: longest crop the relative position embeddings cover.
+
+    The defaults are the `frame-primer` preset (the seed's model).
     """
 
     in_channels: int = 2
@@ -39,7 +41,7 @@ class FramePrimerConfig:
     res_blocks: int = 1
     kernel_size: int = 3
     num_heads: int = 8
-    feedforward_expansion: int = 4
+    feedforward_expansion: int = 6
     max_frames: int = 2048
     dropout: float = 0.1
 
