@@ -15,9 +15,9 @@ from pipelines.common import console, dask_executor, default_workers, progress, 
 from pipelines.vrdata import app
 from vr_data.build import DEFAULT_CODEC, BuildOptions, BuildResult, build_store, existing_configs
 from vr_data.codec import CODECS
-from vr_data.errors import VRDataError
 from vr_data.manifest import read_manifest
 from vr_data.spectrogram import StftConfig
+from vr_data.store import open_store
 from vr_data.store_plan import Geometry
 from vr_data.store_verify import verify_store
 
@@ -25,7 +25,8 @@ from vr_data.store_verify import verify_store
 @app.command("build-shards")
 @user_errors
 def build_shards_command(
-    manifests: list[str] = typer.Argument(..., help="Manifests (M.jsonl, or M.jsonl=ROOT when the files moved)."),
+    manifests: list[str] = typer.Argument(..., metavar="MANIFEST...",
+                                          help="Manifests (M.jsonl, or M.jsonl=ROOT when the files moved)."),
     out: Path = typer.Option(..., "--out", help="Store directory to create, resume or append to."),
     root: Optional[Path] = typer.Option(None, help="Where the files are, for a single MANIFEST (else M.jsonl=ROOT)."),
     append: bool = typer.Option(False, help="Add the manifests' new items to an existing store."),
@@ -134,11 +135,10 @@ def verify_command(
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler."),
 ) -> None:
     """Re-read a store: tar checksums, Zarr vs WebDataset, frame counts vs manifests; exit 1 on damage."""
-    if not (store / "store.json").exists():
-        raise VRDataError(store, "not a store (store.json missing)")
+    opened = open_store(store)  # refuses what is not a complete store, before any cluster starts
     with dask_executor(workers, scheduler) as executor, progress() as bar:
-        shards = bar.add_task("tar checksums", total=None, rate="")
-        tracks = bar.add_task("zarr vs wds", total=None, rate="")
+        shards = bar.add_task("tar checksums", total=len(opened.wds_shards()), rate="")
+        tracks = bar.add_task("zarr vs wds", total=len(opened.tracks), rate="")
         report = verify_store(store, executor, on_shard=lambda _: bar.update(shards, advance=1),
                               on_track=lambda _: bar.update(tracks, advance=1))
     for note in report.notes:
