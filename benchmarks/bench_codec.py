@@ -44,6 +44,8 @@ def main() -> None:
     parser.add_argument("--chunks-per-shard", type=int, default=16)
     parser.add_argument("--crops", type=int, default=300, help="random crops read per codec")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--compressors", nargs="+", default=["blosc-zstd", "blosc-lz4hc"],
+                        help="lossless stages to measure each codec with (e.g. blosc-zstd blosc-lz4hc zstd)")
     args = parser.parse_args()
 
     config = StftConfig()
@@ -68,16 +70,18 @@ def main() -> None:
         print("GB/h: bytes on disk per stereo audio-hour; ratio: vs complex64 .npy; SNR in dB over whole tracks;")
         print("speeds in audio-seconds per second: enc = codec encode, dec = codec decode (in memory),")
         print(f"read+dec = tensorstore read + decode of whole tracks; crops/s = random {args.chunk_frames}-frame crops read + decoded")
-        print(f"{'codec':10s} {'GB/h':>6s} {'ratio':>6s} {'minSNR':>7s} {'medSNR':>7s} {'enc':>7s} {'dec':>7s} {'read+dec':>9s} {'crops/s':>8s}")
-        print(f"{'npy c64':10s} {npy_bytes / hours / 1e9:6.3f} {1.0:6.2f}")
+        print(f"{'codec':22s} {'GB/h':>6s} {'ratio':>6s} {'minSNR':>7s} {'medSNR':>7s} {'enc':>7s} {'dec':>7s} {'read+dec':>9s} {'crops/s':>8s}")
+        print(f"{'npy c64':22s} {npy_bytes / hours / 1e9:6.3f} {1.0:6.2f}")
         for name in args.codecs:
-            row = _bench_codec(CodecConfig(name=name), tracks, spectrograms, config, scratch / name, args)
-            ratio = npy_bytes / row["bytes"]
-            print(
-                f"{name:10s} {row['bytes'] / hours / 1e9:6.3f} {ratio:6.2f} {min(row['snrs']):7.1f} "
-                f"{statistics.median(row['snrs']):7.1f} {seconds / row['encode_s']:7.0f} {seconds / row['decode_only_s']:7.0f} "
-                f"{seconds / row['decode_s']:9.0f} {row['crops_per_s']:8.0f}"
-            )
+            for compressor in args.compressors:
+                codec = CodecConfig(name=name, compressor=compressor)
+                row = _bench_codec(codec, tracks, spectrograms, config, scratch / f"{name}-{compressor}", args)
+                ratio = npy_bytes / row["bytes"]
+                print(
+                    f"{name + ' ' + compressor:22s} {row['bytes'] / hours / 1e9:6.3f} {ratio:6.2f} {min(row['snrs']):7.1f} "
+                    f"{statistics.median(row['snrs']):7.1f} {seconds / row['encode_s']:7.0f} {seconds / row['decode_only_s']:7.0f} "
+                    f"{seconds / row['decode_s']:9.0f} {row['crops_per_s']:8.0f}"
+                )
 
 
 def _tracks(args: argparse.Namespace, config: StftConfig) -> list[tuple[str, np.ndarray]]:

@@ -21,7 +21,7 @@ def test_kernel_matches_complex_reference_for_every_augmentation():
         for swap_vocal in (False, True):
             for mono in (False, True):
                 gains = (0.7, -0.0) if mono else (-1.3, 0.4)
-                mixture, target = mix_magnitudes(instrumental, vocal=vocal, vocal_gain=gains, swap_a=swap_a,
+                mixture, target, _ = mix_magnitudes(instrumental, vocal=vocal, vocal_gain=gains, swap_a=swap_a,
                                                   swap_vocal=swap_vocal, mono=mono)
                 a = inst_c[::-1] if swap_a else inst_c
                 v = voc_c[::-1] if swap_vocal else voc_c
@@ -41,7 +41,8 @@ def test_kernel_matches_complex_reference_for_every_augmentation():
 def test_pair_mode_uses_the_stored_target():
     rng = np.random.default_rng(1)
     mixture_in, instrumental = _stored(rng), _stored(rng)
-    mixture, target = mix_magnitudes(mixture_in, instrumental, swap_a=True)
+    mixture, target, peak = mix_magnitudes(mixture_in, instrumental, swap_a=True)
+    assert peak == mixture.max()
     np.testing.assert_allclose(mixture, np.abs(complex_from_stored(mixture_in))[::-1], rtol=1e-6)
     np.testing.assert_allclose(target, np.abs(complex_from_stored(instrumental))[::-1], rtol=1e-6)
 
@@ -118,3 +119,14 @@ def test_complex_mixing_is_exact_in_audio():
     # and the stored mixture is within float16 precision of the STFT of the mixed audio
     direct = stft(instrumental + gain * vocal, config)
     assert np.max(np.abs(direct - mixture)) < 1e-2 * np.max(np.abs(direct))
+
+
+def test_normalise_divides_by_the_mixture_peak_and_clips_the_target():
+    rng = np.random.default_rng(4)
+    instrumental, vocal = _stored(rng), _stored(rng)
+    raw_mixture, raw_target, peak = mix_magnitudes(instrumental, vocal=vocal, vocal_gain=(-1.0, -1.0))
+    mixture, target, same_peak = mix_magnitudes(instrumental, vocal=vocal, vocal_gain=(-1.0, -1.0), normalise=True)
+    assert same_peak == peak == raw_mixture.max()
+    np.testing.assert_allclose(mixture, raw_mixture / peak, rtol=1e-6)
+    np.testing.assert_allclose(target, np.minimum(raw_target / peak, 1.0), rtol=1e-6)
+    assert target.max() <= 1.0 and abs(mixture.max() - 1.0) < 1e-6

@@ -4,7 +4,7 @@ Stored layout is frames-major float16 `(frames, channels, 2, bins)` with `[re, i
 so a crop of frames is one contiguous run of a Zarr chunk. Every codec's output is plain
 float16: whatever quantisation happened at encode time, a reader (zarr-python, tensorstore, a
 GPU kernel) only casts float16 to float32. The lossless stage is a standard Zarr v3 codec
-(blosc with byte shuffle and zstd), given by `zarr_codecs`/`zarr_codecs_json`.
+(blosc with byte shuffle and lz4hc by default, or zstd), given by `zarr_codecs`/`zarr_codecs_json`.
 
 Codecs (`CodecConfig.name`):
 - "f16"      float16 cast only: lossless w.r.t. float16, about 1.1x compression.
@@ -38,7 +38,7 @@ DEFAULT_CODEC = "f16-q"
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 MIN_STEP_EXPONENT = -24  # 2**-24 is the smallest float16 subnormal
 _SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")
-_COMPRESSORS = ("blosc-zstd", "zstd")
+_COMPRESSORS = ("blosc-zstd", "blosc-lz4hc", "blosc-lz4", "zstd")
 
 
 @dataclass(frozen=True)
@@ -49,14 +49,16 @@ class CodecConfig:
     inverse STFT averages independent rounding errors of overlapping frames, so the audio SNR
     comes out higher: measured here 3 to 6 dB over the target (white, pink, brown noise, pure
     tones from 20 Hz to 21 kHz, synthetic music), hence the default 39 for a 40 dB floor. `mantissa_bits`: kept bits for
-    "f16-bits". `compressor`, `level`, `shuffle`: the lossless Zarr stage ("blosc-zstd" with
-    byte shuffle, or plain "zstd"; `shuffle` applies to blosc only).
+    "f16-bits". `compressor`, `level`, `shuffle`: the lossless Zarr stage: blosc with byte
+    shuffle and lz4hc (default: decodes about 3x faster than zstd, the mixer reads two 2 MB
+    chunks per example; measured 0.52 GB per stereo audio-hour with f16-q), "blosc-zstd" (about
+    25% smaller: 0.39 GB/h), "blosc-lz4", or plain "zstd"; `shuffle` applies to blosc only.
     """
 
     name: str = DEFAULT_CODEC
     target_snr_db: float = 39.0
     mantissa_bits: int = 5
-    compressor: str = "blosc-zstd"
+    compressor: str = "blosc-lz4hc"
     level: int = 5
     shuffle: str = "shuffle"
 
@@ -281,7 +283,7 @@ def zarr_codecs(codec: CodecConfig = CodecConfig()) -> dict:
     if codec.compressor == "zstd":
         compressor = ZstdCodec(level=codec.level)
     else:
-        compressor = BloscCodec(cname="zstd", clevel=codec.level, shuffle=codec.shuffle, typesize=2, blocksize=0)
+        compressor = BloscCodec(cname=_blosc_cname(codec), clevel=codec.level, shuffle=codec.shuffle, typesize=2, blocksize=0)
     return {"serializer": BytesCodec(endian="little"), "compressors": (compressor,)}
 
 
@@ -301,7 +303,7 @@ def _compressor_json(codec: CodecConfig) -> dict:
         return {"name": "zstd", "configuration": {"level": codec.level, "checksum": False}}
     return {
         "name": "blosc",
-        "configuration": {"cname": "zstd", "clevel": codec.level, "shuffle": codec.shuffle, "typesize": 2, "blocksize": 0},
+        "configuration": {"cname": _blosc_cname(codec), "clevel": codec.level, "shuffle": codec.shuffle, "typesize": 2, "blocksize": 0},
     }
 
 
@@ -311,4 +313,10 @@ def _numcodecs_compressor(codec: CodecConfig):
     if codec.compressor == "zstd":
         return numcodecs.Zstd(level=codec.level)
     shuffle = {"noshuffle": numcodecs.Blosc.NOSHUFFLE, "shuffle": numcodecs.Blosc.SHUFFLE, "bitshuffle": numcodecs.Blosc.BITSHUFFLE}
-    return numcodecs.Blosc(cname="zstd", clevel=codec.level, shuffle=shuffle[codec.shuffle], blocksize=0)
+    return numcodecs.Blosc(cname=_blosc_cname(codec), clevel=codec.level, shuffle=shuffle[codec.shuffle], blocksize=0)
+
+
+def _blosc_cname(codec: CodecConfig) -> str:
+    """blosc's inner compressor: zstd packs tighter, lz4hc decodes about 3x faster (the mixer's
+    hot path reads two 2 MB chunks per example)."""
+    return codec.compressor.removeprefix("blosc-")

@@ -63,6 +63,7 @@ class MixerConfig:
     max_resamples: int = 4
     normalisation: str = "crop_max"
     examples_per_epoch: int | None = None
+    vocal_offset_step: int | None = None
 
     def __post_init__(self) -> None:
         if self.normalisation not in NORMALISATIONS:
@@ -137,6 +138,9 @@ class _MixerBase(IterableDataset):
         if config.proportions.get("augmented", 0) > 0 and config.vocal_probability > 0 and not self.libraries["vocal"].entries:
             raise VRDataError(self.store_path, f"augmented mixes need vocals, but the store has no {config.split} vocal tracks")
         self._cells: dict[int, dict[str, CropCells]] = {}
+        self.output_ring = 0  # > 0: reuse that many output buffers (MixerLoader(reuse_outputs=True))
+        self._ring: dict[tuple, list] = {}
+        self._ring_position = 0
 
     # -- position -------------------------------------------------------------------------------
     def set_position(self, epoch: int, batch: int) -> None:
@@ -197,37 +201,53 @@ class _MixerBase(IterableDataset):
             position += max(1, num_workers)
 
     def _finish_batch(self, buffers, recipes, indices, epoch: int, k: int) -> dict:
-        """Run the mixing kernel for every example and normalise; returns torch tensors."""
+        """Run the mixing kernel for every example (normalising as configured) into output tensors.
+
+        In a DataLoader worker the outputs are allocated in shared memory, so handing the batch
+        to the training process copies nothing.
+        """
         size, frames = len(recipes), self.config.crop_frames
-        mixture = np.empty((size, 2, self.bins, frames), np.float32)
-        target = np.empty_like(mixture)
+        mixture, target = self._outputs((size, 2, self.bins, frames))
+        mixture_np, target_np = mixture.numpy(), target.numpy()
         valid = np.zeros((size, frames), bool)
         scale = np.ones(size, np.float32)
         kinds = np.zeros(size, np.int64)
+        normalise = self.config.normalisation == "crop_max"
         for j, recipe in enumerate(recipes):
-            mix_magnitudes(
+            _, _, peak = mix_magnitudes(
                 buffers["a"][j], None if recipe["target_is_a"] else buffers["t"][j],
                 buffers["v"][j] if recipe["vocal"] else None,
                 vocal_gain=recipe["vocal_gain"], swap_a=recipe["swap_a"], swap_vocal=recipe["swap_vocal"],
-                mono=recipe["mono"], out_mixture=mixture[j], out_target=target[j],
+                mono=recipe["mono"], out_mixture=mixture_np[j], out_target=target_np[j], normalise=normalise,
             )
             valid[j, : recipe["valid"]] = True
             kinds[j] = KINDS.index(recipe["kind"])
-            if self.config.normalisation == "crop_max":
-                peak = float(mixture[j].max())
-                if peak > 0:
-                    scale[j] = peak
-                    np.multiply(mixture[j], 1.0 / peak, out=mixture[j])
-                    np.multiply(target[j], 1.0 / peak, out=target[j])
-                    np.minimum(target[j], 1.0, out=target[j])  # target may exceed the mixture peak
+            if normalise and peak > 0:
+                scale[j] = peak
         return {
-            "mixture": torch.from_numpy(mixture), "target": torch.from_numpy(target),
+            "mixture": mixture, "target": target,
             "valid": torch.from_numpy(valid), "kind": torch.from_numpy(kinds), "scale": torch.from_numpy(scale),
             "index": torch.as_tensor(np.asarray(indices, np.int64)),
             "normalisation": self.config.normalisation,
             "silent_crops": torch.as_tensor(sum(r["silent"] for r in recipes)),
             "epoch": epoch, "batch": k,
         }
+
+    def _outputs(self, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output tensors for one batch: fresh ones, or the next pair of a ring of reused buffers
+        (allocated once, in shared memory in a worker, so sending a batch copies nothing)."""
+        if not self.output_ring:
+            return torch.empty(shape, dtype=torch.float32), torch.empty(shape, dtype=torch.float32)
+        ring = self._ring.get(shape)
+        if ring is None:
+            shared = get_worker_info() is not None
+            ring = self._ring[shape] = [
+                tuple(torch.empty(shape, dtype=torch.float32).share_memory_() if shared else
+                      torch.empty(shape, dtype=torch.float32) for _ in range(2))
+                for _ in range(self.output_ring)
+            ]
+        self._ring_position += 1
+        return ring[self._ring_position % len(ring)]
 
     def _recipe(self, rng: np.random.Generator, kind: str) -> dict:
         """The random choices of one example (everything but which crops)."""
@@ -251,7 +271,7 @@ class _MixerBase(IterableDataset):
     def _is_silent(self, stored: np.ndarray) -> bool:
         from vr_data.mixing import crop_level_dbfs
 
-        return crop_level_dbfs(stored, self.window_energy) < self.config.silence_dbfs
+        return crop_level_dbfs(stored, self.window_energy, frame_step=4) < self.config.silence_dbfs
 
 
 class ZarrMixerDataset(_MixerBase):
@@ -311,8 +331,9 @@ class ZarrMixerDataset(_MixerBase):
     def _pick_vocal(self, rng: np.random.Generator) -> tuple[int, int]:
         library = self.libraries["vocal"]
         track_index = int(rng.choice(len(library.entries), p=library.frames / library.frames.sum()))
-        start = int(rng.integers(0, max(int(library.frames[track_index]) - self.config.crop_frames, 0) + 1))
-        return track_index, start
+        step = self.config.vocal_offset_step or self.store.geometry.chunk_frames
+        last = max(int(library.frames[track_index]) - self.config.crop_frames, 0)
+        return track_index, step * int(rng.integers(0, last // step + 1))
 
     def _read_batch(self, recipes, which, buffers, *, main: bool, vocal: bool) -> None:
         """Read the main crops and/or vocal crops of examples `which` in one `read_many`."""
@@ -380,10 +401,18 @@ class MixerLoader:
     the next epoch on the same worker processes. Workers are started with `spawn` (tensorstore
     must not be forked once it has threads); a script that uses workers needs a
     `if __name__ == "__main__":` guard.
+
+    `reuse_outputs=True` recycles a small ring of output buffers instead of allocating (and, from
+    a worker, copying into shared memory) 2 x batch x 2 x bins x frames floats per batch: faster,
+    but a batch's `mixture`/`target` are overwritten a few batches later, so the consumer must be
+    done with a batch (e.g. have moved it to the GPU) before it asks for the next-but-two.
     """
 
-    def __init__(self, dataset: _MixerBase, num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False):
+    def __init__(self, dataset: _MixerBase, num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False,
+                 reuse_outputs: bool = False):
         self.dataset = dataset
+        # In flight per worker: prefetch_factor batches queued + one being made; the consumer holds one.
+        dataset.output_ring = (prefetch_factor + 2 if num_workers else 2) if reuse_outputs else 0
         self.num_workers = num_workers
         self.prefetch_factor = prefetch_factor
         self.pin_memory = pin_memory

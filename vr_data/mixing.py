@@ -28,6 +28,7 @@ _TILE = 16  # frames per tile: writes of (bins, frames) outputs stay cache-line 
 def _mix_magnitudes(a, t, v, has_v, t_is_a, a_map, t_map, v_map, vocal_gain, mono, table, out_mixture, out_target):
     frames = a.shape[0]
     bins = a.shape[3]
+    peak = np.float32(0.0)
     for f0 in range(0, frames, _TILE):
         f1 = min(frames, f0 + _TILE)
         for k in range(bins):
@@ -53,10 +54,24 @@ def _mix_magnitudes(a, t, v, has_v, t_is_a, a_map, t_map, v_map, vocal_gain, mon
                     mi0 = mi1 = 0.5 * (mi0 + mi1)
                     tr0 = tr1 = 0.5 * (tr0 + tr1)
                     ti0 = ti1 = 0.5 * (ti0 + ti1)
-                out_mixture[0, k, f] = np.sqrt(mr0 * mr0 + mi0 * mi0)
-                out_mixture[1, k, f] = np.sqrt(mr1 * mr1 + mi1 * mi1)
+                m0 = np.sqrt(mr0 * mr0 + mi0 * mi0)
+                m1 = np.sqrt(mr1 * mr1 + mi1 * mi1)
+                out_mixture[0, k, f] = m0
+                out_mixture[1, k, f] = m1
                 out_target[0, k, f] = np.sqrt(tr0 * tr0 + ti0 * ti0)
                 out_target[1, k, f] = np.sqrt(tr1 * tr1 + ti1 * ti1)
+                peak = max(peak, m0, m1)
+    return peak
+
+
+@njit(cache=True, fastmath=True, boundscheck=False, nogil=True)
+def _scale_in_place(mixture, target, factor):
+    """mixture *= factor; target = min(target * factor, 1): one pass over both."""
+    flat_mixture = mixture.reshape(-1)
+    flat_target = target.reshape(-1)
+    for position in range(flat_mixture.size):
+        flat_mixture[position] *= factor
+        flat_target[position] = min(flat_target[position] * factor, np.float32(1.0))
 
 
 def mix_magnitudes(
@@ -70,13 +85,16 @@ def mix_magnitudes(
     mono: bool = False,
     out_mixture: np.ndarray | None = None,
     out_target: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Mixture and target magnitudes of one example.
+    normalise: bool = False,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Mixture and target magnitudes of one example, and the mixture's peak magnitude.
 
     `a`, `target`, `vocal`: float16 `(frames, 2, 2, bins)` stored crops (`target=None`: the target
     is `a`). `vocal_gain` is a linear gain per output channel (0 zeroes a channel, negative flips
     polarity). `swap_a` swaps left/right of `a` and the target, `swap_vocal` of the vocal.
-    Returns float32 `(2, bins, frames)` mixture and target magnitudes (written into `out_*` if given).
+    Returns float32 `(2, bins, frames)` mixture and target magnitudes (written into `out_*` if given)
+    and the mixture's peak; `normalise=True` divides both by that peak (crop-max normalisation,
+    the target clipped to 1) in one more pass.
     """
     frames, _, _, bins = a.shape
     if out_mixture is None:
@@ -86,12 +104,14 @@ def mix_magnitudes(
     a_map = np.array([1, 0] if swap_a else [0, 1], np.int64)
     v_map = np.array([1, 0] if swap_vocal else [0, 1], np.int64)
     a_bits = _bits(a)
-    _mix_magnitudes(
+    peak = float(_mix_magnitudes(
         a_bits, a_bits if target is None else _bits(target), a_bits if vocal is None else _bits(vocal),
         vocal is not None, target is None, a_map, a_map, v_map, np.asarray(vocal_gain, np.float32), mono,
         F16_TABLE, out_mixture, out_target,
-    )
-    return out_mixture, out_target
+    ))
+    if normalise and peak > 0:
+        _scale_in_place(out_mixture, out_target, np.float32(1.0 / peak))
+    return out_mixture, out_target, peak
 
 
 def _bits(stored: np.ndarray) -> np.ndarray:
@@ -106,14 +126,15 @@ def complex_from_stored(stored: np.ndarray) -> np.ndarray:
     return (values[:, :, 0, :] + 1j * values[:, :, 1, :]).transpose(1, 2, 0).astype(np.complex64)
 
 
-def crop_level_dbfs(stored: np.ndarray, window_energy: float) -> float:
+def crop_level_dbfs(stored: np.ndarray, window_energy: float, frame_step: int = 1) -> float:
     """Approximate RMS level (dBFS) of the audio behind a stored crop, from its STFT.
 
     For a Hann-windowed one-sided STFT, mean |X|^2 over bins is about rms^2 * sum(window^2)
     (Parseval), so `window_energy = sum(window**2)` (768 for Hann, n_fft 2048) maps it back.
-    Padding frames (all zero) count as silence.
+    Padding frames (all zero) count as silence. `frame_step` > 1 looks at every n-th frame only
+    (a level estimate does not need all of them; the training hot path uses 4).
     """
-    power = _mean_square(_bits(stored).reshape(-1), F16_TABLE) * 2.0  # re^2 + im^2
+    power = _mean_square(_bits(stored)[::frame_step], F16_TABLE) * 2.0  # re^2 + im^2
     if power <= 0.0:
         return float("-inf")
     return float(10.0 * np.log10(power / window_energy))
@@ -122,9 +143,12 @@ def crop_level_dbfs(stored: np.ndarray, window_energy: float) -> float:
 @njit(cache=True, fastmath=True, nogil=True)
 def _mean_square(bits, table):
     total = 0.0
-    for position in range(bits.size):
-        value = table[bits[position]]
-        total += value * value
+    for f in range(bits.shape[0]):
+        for c in range(bits.shape[1]):
+            for part in range(bits.shape[2]):
+                for k in range(bits.shape[3]):
+                    value = table[bits[f, c, part, k]]
+                    total += value * value
     return total / max(bits.size, 1)
 
 
