@@ -172,3 +172,10 @@ def test_append_extends_without_moving_tracks(corpus, built_store, tmp_path):
     assert [t.to_json() for t in after.tracks[: len(before.tracks)]] == [t.to_json() for t in before.tracks]
     # Appending in manifest order gives the same store as building everything at once.
     assert_same_contents(store_contents(built_store), store_contents(out))
+
+
+def test_item_ids_that_cannot_be_keys_are_refused(corpus, tmp_path):
+    manifest = read_manifest(corpus["vocals"])
+    manifest.items[0].id = "take.1/../x"
+    with pytest.raises(VRDataError, match="not usable as a store key"):
+        build_store([manifest], tmp_path / "store", stft=STFT, geometry=GEOMETRY)

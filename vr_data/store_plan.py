@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,9 @@ from vr_data.spectrogram import StftConfig
 from vr_data.store_format import ROLE_SOURCES, array_name, atomic_write_json, read_json
 
 PLAN_FORMAT = "vr-store-plan"
+# Track ids become file names and WebDataset keys: no dots (WebDataset splits names at the first
+# dot), no path separators.
+TRACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 MARGIN_FRAMES = 2  # reserve beyond the predicted frames, for headers that undercount by a few samples
 
 
@@ -136,6 +140,9 @@ class BuildPlan:
                         raise VRDataError(manifest.source_path, f"item {item.id} is already in the store with other "
                                                                 "audio; build a new store to change a track")
                     continue
+                if not TRACK_ID.match(item.id):
+                    raise VRDataError(manifest.source_path, f"item id {item.id!r} is not usable as a store key "
+                                                            "(letters, digits, '-' and '_' only: no dots or slashes)")
                 if item.role not in ROLE_SOURCES:
                     raise VRDataError(manifest.source_path, f"item {item.id} has unknown role {item.role!r}")
                 expected = expected_frames(item, self.stft)

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from vr_data.errors import VRDataError
-from vr_data.manifest import file_sha256, read_manifest
+from vr_data.manifest import file_sha256, read_manifest, resolve_under
 from vr_data.parallel import map_unordered
 from vr_data.store import Store, open_store
 from vr_data.store_arrays import open_array, read_region, shard_key
@@ -85,7 +85,10 @@ def verify_store(
 
 def _check_shard(task: tuple[Path, WdsShard]) -> str | None:
     store_path, shard = task
-    path = store_path / WDS_DIR / shard.path
+    try:
+        path = resolve_under(store_path / WDS_DIR, shard.path)
+    except VRDataError as error:
+        return error.reason
     if not path.is_file():
         return "file missing"
     size = path.stat().st_size
@@ -119,7 +122,7 @@ def _check_track(task: tuple[Path, TrackRecord, int, int]) -> tuple[list[str], l
     segment = 0
     for tar in track.wds_shards:
         try:
-            for sample in iter_tar_samples(store_path / WDS_DIR / tar):
+            for sample in iter_tar_samples(resolve_under(store_path / WDS_DIR, tar)):
                 problems.extend(_compare_sample(track, sample, segment, segment_frames, stored))
                 for source in track.arrays:
                     local = slice(segment * segment_frames, (segment + 1) * segment_frames)

@@ -26,7 +26,7 @@ import numpy as np
 from vr_data.errors import VRDataError
 from vr_data.store_format import WdsShard
 
-_KEY = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _BLOCK = tarfile.BLOCKSIZE
 _EXTENSIONS = {"json"} | {f"{source}.npy" for source in ("mixture", "instrumental", "vocal", "audio")}
 
