@@ -1,6 +1,7 @@
 """Model benchmark: training-step time and peak memory of `tiny` on CPU, FLOPs of `frame-primer`.
 
-    .venv/bin/python benchmarks/bench_model.py [--crops 256 512 1024] [--batch 1] [--steps 3] [--threads 2]
+    .venv/bin/python benchmarks/bench_model.py [--crops 256 512 1024] [--batch 1] [--steps 3] [--threads 1]
+        [--checkpointing] [--flop-frames 512 1024 2048] [--no-activations]
 
 Each crop size runs in a fresh process, so its peak RSS (`ru_maxrss`) is that crop's alone;
 "over model" is that peak minus the RSS right after building the model (activations kept for
@@ -98,7 +99,7 @@ def main() -> None:
     parser.add_argument("--flop-frames", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the CPUs are shared)")
     parser.add_argument("--checkpointing", action="store_true", help="recompute each level in backward")
     parser.add_argument("--no-activations", action="store_true", help="skip the frame-primer activation count")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one crop, JSON out
