@@ -179,3 +179,17 @@ def test_item_ids_that_cannot_be_keys_are_refused(corpus, tmp_path):
     manifest.items[0].id = "take.1/../x"
     with pytest.raises(VRDataError, match="not usable as a store key"):
         build_store([manifest], tmp_path / "store", stft=STFT, geometry=GEOMETRY)
+
+
+def test_append_killed_after_saving_its_plan_still_builds_the_new_tracks(corpus, tmp_path):
+    from vr_data.store_plan import BuildPlan
+
+    out = tmp_path / "store"
+    build_store(load(corpus, ("pairs",)), out, stft=STFT, geometry=GEOMETRY)
+    plan = BuildPlan.load(out / "plan.json")
+    plan.extend(load(corpus, ("vocals",)))
+    plan.save(out / "plan.json")  # as an append killed right after writing its plan
+    assert open_store(out).tracks_by_role("vocal") == []
+    result = build_store(load(corpus, ("pairs", "vocals")), out, append=True)
+    assert not result.already_complete and result.count("built") == 3
+    assert len(open_store(out).tracks_by_role("vocal")) == 3

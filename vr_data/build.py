@@ -129,13 +129,16 @@ def build_store(
     started = time.perf_counter()
     out = Path(out)
     plan, added, meta = _load_or_plan(out, manifests, stft, codec, geometry, append)
-    if meta is not None and meta.complete and not added:
+    # A plan saved by an append that was killed before it marked the store incomplete has
+    # tracks without done-records: those still need building.
+    if meta is not None and meta.complete and not added and all(_done_path(out, t.id).exists() for t in plan.tracks):
         outcomes = [_skipped(track, _read_done(out, track.id)) for track in plan.tracks]
         return BuildResult(out, outcomes, time.perf_counter() - started, *_sizes(out), already_complete=True)
     out.mkdir(parents=True, exist_ok=True)
-    # Mark incomplete before anything else changes, so a reader never sees a half-appended store.
-    atomic_write_json(out / STORE_JSON, _store_meta(plan, complete=False).to_json())
+    # The plan first (a directory with a plan is a store to resume), then the incomplete mark,
+    # before any array or tar changes; until the mark, readers see the previous complete store.
     plan.save(out / PLAN_JSON)
+    atomic_write_json(out / STORE_JSON, _store_meta(plan, complete=False).to_json())
     _ensure_arrays(out, plan)
     _remove_temporaries(out)
     by_id = {item.id: (manifest, item) for manifest in manifests for item in manifest.items}
