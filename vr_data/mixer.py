@@ -20,6 +20,8 @@ the Zarr arrays (`ZarrMixerDataset`) and sequential WebDataset streaming (`WdsMi
 
 from __future__ import annotations
 
+import atexit
+import os
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -433,6 +435,7 @@ class MixerLoader:
                 self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                 prefetch_factor=self.prefetch_factor if self.num_workers else None,
                 multiprocessing_context="spawn" if self.num_workers else None,
+                worker_init_fn=_exit_without_finalising if self.num_workers else None,
             )
             self._batches = iter(loader)
         while self.batch < len(self):
@@ -468,6 +471,12 @@ class MixerLoader:
         self.close()
         self.dataset.set_crop_frames(crop_frames)
         self.batch = min(self.batch, len(self))
+
+
+def _exit_without_finalising(worker_id: int) -> None:
+    """Workers leave with os._exit: interpreter finalisation would tear down tensorstore's
+    threads out of order (std::terminate, SIGABRT), which the DataLoader reports as a crash."""
+    atexit.register(os._exit, 0)
 
 
 def _rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:
