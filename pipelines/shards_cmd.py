@@ -32,7 +32,8 @@ def build_shards_command(
     append: bool = typer.Option(False, help="Add the manifests' new items to an existing store."),
     codec: Optional[str] = typer.Option(None, help=f"Storage codec: {', '.join(CODECS)} (default f16-q)."),
     target_snr_db: Optional[float] = typer.Option(None, help="f16-q: minimum spectral SNR per frame and channel, dB."),
-    zstd_level: Optional[int] = typer.Option(None, help="Level of the lossless zstd stage (default 1: fast, 6% larger than 5)."),
+    compressor: Optional[str] = typer.Option(None, help="Lossless stage (docs/codec.md): blosc-lz4 (default), blosc-lz4hc, blosc-zstd, zstd."),
+    compression_level: Optional[int] = typer.Option(None, help="Level of the lossless stage (default 9)."),
     sample_rate: Optional[int] = typer.Option(None, help="STFT sample rate, Hz (default 44100)."),
     n_fft: Optional[int] = typer.Option(None, help="STFT size, samples (default 2048)."),
     hop_length: Optional[int] = typer.Option(None, help="STFT hop, samples (default 1024)."),
@@ -52,7 +53,7 @@ def build_shards_command(
         raise typer.BadParameter("--root applies to a single MANIFEST; use M.jsonl=ROOT for several")
     loaded = [_read(spec, root) for spec in manifests]
     stft, codec_config, geometry = _configs(out, dict(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length),
-                                            dict(name=codec, target_snr_db=target_snr_db, level=zstd_level),
+                                            dict(name=codec, target_snr_db=target_snr_db, compressor=compressor, level=compression_level),
                                             dict(segment_frames=segment_frames, chunk_frames=chunk_frames,
                                                  shard_frames=shard_frames,
                                                  wds_shard_bytes=None if wds_shard_mb is None else int(wds_shard_mb * 2**20)))
