@@ -17,3 +17,20 @@ for layout in pairs vocals instrumentals pretrain; do
     --group-by artist --valid-fraction 0.2 --workers "$WORKERS"
 done
 "$BIN/vrdata" verify-manifest "$DIR/manifests/pairs.jsonl"
+
+echo "== 3. build the spectrogram store (Zarr v3 + WebDataset), in parallel with dask; rerunning resumes"
+"$BIN/vrdata" build-shards "$DIR"/manifests/pairs.jsonl "$DIR"/manifests/vocals.jsonl \
+  "$DIR"/manifests/instrumentals.jsonl "$DIR"/manifests/pretrain.jsonl --out "$DIR/store" --workers "$WORKERS"
+"$BIN/vrdata" verify "$DIR/store"
+
+echo "== 4. describe the libraries and the store: totals, loudness (LUFS), integrity, input normalisation, figures"
+"$BIN/vrdata" stats "$DIR"/manifests/pairs.jsonl "$DIR"/manifests/vocals.jsonl "$DIR"/manifests/instrumentals.jsonl \
+  "$DIR"/manifests/pretrain.jsonl "$DIR/store" --workers "$WORKERS" --json "$DIR/stats.json" --plots "$DIR/plots"
+
+echo "== 5. listen to what the mixer feeds the model: pairs and random vocal/instrumental mixes"
+"$BIN/vrdata" preview-mix "$DIR/store" --n 6 --out "$DIR/preview"
+
+echo "== 6. the model presets"
+"$BIN/vrtrain" presets
+
+echo "== done: manifests in $DIR/manifests, store in $DIR/store, stats in $DIR/stats.json and $DIR/plots, previews in $DIR/preview"

@@ -36,7 +36,10 @@ def preview_mix_command(
         written = write_preview(examples, dataset.store.config, out)
     for number, example in enumerate(examples):
         recipe = example["recipe"]
-        console.print(f"{number:02d} {example['kind']:9s} frames {example['valid']:5d}  vocal gain "
-                      f"{recipe['vocal_gain'][0]:+.2f}/{recipe['vocal_gain'][1]:+.2f}  swap {recipe['swap_a']!s:5}  "
-                      f"mono {recipe['mono']!s:5}  instrumental-only {recipe['instrumental_only']}")
+        if recipe["vocal"]:
+            vocal = f"vocal gain {recipe['vocal_gain'][0]:+.2f}/{recipe['vocal_gain'][1]:+.2f}"
+        else:
+            vocal = "instrumental only" if recipe["instrumental_only"] else ("no vocal" if recipe["kind"] == "augmented" else "")
+        flags = " ".join(name for name, on in (("swapped", recipe["swap_a"]), ("mono", recipe["mono"])) if on)
+        console.print(f"{number:02d} {example['kind']:9s} {example['valid']:5d} frames  {vocal:24s} {flags}", highlight=False)
     console.print(f"wrote {len(written)} files to {out}")

@@ -71,12 +71,14 @@ def _sheet(examples: list[dict], stft_config, path: Path) -> Path:
     figure, axes = plt.subplots(rows, 3, figsize=(12, 2.2 * rows), squeeze=False)
     seconds_per_frame = stft_config.hop_length / stft_config.sample_rate
     for row, example in enumerate(examples):
+        # One level scale per row (the mixture's), so a vocal-free example shows an empty vocal.
+        top = float(20 * np.log10(np.abs(example["mixture"]).mean(axis=0).max() + 1e-5))
         for column, part in enumerate(("mixture", "target", "vocal")):
             magnitude = np.abs(example[part]).mean(axis=0)
             decibels = 20 * np.log10(magnitude + 1e-5)
             frames = magnitude.shape[1]
             axis = axes[row][column]
-            axis.imshow(decibels, origin="lower", aspect="auto", vmin=decibels.max() - 80, vmax=decibels.max(),
+            axis.imshow(decibels, origin="lower", aspect="auto", vmin=top - 80, vmax=top,
                         extent=(0, frames * seconds_per_frame, 0, stft_config.sample_rate / 2000), cmap="magma")
             axis.set_title(f"{row:02d} {example['kind']} {part}", fontsize=8)
             axis.set_xlabel("s", fontsize=7)
