@@ -181,3 +181,20 @@ def test_cli_build_resume_verify(corpus, tmp_path):
     (incomplete / "store.json").write_text((incomplete / "store.json").read_text().replace('"complete": true', '"complete": false'))
     refused = runner.invoke(app, ["verify", str(incomplete)])
     assert refused.exit_code == 2 and "incomplete" in refused.output
+
+
+def test_shard_paths_outside_wds_are_refused(built_store):
+    store = open_store(built_store)
+    with pytest.raises(VRDataError, match="escapes"):
+        list(iter_wds_samples(store, "vocal", ["../store.json"]))
+
+
+def test_verify_reports_manifest_items_missing_from_the_store(built_store, tmp_path):
+    out = tmp_path / "store"
+    shutil.copytree(built_store, out)
+    lines = (out / "tracks.jsonl").read_text().splitlines()
+    dropped = json.loads(lines[-1])["id"]
+    (out / "tracks.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    report = verify_store(out)
+    assert [(d.kind, d.name) for d in report.damages] == [("track", dropped)]
+    assert "neither built nor rejected" in report.damages[0].reason
