@@ -198,3 +198,18 @@ def test_verify_reports_manifest_items_missing_from_the_store(built_store, tmp_p
     report = verify_store(out)
     assert [(d.kind, d.name) for d in report.damages] == [("track", dropped)]
     assert "neither built nor rejected" in report.damages[0].reason
+
+
+def test_verify_names_an_unreadable_zarr_shard(built_store, tmp_path):
+    out = tmp_path / "store"
+    shutil.copytree(built_store, out)
+    vocal = open_store(out).tracks_by_role("vocal")[0]
+    index = vocal.zarr_start // GEOMETRY.shard_frames
+    shard = out / "zarr" / "vocal" / "c" / str(index) / "0" / "0" / "0"
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # the shard index: its crc32c no longer matches
+    shard.write_bytes(bytes(data))
+    with pytest.raises(VRDataError, match=f"track {vocal.id}"):
+        open_store(out).read_frames(vocal, "vocal")
+    damaged = {(d.kind, d.name) for d in verify_store(out).damages}
+    assert ("zarr_shard", f"zarr/vocal/c/{index}/0/0/0") in damaged and ("track", vocal.id) in damaged

@@ -72,9 +72,9 @@ def verify_store(
         report.tracks += 1
         report.frames += track.frames
         report.damages.extend(Damage("track", track.id, problem) for problem in problems)
-        for zarr_shard, tar in zarr_suspects:
-            if tar not in bad_tars:
-                suspects.setdefault(zarr_shard, f"frames differ from the intact {WDS_DIR}/{tar} (track {track.id})")
+        for zarr_shard, tar, reason in zarr_suspects:
+            if tar is None or tar not in bad_tars:
+                suspects.setdefault(zarr_shard, reason)
         if on_track is not None:
             on_track(track)
     report.damages.extend(Damage("zarr_shard", name, reason) for name, reason in sorted(suspects.items()))
@@ -100,11 +100,12 @@ def _check_shard(task: tuple[Path, WdsShard]) -> str | None:
     return None
 
 
-def _check_track(task: tuple[Path, TrackRecord, int, int]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Problems of one track, and (zarr shard, tar) pairs whose frames disagree."""
+def _check_track(task: tuple[Path, TrackRecord, int, int]) -> tuple[list[str], list[tuple[str, str | None, str]]]:
+    """Problems of one track, and suspect Zarr shards: (shard, the tar it disagrees with or None
+    when the shard cannot be read at all, reason)."""
     store_path, track, segment_frames, shard_frames = task
     problems: list[str] = []
-    suspects: list[tuple[str, str]] = []
+    suspects: list[tuple[str, str | None, str]] = []
     expected_segments = -(-track.frames // segment_frames)
     if track.segments != expected_segments:
         problems.append(f"{track.segments} segments recorded for {track.frames} frames (expected {expected_segments})")
@@ -115,8 +116,8 @@ def _check_track(task: tuple[Path, TrackRecord, int, int]) -> tuple[list[str], l
             array = open_array(store_path / ZARR_DIR / name, read_only=True)
             stored[source] = read_region(array, track.zarr_start, region_stop, f"{ZARR_DIR}/{name}")
         except VRDataError as error:
-            first, last = track.zarr_start // shard_frames, (region_stop - 1) // shard_frames
-            problems.append(f"cannot read {source} from Zarr shards {first}-{last} of {name} ({error.reason})")
+            problems.append(f"cannot read {source} from Zarr array {name} ({error.reason})")
+            suspects.extend(_unreadable_shards(store_path, name, track.zarr_start, region_stop, shard_frames))
     if len(stored) < len(track.arrays):
         return problems, suspects
     segment = 0
@@ -130,7 +131,8 @@ def _check_track(task: tuple[Path, TrackRecord, int, int]) -> tuple[list[str], l
                         index = (track.zarr_start + segment * segment_frames) // shard_frames
                         zarr_shard = shard_key(Path(ZARR_DIR) / track.arrays[source], index).as_posix()
                         problems.append(f"segment {segment} of {source} differs between {zarr_shard} and {WDS_DIR}/{tar}")
-                        suspects.append((zarr_shard, tar))
+                        suspects.append((zarr_shard, tar, f"frames differ from the intact {WDS_DIR}/{tar} "
+                                                          f"(track {track.id})"))
                 segment += 1
         except VRDataError as error:
             problems.append(f"cannot read {WDS_DIR}/{tar} ({error.reason})")
@@ -138,6 +140,20 @@ def _check_track(task: tuple[Path, TrackRecord, int, int]) -> tuple[list[str], l
     if segment != expected_segments:
         problems.append(f"{segment} WebDataset segments, expected {expected_segments}")
     return problems, suspects
+
+
+def _unreadable_shards(store_path: Path, name: str, start: int, stop: int, shard_frames: int):
+    """The shards of `[start, stop)` of array `name` that fail to read, one read per shard."""
+    try:
+        array = open_array(store_path / ZARR_DIR / name, read_only=True)
+    except VRDataError as error:
+        yield f"{ZARR_DIR}/{name}", None, error.reason
+        return
+    for index in range(start // shard_frames, (stop - 1) // shard_frames + 1):
+        try:
+            read_region(array, index * shard_frames, (index + 1) * shard_frames, name)
+        except VRDataError as error:
+            yield shard_key(Path(ZARR_DIR) / name, index).as_posix(), None, f"unreadable ({error.reason})"
 
 
 def _compare_sample(track: TrackRecord, sample: dict, segment: int, segment_frames: int, stored: dict) -> list[str]:
