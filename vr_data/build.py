@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import tensorstore as ts
 
 from vr_data import __version__, errors
 from vr_data.codec import CodecConfig, encode
@@ -370,7 +371,9 @@ def _write_track(task: TrackTask, audio: dict[str, np.ndarray], stats: dict) -> 
                                 "the manifest's duration (file changed? rescan)", errors.LENGTH_MISMATCH)
     store = Path(task.store)
     names = {source: array_name(track.role, source) for source in audio}
-    arrays = {source: open_array(store / ZARR_DIR / name) for source, name in names.items()}
+    # One compression thread: a build's parallelism is its worker processes, one per core.
+    context = ts.Context({"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 2}})
+    arrays = {source: open_array(store / ZARR_DIR / name, context) for source, name in names.items()}
     writer = TrackTarWriter(store / WDS_DIR / track.role, track.id, track.role, track.id,
                             geometry.wds_shard_bytes, relative_to=store / WDS_DIR)
     segments = 0

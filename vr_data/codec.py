@@ -30,12 +30,14 @@ import functools
 from dataclasses import asdict, dataclass, fields
 
 import numpy as np
+from numba import njit
 
 from vr_data.errors import VRDataError
 
 CODECS = ("f16-q", "f16", "f16-bits")
 DEFAULT_CODEC = "f16-q"
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
+FLOAT16_MAX_F32 = np.float32(FLOAT16_MAX)
 MIN_STEP_EXPONENT = -24  # 2**-24 is the smallest float16 subnormal
 _SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")
 _COMPRESSORS = ("blosc-zstd", "blosc-lz4hc", "blosc-lz4", "zstd")
@@ -120,17 +122,111 @@ def encode_components(
             raise VRDataError(None, f"spectrogram peak {peak:.4g} exceeds float16 range {FLOAT16_MAX:g}")
         np.clip(components, -FLOAT16_MAX, FLOAT16_MAX, out=components)
     if codec.name == "f16-q":
-        _quantise_blocks(components, codec.target_snr_db)
-        # Rounding to a coarse step can carry a value just past float16's maximum.
-        np.clip(components, -FLOAT16_MAX, FLOAT16_MAX, out=components)
-        return components.astype(np.float16)
+        # One fused pass per (frame, channel) block: the numpy reference is `_quantise_blocks`.
+        stored = np.empty(components.shape, np.uint16)
+        _quantise_blocks_to_f16(np.ascontiguousarray(components), float(codec.target_snr_db), stored)
+        return stored.view(np.float16)
     if codec.name == "f16-bits":
-        return _round_mantissa(components.astype(np.float16), codec.mantissa_bits)
-    return components.astype(np.float16)
+        return _round_mantissa(to_float16(components), codec.mantissa_bits)
+    return to_float16(components)
+
+
+def to_float16(values: np.ndarray) -> np.ndarray:
+    """float32 -> float16 with round-to-nearest-even, as numpy's cast but vectorised (numpy's
+    float16 cast is scalar code, the slowest step of an encode)."""
+    values = np.ascontiguousarray(values, dtype=np.float32)
+    out = np.empty(values.shape, np.uint16)
+    _f32_bits_to_f16_bits(values.reshape(-1).view(np.uint32), out.reshape(-1))
+    return out.view(np.float16)
+
+
+@njit(cache=True, inline="always")
+def _f16_bits(u):
+    """float16 bit pattern of the float32 with bit pattern `u` (round to nearest even)."""
+    sign = (u >> 16) & 0x8000
+    exponent = (u >> 23) & 0xFF
+    mantissa = u & 0x7FFFFF
+    if exponent == 0xFF:  # inf / nan
+        return sign | 0x7C00 | (0x200 if mantissa else 0)
+    e = np.int64(exponent) - 112  # rebias 127 -> 15
+    if e >= 31:
+        return sign | 0x7C00
+    if e <= 0:
+        if e < -10:
+            return sign
+        mantissa |= 0x800000
+        shift = 14 - e
+        half = mantissa >> shift
+        remainder = mantissa & ((1 << shift) - 1)
+        halfway = 1 << (shift - 1)
+        if remainder > halfway or (remainder == halfway and (half & 1)):
+            half += 1
+        return sign | half
+    half = sign | (e << 10) | (mantissa >> 13)
+    remainder = mantissa & 0x1FFF
+    if remainder > 0x1000 or (remainder == 0x1000 and (half & 1)):
+        half += 1  # a carry into the exponent is the right result (or inf past 65504)
+    return half
+
+
+@njit(cache=True, nogil=True)
+def _f32_bits_to_f16_bits(bits, out):
+    for position in range(bits.size):
+        out[position] = _f16_bits(np.uint32(bits[position]))
+
+
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz", "arcp"})
+def _quantise_blocks_to_f16(components, target_snr_db, out):
+    """`_quantise_blocks` + clip + float16 cast of float32 `(frames, channels, 2, bins)`, block by
+    block while the block is in cache; writes float16 bit patterns into uint16 `out`."""
+    frames, channels, _, bins = components.shape
+    allowed_fraction = 10.0 ** (-target_snr_db / 10.0)
+    scratch = np.empty(2 * bins, np.float32)
+    scratch_bits = scratch.view(np.uint32)
+    for f in range(frames):
+        for c in range(channels):
+            energy = 0.0
+            for part in range(2):
+                for k in range(bins):
+                    value = np.float64(components[f, c, part, k])
+                    weight = 0.5 if (k == 0 or k == bins - 1) else 1.0
+                    energy += weight * value * value
+            allowed = energy * allowed_fraction
+            if allowed > 0.0:
+                exponent = np.floor(np.log2(np.sqrt(12.0 * allowed / (2 * bins))))
+                exponent = min(max(exponent, MIN_STEP_EXPONENT), 15.0)
+            else:
+                exponent = float(MIN_STEP_EXPONENT)
+            chosen = exponent
+            for extra in range(1, 4):
+                trial = exponent + extra
+                step = np.float32(2.0**trial)
+                inverse = np.float32(1.0) / step
+                error = 0.0
+                for part in range(2):
+                    for k in range(bins):
+                        value = components[f, c, part, k]
+                        difference = np.float64(value - np.rint(value * inverse) * step)
+                        weight = 0.5 if (k == 0 or k == bins - 1) else 1.0
+                        error += weight * difference * difference
+                if error <= allowed:
+                    chosen = trial
+            step = np.float32(2.0**chosen)
+            inverse = np.float32(1.0) / step
+            for part in range(2):
+                for k in range(bins):
+                    rounded = np.rint(components[f, c, part, k] * inverse) * step
+                    scratch[part * bins + k] = min(max(rounded, -FLOAT16_MAX_F32), FLOAT16_MAX_F32)
+            for part in range(2):
+                for k in range(bins):
+                    out[f, c, part, k] = _f16_bits(scratch_bits[part * bins + k])
 
 
 def _quantise_blocks(components: np.ndarray, target_snr_db: float) -> None:
     """Round each (frame, channel) block of float32 `(frames, channels, 2, bins)` in place.
+
+    The numpy reference of the fused kernel `_quantise_blocks_to_f16` (tests compare them bit
+    for bit); the kernel does the same arithmetic block by block.
 
     The step is a power of two: multiples of it are exact in float16 (for |multiple| < 2048)
     and have trailing-zero mantissas. Uniform rounding with step s adds at most s^2/12 noise

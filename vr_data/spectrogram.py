@@ -216,9 +216,13 @@ def _squared_window_sum(config: StftConfig, frames: int) -> np.ndarray:
     return envelope
 
 
+_FFT_THREADS = 1
+
+
 def _workers() -> int:
-    # scipy.fft threads over the leading axes; the machine is shared, so use at most two.
-    return 2
+    """Threads scipy.fft may use. One: parallel work comes from processes (dask workers,
+    DataLoader workers), and threads in each of them would oversubscribe the cores."""
+    return _FFT_THREADS
 
 
 # ---------------------------------------------------------------------------- torch (GPU) versions
