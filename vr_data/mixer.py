@@ -273,7 +273,7 @@ class _MixerBase(IterableDataset):
     def _is_silent(self, stored: np.ndarray) -> bool:
         from vr_data.mixing import crop_level_dbfs
 
-        return crop_level_dbfs(stored, self.window_energy, frame_step=4) < self.config.silence_dbfs
+        return crop_level_dbfs(stored, self.window_energy, frame_step=8) < self.config.silence_dbfs
 
 
 class ZarrMixerDataset(_MixerBase):
@@ -366,20 +366,19 @@ class ZarrMixerDataset(_MixerBase):
             out[valid:] = 0
 
     def _apply_silence_rule(self, recipes, buffers) -> None:
-        """Count near-silent crops; with `resample`, redraw them (up to `max_resamples` rounds)."""
+        """Count near-silent crops; with `resample`, redraw them (up to `max_resamples` rounds,
+        each round re-checking only the crops it redrew)."""
         rule = self.config.silence_rule
         if rule == "keep":
             return
+        check_main = list(range(len(recipes)))
+        check_vocal = [j for j, recipe in enumerate(recipes) if recipe["vocal"]]
         for attempt in range(self.config.max_resamples + 1):
-            silent_main, silent_vocal = [], []
-            for j, recipe in enumerate(recipes):
-                tested = buffers["t"][j] if recipe["kind"] == "pair" else buffers["a"][j]
-                if self._is_silent(tested):
-                    recipe["silent"] += 1
-                    silent_main.append(j)
-                if recipe["vocal"] and self._is_silent(buffers["v"][j]):
-                    recipe["silent"] += 1
-                    silent_vocal.append(j)
+            silent_main = [j for j in check_main if self._is_silent(
+                buffers["t"][j] if recipes[j]["kind"] == "pair" else buffers["a"][j])]
+            silent_vocal = [j for j in check_vocal if self._is_silent(buffers["v"][j])]
+            for j in silent_main + silent_vocal:
+                recipes[j]["silent"] += 1
             if rule == "count" or attempt == self.config.max_resamples or not (silent_main or silent_vocal):
                 return
             for j in silent_main:
@@ -390,6 +389,7 @@ class ZarrMixerDataset(_MixerBase):
                 recipes[j]["vocal_pick"] = self._pick_vocal(recipes[j]["vocal_rng"])
             self._read_batch(recipes, silent_main, buffers, main=True, vocal=False)
             self._read_batch(recipes, silent_vocal, buffers, main=False, vocal=True)
+            check_main, check_vocal = silent_main, silent_vocal
 
 
 _RECIPE, _RESAMPLE, _VOCAL = 0, 1, 2

@@ -132,7 +132,7 @@ def crop_level_dbfs(stored: np.ndarray, window_energy: float, frame_step: int = 
     For a Hann-windowed one-sided STFT, mean |X|^2 over bins is about rms^2 * sum(window^2)
     (Parseval), so `window_energy = sum(window**2)` (768 for Hann, n_fft 2048) maps it back.
     Padding frames (all zero) count as silence. `frame_step` > 1 looks at every n-th frame only
-    (a level estimate does not need all of them; the training hot path uses 4).
+    (a level estimate does not need all of them; the training hot path uses 8).
     """
     power = _mean_square(_bits(stored)[::frame_step], F16_TABLE) * 2.0  # re^2 + im^2
     if power <= 0.0:
