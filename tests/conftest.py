@@ -47,3 +47,15 @@ def audio_dir(tmp_path: Path) -> Path:
 @pytest.fixture(autouse=True)
 def _quiet_progress(monkeypatch):
     monkeypatch.setenv("COLUMNS", "120")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One intra-op torch thread for a test module: its models are small, and two spinning OpenMP
+    threads on two busy cores made the model tests several times slower."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -13,14 +13,7 @@ from vr_model import FramePrimerUNet, build_model
 from vr_model.checkpoint import load_model, read_checkpoint_json, save_checkpoint
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: these models are small, and the CPUs are shared with other jobs
-    (two spinning OpenMP threads on two busy cores made this file several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = build_model("tiny").config.replace(bins=64, channels=(2, 2, 3, 3, 4), max_frames=32, num_heads=2)

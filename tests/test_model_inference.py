@@ -11,14 +11,7 @@ from vr_model import FramePrimerConfig, FramePrimerUNet
 from vr_model.inference import crop_starts, crossfade_window, normalise_by_max, separate_spectrogram
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: these models are small, and the CPUs are shared with other jobs
-    (two spinning OpenMP threads on two busy cores made this file several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 SMALL = FramePrimerConfig(

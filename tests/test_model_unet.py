@@ -14,14 +14,7 @@ from vr_model.flops import forward_flops
 from vr_model.presets import PRESETS, SEED_PARAMETERS
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread: these models are small, and the CPUs are shared with other jobs
-    (two spinning OpenMP threads on two busy cores made this file several times slower)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Same architecture (5 + 5 levels, primers everywhere) on 64 bins, so 2048 frames stay fast.
