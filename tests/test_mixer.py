@@ -293,3 +293,44 @@ def test_reused_outputs_give_the_same_batches(store):
     for batch in MixerLoader(ZarrMixerDataset(store, config), reuse_outputs=True):
         reused.append({k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()})  # done before the next
     _same(fresh, reused)
+
+
+def test_zarr_only_store(tmp_path):
+    """--no-wds: no tars, verify still reads every frame, the Zarr mixer works, WebDataset refuses."""
+    from vr_data.store import open_store
+    from vr_data.store_plan import Geometry
+    from vr_data.store_verify import verify_store
+
+    roots = write_corpus(tmp_path / "audio")
+    manifests = [read_manifest(write_manifest(tmp_path / f"{layout}.jsonl",
+                                              scan(root, ScanOptions(layout=layout, valid_fraction=0.0)).manifest))
+                 for layout, root in roots.items()]
+    geometry = Geometry(chunk_frames=32, shard_frames=128, segment_frames=32, wds=False)
+    build_store(manifests, tmp_path / "store", stft=STFT, geometry=geometry)
+    assert not list((tmp_path / "store" / "wds").rglob("*.tar"))
+    store = open_store(tmp_path / "store")
+    assert store.geometry.wds is False and all(track.segments == 0 for track in store.tracks)
+    assert verify_store(tmp_path / "store").ok
+    batch = next(iter(MixerLoader(ZarrMixerDataset(tmp_path / "store", _config()))))
+    assert batch["mixture"].shape == (4, 2, STFT.bins, CROP)
+    with pytest.raises(VRDataError, match="without WebDataset"):
+        WdsMixerDataset(tmp_path / "store", _config())
+    # resuming or appending keeps the store's choice: asking for tars now is a conflict
+    with pytest.raises(VRDataError):
+        build_store(manifests, tmp_path / "store", geometry=Geometry(chunk_frames=32, shard_frames=128, segment_frames=32))
+
+
+def test_build_shards_cli_no_wds(tmp_path):
+    from pipelines.vrdata import app
+    from vr_data.store import open_store
+
+    roots = write_corpus(tmp_path / "audio")
+    path = write_manifest(tmp_path / "vocals.jsonl", scan(roots["vocals"], ScanOptions(layout="vocals")).manifest)
+    runner = CliRunner()
+    result = runner.invoke(app, ["build-shards", str(path), "--out", str(tmp_path / "store"), "--no-wds", "--workers", "0",
+                                 "--n-fft", "512", "--hop-length", "256", "--chunk-frames", "32", "--shard-frames", "128",
+                                 "--segment-frames", "32"])
+    assert result.exit_code == 0, result.output
+    assert open_store(tmp_path / "store").geometry.wds is False
+    verified = runner.invoke(app, ["verify", str(tmp_path / "store")])
+    assert verified.exit_code == 0, verified.output

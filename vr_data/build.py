@@ -375,7 +375,7 @@ def _write_track(task: TrackTask, audio: dict[str, np.ndarray], stats: dict) -> 
     context = ts.Context({"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 2}})
     arrays = {source: open_array(store / ZARR_DIR / name, context) for source, name in names.items()}
     writer = TrackTarWriter(store / WDS_DIR / track.role, track.id, track.role, track.id,
-                            geometry.wds_shard_bytes, relative_to=store / WDS_DIR)
+                            geometry.wds_shard_bytes, relative_to=store / WDS_DIR) if geometry.wds else None
     segments = 0
     for block_start in range(0, track.reserved_frames, geometry.shard_frames):
         shard = {source: _encoded_shard(signal, config, task.codec, block_start, frames, geometry.shard_frames, stats)
@@ -388,6 +388,8 @@ def _write_track(task: TrackTask, audio: dict[str, np.ndarray], stats: dict) -> 
         for write in writes:
             write.result()
         stats["zarr"] += time.perf_counter() - begin
+        if writer is None:
+            continue
         begin = time.perf_counter()
         for segment_start in range(block_start, min(block_start + geometry.shard_frames, frames),
                                    geometry.segment_frames):
@@ -401,7 +403,7 @@ def _write_track(task: TrackTask, audio: dict[str, np.ndarray], stats: dict) -> 
             writer.add(sample_key(track.id, segments), members)
             segments += 1
         stats["wds"] += time.perf_counter() - begin
-    shards = writer.close()
+    shards = writer.close() if writer is not None else []
     record = TrackRecord(
         id=track.id, role=track.role, library=track.library, split=track.split, group=track.group,
         frames=frames, duration=round(samples / config.sample_rate, 6), zarr_start=track.start_frame,

@@ -96,6 +96,9 @@ class WdsMixerDataset(_MixerBase):
     def __init__(self, store_path: str | Path, config, rank: int | None = None, world_size: int | None = None,
                  buffer_size: int = 16):
         super().__init__(store_path, config, rank, world_size)
+        if not self.store.geometry.wds:
+            raise VRDataError(self.store_path, "store was built without WebDataset tars (--no-wds); "
+                                               "use ZarrMixerDataset, or rebuild with --wds")
         self.buffer_size = buffer_size
         self.wds_dir = self.store_path / "wds"
 

@@ -37,13 +37,15 @@ class Geometry:
 
     `chunk_frames`: Zarr inner chunk (about one training crop); `shard_frames`: Zarr shard, the
     unit a task writes; `segment_frames`: one WebDataset sample; `wds_shard_bytes`: target size
-    of one tar (a track's tar is split into parts beyond it).
+    of one tar (a track's tar is split into parts beyond it); `wds`: write the WebDataset copy
+    at all (False: a Zarr-only store, a quarter of the size; the streaming backend then refuses it).
     """
 
     chunk_frames: int = 256
     shard_frames: int = 4096
     segment_frames: int = 256
     wds_shard_bytes: int = 256 * 2**20
+    wds: bool = True
 
     def __post_init__(self) -> None:
         if min(self.chunk_frames, self.shard_frames, self.segment_frames, self.wds_shard_bytes) <= 0:
@@ -57,7 +59,8 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Geometry":
-        return cls(**{k: int(values[k]) for k in cls.__dataclass_fields__})
+        sizes = {k: int(values[k]) for k in cls.__dataclass_fields__ if k != "wds"}
+        return cls(**sizes, wds=bool(values.get("wds", True)))  # stores from before the flag have tars
 
 
 @dataclass(frozen=True)

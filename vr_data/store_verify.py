@@ -66,7 +66,8 @@ def verify_store(
         if on_shard is not None:
             on_shard(shard[1])
     suspects: dict[str, str] = {}
-    tasks = [(store.path, track, store.geometry.segment_frames, store.geometry.shard_frames) for track in store.tracks]
+    tasks = [(store.path, track, store.geometry.segment_frames, store.geometry.shard_frames, store.geometry.wds)
+             for track in store.tracks]
     for task, (problems, zarr_suspects) in map_unordered(_check_track, tasks, executor):
         track = task[1]
         report.tracks += 1
@@ -100,18 +101,19 @@ def _check_shard(task: tuple[Path, WdsShard]) -> str | None:
     return None
 
 
-def _check_track(task: tuple[Path, TrackRecord, int, int]) -> tuple[list[str], list[tuple[str, str | None, str]]]:
+def _check_track(task: tuple[Path, TrackRecord, int, int, bool]) -> tuple[list[str], list[tuple[str, str | None, str]]]:
     """Problems of one track, and suspect Zarr shards: (shard, the tar it disagrees with or None
     when the shard cannot be read at all, reason)."""
-    store_path, track, segment_frames, shard_frames = task
+    store_path, track, segment_frames, shard_frames, with_wds = task
     problems: list[str] = []
     suspects: list[tuple[str, str | None, str]] = []
-    expected_segments = -(-track.frames // segment_frames)
+    expected_segments = -(-track.frames // segment_frames) if with_wds else 0
     if track.segments != expected_segments:
         problems.append(f"{track.segments} segments recorded for {track.frames} frames (expected {expected_segments})")
     stored = {}
     for source, name in track.arrays.items():
-        region_stop = track.zarr_start + expected_segments * segment_frames
+        # Without tars there is no second copy to compare: every frame is still read (decoded).
+        region_stop = track.zarr_start + (expected_segments * segment_frames if with_wds else track.frames)
         try:
             array = open_array(store_path / ZARR_DIR / name, read_only=True)
             stored[source] = read_region(array, track.zarr_start, region_stop, f"{ZARR_DIR}/{name}")
