@@ -1,7 +1,7 @@
 """build-shards benchmark: throughput, storage, round-trip SNR and worker memory vs the classic cache.
 
 Usage:
-    python benchmarks/bench_build.py                    # 8 tracks x 30 s, then two memory probes
+    python benchmarks/bench_build.py                    # 16 tracks x 30 s (8 min), then two memory probes
     python benchmarks/bench_build.py --seconds 60 --tracks 6 --workers 2 --keep /tmp/bench
 
 Writes a corpus of music-like tracks (vr_data.demo: instrumental + vocal) as ogg/mp3/flac/wav at
@@ -48,7 +48,7 @@ FORMATS = [("ogg", 48000), ("mp3", 44100), ("flac", 22050), ("wav", 32000),
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="length of each corpus track")
-    parser.add_argument("--tracks", type=int, default=8, help="corpus tracks (formats and rates cycle)")
+    parser.add_argument("--tracks", type=int, default=16, help="corpus tracks (formats and rates cycle)")
     parser.add_argument("--workers", type=int, default=2, help="LocalCluster worker processes")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs of each method; the fastest counts "
                         "(the machine is shared, so slower runs measure other processes)")
