@@ -334,3 +334,21 @@ def test_build_shards_cli_no_wds(tmp_path):
     assert open_store(tmp_path / "store").geometry.wds is False
     verified = runner.invoke(app, ["verify", str(tmp_path / "store")])
     assert verified.exit_code == 0, verified.output
+
+
+def test_stats_normalisation_divides_each_bin_by_the_dataset_scale(store, tmp_path):
+    from vr_data.stats import load_normalisation
+    from vr_data.stats.report import describe
+
+    stats_store = tmp_path / "store"
+    shutil.copytree(store, stats_store)
+    with pytest.raises(VRDataError, match="vrdata stats"):
+        ZarrMixerDataset(stats_store, _config(normalisation="stats"))
+    describe([stats_store], content=True)  # writes STORE/stats.json
+    mean, _ = load_normalisation(stats_store, "pair")
+    raw = ZarrMixerDataset(stats_store, _config(normalisation="none")).example_batch(0, 0)
+    scaled = ZarrMixerDataset(stats_store, _config(normalisation="stats")).example_batch(0, 0)
+    factor = torch.from_numpy(np.exp(-mean))[None, None, :, None]
+    torch.testing.assert_close(scaled["mixture"], raw["mixture"] * factor, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(scaled["target"], raw["target"] * factor, rtol=1e-5, atol=1e-7)
+    assert scaled["normalisation"] == "stats"

@@ -33,7 +33,7 @@ from vr_data.errors import VRDataError
 from vr_data.mixing import mix_magnitudes
 from vr_data.sampling import KINDS, CropCells, crop_cells, example_rng, plan_epoch
 
-NORMALISATIONS = ("crop_max", "none")
+NORMALISATIONS = ("crop_max", "stats", "none")
 SILENCE_RULES = ("resample", "count", "keep")
 
 
@@ -64,6 +64,7 @@ class MixerConfig:
     silence_rule: str = "resample"
     max_resamples: int = 4
     normalisation: str = "crop_max"
+    stats_role: str = "pair"
     examples_per_epoch: int | None = None
     vocal_offset_step: int | None = None
 
@@ -141,6 +142,13 @@ class _MixerBase(IterableDataset):
             raise VRDataError(self.store_path, f"augmented mixes need vocals, but the store has no {config.split} vocal tracks")
         self._cells: dict[int, dict[str, CropCells]] = {}
         self.output_ring = 0  # > 0: reuse that many output buffers (MixerLoader(reuse_outputs=True))
+        self.bin_scale = None
+        if config.normalisation == "stats":
+            from vr_data.stats.normalisation import load_normalisation
+
+            mean, _ = load_normalisation(self.store_path, config.stats_role)
+            # A per-bin factor common to mixture and target: the ideal mask is unchanged.
+            self.bin_scale = np.exp(-mean).astype(np.float32)[None, :, None]  # (1, bins, 1)
         self._ring: dict[tuple, list] = {}
         self._ring_position = 0
 
@@ -226,6 +234,9 @@ class _MixerBase(IterableDataset):
             kinds[j] = KINDS.index(recipe["kind"])
             if normalise and peak > 0:
                 scale[j] = peak
+            if self.bin_scale is not None:
+                np.multiply(mixture_np[j], self.bin_scale, out=mixture_np[j])
+                np.multiply(target_np[j], self.bin_scale, out=target_np[j])
         return {
             "mixture": mixture, "target": target,
             "valid": torch.from_numpy(valid), "kind": torch.from_numpy(kinds), "scale": torch.from_numpy(scale),
