@@ -17,6 +17,8 @@ for layout in pairs vocals instrumentals pretrain; do
     --group-by artist --valid-fraction 0.2 --workers "$WORKERS"
 done
 "$BIN/vrdata" verify-manifest "$DIR/manifests/pairs.jsonl"
+echo "   portable manifests: the committed manifests/pairs.jsonl, scanned elsewhere, re-rooted onto this corpus"
+"$BIN/vrdata" verify-manifest manifests/pairs.jsonl --root "$DIR/corpus/pairs"
 
 echo "== 3. build the spectrogram store (Zarr v3 + WebDataset), in parallel with dask; rerunning resumes"
 "$BIN/vrdata" build-shards "$DIR"/manifests/pairs.jsonl "$DIR"/manifests/vocals.jsonl \

@@ -57,8 +57,8 @@ def test_verify_manifest_exit_codes(tmp_path):
 def test_demo_corpus_is_deterministic(tmp_path):
     first = write_demo_corpus(tmp_path / "one", seconds=3.0)
     second = write_demo_corpus(tmp_path / "two", seconds=3.0)
-    files = sorted(p.relative_to(first["pairs"].parent) for p in (tmp_path / "one").rglob("*.wav"))
-    assert files
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    assert {p.suffix for p in files} == {".wav", ".flac", ".ogg", ".mp3"}  # every format, Ogg serials included
     for rel in files:
         assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
 

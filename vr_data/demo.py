@@ -151,6 +151,49 @@ def _formant_gain(frequency: np.ndarray, formants, bandwidths) -> np.ndarray:
     return gain
 
 
+def _crc_table() -> list[int]:
+    table = []
+    for byte in range(256):
+        crc = byte << 24
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x04C11DB7) & 0xFFFFFFFF if crc & 0x80000000 else (crc << 1) & 0xFFFFFFFF
+        table.append(crc)
+    return table
+
+
+_OGG_CRC = _crc_table()
+
+
+def fix_ogg_serial(path: Path, serial: int = 0x56520001) -> None:
+    """Give every Ogg page of `path` the same stream serial (and a recomputed CRC).
+
+    libsndfile picks a random serial per file, so the same audio would give other bytes (and
+    another sha256) on every run; the demo corpus must be byte-for-byte deterministic.
+    """
+    data = bytearray(Path(path).read_bytes())
+    position = 0
+    while position < len(data):
+        if data[position:position + 4] != b"OggS":
+            raise ValueError(f"{path}: not an Ogg page at byte {position}")
+        segments = data[position + 26]
+        body = sum(data[position + 27:position + 27 + segments])
+        end = position + 27 + segments + body
+        data[position + 14:position + 18] = serial.to_bytes(4, "little")
+        data[position + 22:position + 26] = b"\0\0\0\0"
+        crc = 0
+        for byte in data[position:end]:
+            crc = ((crc << 8) & 0xFFFFFFFF) ^ _OGG_CRC[((crc >> 24) & 0xFF) ^ byte]
+        data[position + 22:position + 26] = crc.to_bytes(4, "little")
+        position = end
+    Path(path).write_bytes(bytes(data))
+
+
+def _write(path: Path, audio: np.ndarray, rate: int) -> None:
+    write_audio(path, audio, rate)
+    if path.suffix == ".ogg":
+        fix_ogg_serial(path)
+
+
 def _normalise(audio: np.ndarray, peak_dbfs: float) -> np.ndarray:
     peak = np.max(np.abs(audio)) or 1.0
     return (audio / peak * 10 ** (peak_dbfs / 20)).astype(np.float32)
@@ -182,15 +225,15 @@ def write_demo_corpus(directory: str | Path, seconds: float = 20.0, seed: int = 
         mixture = np.clip(instrumental + vocal, -1, 1)
         if mono:
             instrumental, mixture = instrumental.mean(0, keepdims=True), mixture.mean(0, keepdims=True)
-        write_audio(roots["pairs"] / "mixtures" / mixture_name, mixture, rate)
-        write_audio(roots["pairs"] / "instruments" / instrumental_name, instrumental, rate)
+        _write(roots["pairs"] / "mixtures" / mixture_name, mixture, rate)
+        _write(roots["pairs"] / "instruments" / instrumental_name, instrumental, rate)
     orphan = instrumental_track(4.0, 44100, seed + 99) + vocal_track(4.0, 44100, seed + 99)
-    write_audio(roots["pairs"] / "mixtures" / "Orphan - No Partner_mix.wav", np.clip(orphan, -1, 1), 44100)
+    _write(roots["pairs"] / "mixtures" / "Orphan - No Partner_mix.wav", np.clip(orphan, -1, 1), 44100)
     for index in range(6):
         rate = (44100, 48000, 32000)[index % 3]
         fmt = ("wav", "flac", "ogg")[index % 3]
-        write_audio(roots["vocals"] / f"take_{index + 1:02d}.{fmt}", vocal_track(seconds * 0.6, rate, seed + 100 + index), rate)
-        write_audio(roots["instrumentals"] / f"beat_{index + 1:02d}.{fmt}",
+        _write(roots["vocals"] / f"take_{index + 1:02d}.{fmt}", vocal_track(seconds * 0.6, rate, seed + 100 + index), rate)
+        _write(roots["instrumentals"] / f"beat_{index + 1:02d}.{fmt}",
                     instrumental_track(seconds * 0.75, rate, seed + 200 + index), rate)
     (roots["instrumentals"] / "beat_corrupt.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEnot really audio")
     for index in range(4):
@@ -198,5 +241,5 @@ def write_demo_corpus(directory: str | Path, seconds: float = 20.0, seed: int = 
         mix = instrumental_track(seconds * 0.75, rate, seed + 300 + index)
         if index % 2 == 0:
             mix = np.clip(mix + vocal_track(seconds * 0.75, rate, seed + 300 + index), -1, 1)
-        write_audio(roots["pretrain"] / f"radio_{index + 1:02d}.flac", mix, rate)
+        _write(roots["pretrain"] / f"radio_{index + 1:02d}.flac", mix, rate)
     return roots
