@@ -130,3 +130,19 @@ def test_normalise_divides_by_the_mixture_peak_and_clips_the_target():
     np.testing.assert_allclose(mixture, raw_mixture / peak, rtol=1e-6)
     np.testing.assert_allclose(target, np.minimum(raw_target / peak, 1.0), rtol=1e-6)
     assert target.max() <= 1.0 and abs(mixture.max() - 1.0) < 1e-6
+
+
+def test_kernel_converts_every_finite_float16_exactly():
+    """Subnormals, signed zeros and the largest values: with the imaginary part zero, a magnitude
+    is |re| exactly (the square of an 11-bit mantissa is exact in float32)."""
+    every = np.arange(65536, dtype=np.uint16).view(np.float16)
+    finite = every[np.isfinite(every)]
+    bins = 33
+    frames = -(-finite.size // (2 * bins))
+    real = np.zeros(frames * 2 * bins, np.float16)
+    real[: finite.size] = finite
+    stored = np.zeros((frames, 2, 2, bins), np.float16)
+    stored[:, :, 0, :] = real.reshape(frames, 2, bins)
+    _, target, _ = mix_magnitudes(np.zeros_like(stored), stored)
+    expected = np.abs(stored[:, :, 0, :].astype(np.float32)).transpose(1, 2, 0)
+    np.testing.assert_array_equal(target, expected)
