@@ -51,16 +51,19 @@ def scan_command(
         except VRDataError as error:
             console.print(f"[yellow]not reusing {out}:[/] {error.reason}")
     with dask_executor(workers, scheduler) as executor, progress() as bar:
-        task = bar.add_task(f"scan {root.name}", total=None, rate="")
+        task = None
         seconds = 0.0
+
+        def on_start(candidates: int) -> None:
+            nonlocal task
+            task = bar.add_task(f"scan {root.name}", total=candidates, rate="")
 
         def on_item(item, rejects):
             nonlocal seconds
             seconds += item.duration if item is not None else 0.0
             bar.update(task, advance=1, rate=f"{seconds / 3600:.2f} h")
 
-        result = scan(root, options, executor=executor, previous=previous, on_item=on_item)
-        bar.update(task, total=bar.tasks[0].completed)
+        result = scan(root, options, executor=executor, previous=previous, on_item=on_item, on_start=on_start)
     write_manifest(out, result.manifest)
     write_rejects(rejects_path(out), result.rejects)
     _print_summary(result, out)

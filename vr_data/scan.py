@@ -62,15 +62,19 @@ def scan(
     executor: Executor | None = None,
     previous: Manifest | None = None,
     on_item: Callable[[Item | None, list[Reject]], None] | None = None,
+    on_start: Callable[[int], None] | None = None,
 ) -> ScanResult:
     """Scan `root` with `options.layout`; `previous` (same root) makes the scan incremental.
 
-    `on_item(item_or_None, rejects)` is called once per candidate as it finishes (progress).
+    `on_start(candidates)` is called once discovery has found the candidates, then
+    `on_item(item_or_None, rejects)` once per candidate as it finishes (progress).
     """
     root = Path(root).resolve()
     if not root.is_dir():
         raise VRDataError(root, "dataset root is not a directory", errors.MISSING)
     candidates, rejects = discover(root, options.layout, options.pair_pattern)
+    if on_start is not None:
+        on_start(len(candidates))
     reusable: dict[str, FileEntry] = {}
     previous_checks: dict[str, dict] = {}
     if previous is not None:
