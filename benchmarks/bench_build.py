@@ -54,9 +54,10 @@ def main() -> None:
                         "(the machine is shared, so slower runs measure other processes)")
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     parser.add_argument("--no-wds", action="store_true", help="build Zarr-only stores (no WebDataset tars)")
+    parser.add_argument("--wds-compression", default="none", help="WebDataset members: none or blosc-lz4")
     args = parser.parse_args()
     global GEOMETRY
-    GEOMETRY = Geometry(wds=not args.no_wds)
+    GEOMETRY = Geometry(wds=not args.no_wds, wds_compression=args.wds_compression)
     with tempfile.TemporaryDirectory(prefix="bench_build_") as scratch:
         run(args, args.keep or Path(scratch))
 
@@ -111,7 +112,7 @@ def run(args, work: Path) -> None:
     print("storage (GB per stereo audio-hour)")
     print(f"  classic complex64 .npy:              {baseline_bytes / 1e9 / hours:6.3f}")
     print(f"  store zarr/ ({_codec_name(store.codec)}): {parallel.zarr_bytes / 1e9 / hours:6.3f}")
-    print(f"  store wds/ (uncompressed float16):   {parallel.wds_bytes / 1e9 / hours:6.3f}")
+    print(f"  store wds/ (members: {GEOMETRY.wds_compression}):        {parallel.wds_bytes / 1e9 / hours:6.3f}")
     print(f"round-trip SNR over {len(snrs)} tracks: min {min(snrs):.1f} dB, median {statistics.median(snrs):.1f} dB")
     print(f"(fastest of {args.repeats} runs each)")
     _print_stages("in-process, 1 core", single, single_time)

@@ -15,7 +15,8 @@ this run on this machine:
 - the mixer (`ZarrMixerDataset`, augmented mixes only: 2 crops per example) through
   `MixerLoader` with `--workers` DataLoader workers and in-process (0 workers), and the
   WebDataset backend with the same workers, each with fresh output tensors per batch and with
-  `reuse_outputs=True`: examples/s delivered as batches ready for the model (crop 256 frames,
+  `reuse_outputs=True`, and the WebDataset backend on a store whose tar members are
+  blosc-compressed: examples/s delivered as batches ready for the model (crop 256 frames,
   stereo, 1025 bins, float32 magnitudes, crop-max normalised);
 - the peak RSS (VmHWM) of each DataLoader worker process.
 """
@@ -39,6 +40,7 @@ from vr_data.manifest import read_manifest, write_manifest  # noqa: E402
 from vr_data.mixer import MixerConfig, MixerLoader, ZarrMixerDataset  # noqa: E402
 from vr_data.mixer_wds import WdsMixerDataset  # noqa: E402
 from vr_data.scan import ScanOptions, scan  # noqa: E402
+from vr_data.store_plan import Geometry  # noqa: E402
 from vr_data.synth import music_like  # noqa: E402
 
 CROP = 256
@@ -168,6 +170,10 @@ def main() -> None:
             manifests.append(read_manifest(write_manifest(directory / f"{layout}.jsonl", result.manifest)))
         store = directory / "store"
         build_store(manifests, store)
+        packed = directory / "store_packed"  # the same, WebDataset members blosc-compressed
+        build_store(manifests, packed, geometry=Geometry(wds_compression="blosc-lz4"))
+        wds_gb = {path.name: sum(f.stat().st_size for f in (path / "wds").rglob("*.tar")) / 1e9
+                  for path in (store, packed)}
         print(f"corpus: {args.tracks} instrumentals + {args.tracks} vocals x {args.seconds:g} s; store built; "
               f"crop {CROP} frames, batch {args.batch_size}, {os.cpu_count()} cores")
 
@@ -185,14 +191,19 @@ def main() -> None:
             (f"mixer, Zarr, {args.workers} workers, reused outputs", ZarrMixerDataset, args.workers, True),
             (f"mixer, WebDataset, {args.workers} workers", WdsMixerDataset, args.workers, False),
             (f"mixer, WebDataset, {args.workers} w., reused outputs", WdsMixerDataset, args.workers, True),
+            (f"mixer, WebDataset blosc, {args.workers} w., reused", WdsMixerDataset, args.workers, True),
         ):
-            examples, memory = measure_loader(backend(store, config), workers, args.batches, reuse)
+            source = packed if "blosc" in label else store
+            examples, memory = measure_loader(backend(source, config), workers, args.batches, reuse)
             rows.append((label, examples, 2 * examples, memory))
 
         print(f"\n{'path':46s} {'examples/s':>11s} {'crops/s':>9s} {'x (a)':>7s} {'x (b)':>7s}  worker peak RSS")
         for label, examples, crops, memory in rows:
             rss = ", ".join(f"{kb / 1024:.0f} MB" for kb in memory) or "-"
             print(f"{label:46s} {examples:11.1f} {crops:9.1f} {examples / a_examples:7.2f} {examples / b_examples:7.2f}  {rss}")
+        hours = 2 * args.tracks * args.seconds / 3600
+        print(f"\nWebDataset tars: {wds_gb['store'] / hours:.3f} GB per audio-hour as plain .npy, "
+              f"{wds_gb['store_packed'] / hours:.3f} with blosc-lz4 members")
         load = os.getloadavg()
         print(f"\nload average during the run: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} (2 cores; other jobs inflate it)")
 

@@ -43,6 +43,8 @@ def build_shards_command(
     wds_shard_mb: Optional[float] = typer.Option(None, help="Target size of one WebDataset tar, MB (default 256)."),
     wds: Optional[bool] = typer.Option(None, "--wds/--no-wds", help="Write the WebDataset tars too (default); "
                                        "--no-wds: Zarr only, about a quarter of the disk."),
+    wds_compression: Optional[str] = typer.Option(None, help="WebDataset members: none (plain .npy, default) or "
+                                                  "blosc-lz4 (.npy.blosc, about a third of the size)."),
     min_seconds: float = typer.Option(1.0, help="Refuse tracks shorter than this."),
     silence_dbfs: float = typer.Option(-60.0, help="Refuse tracks whose peak is at or below this level."),
     downmix: bool = typer.Option(False, help="Fold files with more than 2 channels to stereo instead of refusing."),
@@ -57,7 +59,7 @@ def build_shards_command(
     stft, codec_config, geometry = _configs(out, dict(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length),
                                             dict(name=codec, target_snr_db=target_snr_db, compressor=compressor, level=compression_level),
                                             dict(segment_frames=segment_frames, chunk_frames=chunk_frames,
-                                                 shard_frames=shard_frames, wds=wds,
+                                                 shard_frames=shard_frames, wds=wds, wds_compression=wds_compression,
                                                  wds_shard_bytes=None if wds_shard_mb is None else int(wds_shard_mb * 2**20)))
     options = BuildOptions(min_seconds=min_seconds, silence_dbfs=silence_dbfs, downmix=downmix,
                            verify_hashes=verify_hashes)

@@ -34,7 +34,7 @@ from vr_data.store_format import (
     read_json, read_store_meta,
 )
 from vr_data.store_plan import BuildPlan, Geometry, PlannedTrack, new_plan
-from vr_data.wds import TrackTarWriter, npy_parts, sample_key
+from vr_data.wds import TrackTarWriter, compressed_npy, npy_parts, sample_key
 
 STFT_BLOCK_FRAMES = 128  # frames transformed and encoded at once: cache-sized (measured 1.3x faster than 1024), and bounds the working memory whatever the track length
 # The store's default codec: the codec module's quantiser with blosc-lz4 (level 9) as the
@@ -395,7 +395,10 @@ def _write_track(task: TrackTask, audio: dict[str, np.ndarray], stats: dict) -> 
                                    geometry.segment_frames):
             valid = min(geometry.segment_frames, frames - segment_start)
             local = slice(segment_start - block_start, segment_start - block_start + geometry.segment_frames)
-            members = {f"{source}.npy": npy_parts(shard[source][local]) for source in audio}
+            if geometry.wds_compression == "none":
+                members = {f"{source}.npy": npy_parts(shard[source][local]) for source in audio}
+            else:
+                members = {f"{source}.npy.blosc": [compressed_npy(shard[source][local])] for source in audio}
             members["json"] = [json.dumps({
                 "track": track.id, "role": track.role, "split": track.split, "segment": segments,
                 "start_frame": segment_start, "frames": valid, "sources": list(audio),

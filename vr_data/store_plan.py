@@ -25,6 +25,7 @@ from vr_data.spectrogram import StftConfig
 from vr_data.store_format import ROLE_SOURCES, array_name, atomic_write_json, read_json
 
 PLAN_FORMAT = "vr-store-plan"
+WDS_COMPRESSIONS = ("none", "blosc-lz4")
 # Track ids become file names and WebDataset keys: no dots (WebDataset splits names at the first
 # dot), no path separators.
 TRACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -38,7 +39,9 @@ class Geometry:
     `chunk_frames`: Zarr inner chunk (about one training crop); `shard_frames`: Zarr shard, the
     unit a task writes; `segment_frames`: one WebDataset sample; `wds_shard_bytes`: target size
     of one tar (a track's tar is split into parts beyond it); `wds`: write the WebDataset copy
-    at all (False: a Zarr-only store, a quarter of the size; the streaming backend then refuses it).
+    at all (False: a Zarr-only store, a quarter of the size; the streaming backend then refuses it);
+    `wds_compression`: "none" (members are plain `.npy`) or "blosc-lz4" (each member is its `.npy`
+    file compressed with blosc, byte shuffle + lz4: `{source}.npy.blosc`).
     """
 
     chunk_frames: int = 256
@@ -46,10 +49,14 @@ class Geometry:
     segment_frames: int = 256
     wds_shard_bytes: int = 256 * 2**20
     wds: bool = True
+    wds_compression: str = "none"
 
     def __post_init__(self) -> None:
         if min(self.chunk_frames, self.shard_frames, self.segment_frames, self.wds_shard_bytes) <= 0:
             raise VRDataError(None, f"store geometry must be positive: {self}")
+        if self.wds_compression not in WDS_COMPRESSIONS:
+            raise VRDataError(None, f"wds_compression must be one of {', '.join(WDS_COMPRESSIONS)}, "
+                                    f"not {self.wds_compression!r}")
         if self.shard_frames % self.chunk_frames or self.shard_frames % self.segment_frames:
             raise VRDataError(None, f"shard_frames={self.shard_frames} must be a multiple of chunk_frames="
                                     f"{self.chunk_frames} and segment_frames={self.segment_frames}")
@@ -59,8 +66,9 @@ class Geometry:
 
     @classmethod
     def from_dict(cls, values: dict) -> "Geometry":
-        sizes = {k: int(values[k]) for k in cls.__dataclass_fields__ if k != "wds"}
-        return cls(**sizes, wds=bool(values.get("wds", True)))  # stores from before the flag have tars
+        sizes = {k: int(values[k]) for k in cls.__dataclass_fields__ if k not in ("wds", "wds_compression")}
+        # Stores from before these fields have uncompressed tars.
+        return cls(**sizes, wds=bool(values.get("wds", True)), wds_compression=str(values.get("wds_compression", "none")))
 
 
 @dataclass(frozen=True)

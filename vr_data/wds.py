@@ -28,11 +28,28 @@ from vr_data.store_format import WdsShard
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _BLOCK = tarfile.BLOCKSIZE
-_EXTENSIONS = {"json"} | {f"{source}.npy" for source in ("mixture", "instrumental", "vocal", "audio")}
+_SOURCES = ("mixture", "instrumental", "vocal", "audio")
+_EXTENSIONS = {"json"} | {f"{source}.npy" for source in _SOURCES} | {f"{source}.npy.blosc" for source in _SOURCES}
 
 
 def sample_key(track_id: str, segment: int) -> str:
     return f"{track_id}_{segment:05d}"
+
+
+def compressed_npy(array: np.ndarray) -> bytes:
+    """The .npy file of `array`, blosc-compressed (byte shuffle + lz4); a `{source}.npy.blosc` member.
+
+    The .npy header is a multiple of 64 bytes, so the 2-byte shuffle stays aligned with float16 data.
+    """
+    header, data = npy_parts(array)
+    return _blosc().encode(np.frombuffer(header + bytes(data), dtype=np.uint16))
+
+
+@functools.lru_cache(maxsize=1)
+def _blosc():
+    import numcodecs
+
+    return numcodecs.Blosc(cname="lz4", clevel=9, shuffle=numcodecs.Blosc.SHUFFLE)
 
 
 def npy_parts(array: np.ndarray) -> tuple[bytes, memoryview]:
@@ -154,7 +171,10 @@ def iter_tar_samples(path: Path) -> Iterator[dict]:
                 if extension == "json":
                     current["json"] = json.loads(data)
                 else:
-                    current[extension[: -len(".npy")]] = np.load(io.BytesIO(data), allow_pickle=False)
+                    source, _, compression = extension.partition(".npy")
+                    if compression:  # ".blosc": the .npy file, blosc-compressed
+                        data = _blosc().decode(data)
+                    current[source] = np.load(io.BytesIO(data), allow_pickle=False)
     except (tarfile.TarError, OSError, ValueError, EOFError) as error:
         raise VRDataError(path, f"damaged WebDataset shard ({str(error).splitlines()[0][:160] if str(error) else type(error).__name__})") from None
     if current is not None:
