@@ -393,3 +393,43 @@ def _tar_names(store_path: Path) -> list[str]:
         with tarfile.open(tar) as archive:
             names += archive.getnames()
     return names
+
+
+def test_musdb_vocal_stems_join_the_vocal_library(tmp_path):
+    """A MUSDB pair also becomes a vocal track (its vocals stem): built, verified, mixed."""
+    from conftest import tone
+    from vr_data.audio import write_audio
+    from vr_data.store import open_store
+    from vr_data.store_plan import DERIVED_VOCAL_SUFFIX, Geometry
+    from vr_data.store_verify import verify_store
+    from vr_data.demo import instrumental_track, vocal_track
+
+    for index, name in enumerate(("A - One", "B - Two")):
+        track = tmp_path / "musdb" / "train" / name
+        stems = {"vocals": vocal_track(2.5, 44100, seed=index), "drums": instrumental_track(2.5, 44100, seed=index) * 0.5,
+                 "bass": tone(2.5, seed=index) * 0.5, "other": instrumental_track(2.5, 44100, seed=10 + index) * 0.3}
+        stems["mixture"] = sum(stems.values())
+        for stem, audio in stems.items():
+            write_audio(track / f"{stem}.wav", audio, 44100, subtype="FLOAT")
+    manifest = read_manifest(write_manifest(tmp_path / "musdb.jsonl",
+                                            scan(tmp_path / "musdb", ScanOptions(layout="musdb")).manifest))
+    geometry = Geometry(chunk_frames=32, shard_frames=128, segment_frames=32)
+    build_store([manifest], tmp_path / "store", stft=STFT, geometry=geometry)
+    store = open_store(tmp_path / "store")
+    vocals = store.tracks_by_role("vocal")
+    assert sorted(t.id for t in vocals) == sorted(i.id + DERIVED_VOCAL_SUFFIX for i in manifest.items)
+    assert verify_store(tmp_path / "store").ok
+    item = manifest.items[0]
+    pair = store.track(item.id)
+    vocal = store.track(item.id + DERIVED_VOCAL_SUFFIX)
+    assert vocal.frames == pair.frames
+    # the stored vocal is mixture - instrumental, to float16 storage precision
+    mixture = store.read_spectrogram(pair, "mixture")
+    instrumental = store.read_spectrogram(pair, "instrumental")
+    stored_vocal = store.read_spectrogram(vocal, "vocal")
+    assert np.abs(mixture - instrumental - stored_vocal).max() < 0.02 * np.abs(mixture).max()
+    batch = next(iter(MixerLoader(ZarrMixerDataset(tmp_path / "store", _config(proportions={"augmented": 1.0})))))
+    assert batch["mixture"].shape == (4, 2, STFT.bins, CROP)
+    # rebuilding with the same manifest finds everything done
+    again = build_store([manifest], tmp_path / "store", stft=STFT, geometry=geometry)
+    assert again.already_complete

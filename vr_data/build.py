@@ -33,7 +33,7 @@ from vr_data.store_format import (
     ZARR_DIR, BuildReject, StoreMeta, TrackRecord, WdsShard, array_name, atomic_write_json, atomic_write_lines,
     read_json, read_store_meta,
 )
-from vr_data.store_plan import BuildPlan, Geometry, PlannedTrack, new_plan
+from vr_data.store_plan import BuildPlan, Geometry, PlannedTrack, new_plan, planned_roles
 from vr_data.wds import TrackTarWriter, compressed_npy, npy_parts, sample_key
 
 STFT_BLOCK_FRAMES = 128  # frames transformed and encoded at once: cache-sized (measured 1.3x faster than 1024), and bounds the working memory whatever the track length
@@ -143,7 +143,8 @@ def build_store(
     atomic_write_json(out / STORE_JSON, _store_meta(plan, complete=False).to_json())
     _ensure_arrays(out, plan)
     _remove_temporaries(out)
-    by_id = {item.id: (manifest, item) for manifest in manifests for item in manifest.items}
+    by_id = {track_id: (manifest, item) for manifest in manifests for item in manifest.items
+             for track_id, _ in planned_roles(item)}
     skipped, tasks = [], []
     for track in plan.tracks:
         done = _read_done(out, track.id)

@@ -25,6 +25,9 @@ from vr_data.spectrogram import StftConfig
 from vr_data.store_format import ROLE_SOURCES, array_name, atomic_write_json, read_json
 
 PLAN_FORMAT = "vr-store-plan"
+# A pair item with a vocal source (MUSDB's vocals stem) also becomes a vocal track with this id
+# suffix; scanned item ids never contain "_", so it cannot collide with an item.
+DERIVED_VOCAL_SUFFIX = "_vocal"
 WDS_COMPRESSIONS = ("none", "blosc-lz4")
 # Track ids become file names and WebDataset keys: no dots (WebDataset splits names at the first
 # dot), no path separators.
@@ -145,28 +148,29 @@ class BuildPlan:
                                                   manifest.role, len(manifest.items)))
                 known_manifests.add(digest)
             for item in sorted(manifest.items, key=lambda i: i.id):
-                content = item_content(item)
-                if item.id in planned:
-                    if planned[item.id].content != content:
-                        raise VRDataError(manifest.source_path, f"item {item.id} is already in the store with other "
-                                                                "audio; build a new store to change a track")
-                    continue
                 if not TRACK_ID.match(item.id):
                     raise VRDataError(manifest.source_path, f"item id {item.id!r} is not usable as a store key "
                                                             "(letters, digits, '-' and '_' only: no dots or slashes)")
                 if item.role not in ROLE_SOURCES:
                     raise VRDataError(manifest.source_path, f"item {item.id} has unknown role {item.role!r}")
-                expected = expected_frames(item, self.stft)
-                reserved = -(-(expected + MARGIN_FRAMES) // self.geometry.shard_frames) * self.geometry.shard_frames
-                track = PlannedTrack(
-                    id=item.id, role=item.role, library=manifest.library, manifest=digest, split=item.split,
-                    group=item.group, duration=round(item.duration, 6), content=content,
-                    expected_frames=expected, start_frame=next_free.get(item.role, 0), reserved_frames=reserved,
-                )
-                next_free[item.role] = track.start_frame + reserved
-                planned[item.id] = track
-                self.tracks.append(track)
-                added.append(track)
+                for track_id, role in planned_roles(item):
+                    content = item_content(item)
+                    if track_id in planned:
+                        if planned[track_id].content != content:
+                            raise VRDataError(manifest.source_path, f"item {item.id} is already in the store with "
+                                                                    "other audio; build a new store to change a track")
+                        continue
+                    expected = expected_frames(item, self.stft, role)
+                    reserved = -(-(expected + MARGIN_FRAMES) // self.geometry.shard_frames) * self.geometry.shard_frames
+                    track = PlannedTrack(
+                        id=track_id, role=role, library=manifest.library, manifest=digest, split=item.split,
+                        group=item.group, duration=round(item.duration, 6), content=content,
+                        expected_frames=expected, start_frame=next_free.get(role, 0), reserved_frames=reserved,
+                    )
+                    next_free[role] = track.start_frame + reserved
+                    planned[track_id] = track
+                    self.tracks.append(track)
+                    added.append(track)
         return added
 
     def _next_free_by_role(self) -> dict[str, int]:
@@ -226,10 +230,20 @@ def source_samples(item: Item, source: str, sample_rate: int) -> int:
                for key in item.sources[source])
 
 
-def expected_frames(item: Item, stft: StftConfig) -> int:
-    """STFT frames the build will store for `item`: its sources are cut to the shortest."""
-    samples = min(source_samples(item, source, stft.sample_rate) for source in ROLE_SOURCES[item.role])
+def expected_frames(item: Item, stft: StftConfig, role: str | None = None) -> int:
+    """STFT frames the build will store for `item` as a track of `role` (default: the item's):
+    its sources are cut to the shortest."""
+    samples = min(source_samples(item, source, stft.sample_rate) for source in ROLE_SOURCES[role or item.role])
     return stft.frames_for(samples)
+
+
+def planned_roles(item: Item) -> list[tuple[str, str]]:
+    """The `(track id, role)` tracks an item becomes: itself, plus a vocal track for a pair with a
+    vocal source (MUSDB), so those vocals join the vocal library the mixer draws from."""
+    tracks = [(item.id, item.role)]
+    if item.role == "pair" and "vocal" in item.sources:
+        tracks.append((item.id + DERIVED_VOCAL_SUFFIX, "vocal"))
+    return tracks
 
 
 def item_content(item: Item) -> str:

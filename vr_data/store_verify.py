@@ -23,7 +23,7 @@ from vr_data.parallel import map_unordered
 from vr_data.store import Store, open_store
 from vr_data.store_arrays import open_array, read_region, shard_key
 from vr_data.store_format import WDS_DIR, ZARR_DIR, TrackRecord, WdsShard
-from vr_data.store_plan import expected_frames
+from vr_data.store_plan import expected_frames, planned_roles
 from vr_data.wds import iter_tar_samples, sample_key
 
 
@@ -200,13 +200,15 @@ def _check_frame_counts(store: Store, report: VerifyReport) -> None:
         manifest = read_manifest(path)
         built = {track.id: track for track in by_manifest.get(ref["sha256"], [])}
         for item in manifest.items:
-            if item.id in built:
-                frames = expected_frames(item, store.config)
-                if built[item.id].frames != frames:
-                    report.damages.append(Damage("track", item.id, f"{built[item.id].frames} frames, manifest "
-                                                                   f"{path.name} gives {frames}"))
-            elif item.id not in accounted:
-                report.damages.append(Damage("track", item.id, f"in manifest {path.name} but neither built nor rejected"))
+            for track_id, role in planned_roles(item):
+                if track_id in built:
+                    frames = expected_frames(item, store.config, role)
+                    if built[track_id].frames != frames:
+                        report.damages.append(Damage("track", track_id, f"{built[track_id].frames} frames, manifest "
+                                                                        f"{path.name} gives {frames}"))
+                elif track_id not in accounted:
+                    report.damages.append(Damage("track", track_id,
+                                                 f"in manifest {path.name} but neither built nor rejected"))
 
 
 __all__ = ["Damage", "VerifyReport", "verify_store"]
