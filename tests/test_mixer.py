@@ -433,3 +433,32 @@ def test_musdb_vocal_stems_join_the_vocal_library(tmp_path):
     # rebuilding with the same manifest finds everything done
     again = build_store([manifest], tmp_path / "store", stft=STFT, geometry=geometry)
     assert again.already_complete
+
+
+def test_a_mixer_batch_trains_the_frame_primer(store):
+    """vr_data -> vr_model: a mixer batch goes through a (narrow) frame primer U-Net with
+    frame_mask = ~valid; padded frames do not change the real frames' mask; a loss step works."""
+    from dataclasses import replace
+
+    from vr_model import build_model, get_config
+
+    torch.manual_seed(0)
+    config = replace(get_config("tiny"), bins=STFT.bins - 1, max_frames=64)
+    model = build_model(config)
+    dataset = ZarrMixerDataset(store, _config(proportions={"augmented": 1.0}, crop_frames=64, silence_rule="keep"))
+    batch = dataset.example_batch(0, 0)
+    mask = model(batch["mixture"], frame_mask=~batch["valid"])
+    assert mask.shape == batch["mixture"].shape and 0 <= float(mask.detach().min()) <= float(mask.detach().max()) <= 1
+    valid = batch["valid"][:, None, None, :]
+    loss = ((mask * batch["mixture"] - batch["target"]).abs() * valid).sum() / valid.sum().clamp(min=1)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    # 40 real frames padded to the 64-frame crop, as the mixer pads a short track, give the same
+    # mask on the real frames as the 40 frames alone
+    real = batch["mixture"][:1, ..., :40]
+    padded_input = torch.nn.functional.pad(real, (0, 24))
+    padding = torch.arange(64)[None, :] >= 40
+    with torch.no_grad():
+        padded = model(padded_input, frame_mask=padding)[..., :40]
+        alone = model(real)
+    torch.testing.assert_close(padded, alone, rtol=1e-4, atol=1e-5)
