@@ -213,3 +213,15 @@ def test_verify_names_an_unreadable_zarr_shard(built_store, tmp_path):
         open_store(out).read_frames(vocal, "vocal")
     damaged = {(d.kind, d.name) for d in verify_store(out).damages}
     assert ("zarr_shard", f"zarr/vocal/c/{index}/0/0/0") in damaged and ("track", vocal.id) in damaged
+
+
+def test_read_many_into_fills_caller_buffers(built_store):
+    from vr_data.store import open_store
+
+    store = open_store(built_store)
+    requests = [(track, track.sources[0], 3, min(track.frames, 40)) for track in store.tracks[:4]]
+    expected = store.read_many(requests)
+    outs = [np.full(frames.shape, np.float16(7), np.float16) for frames in expected]
+    store.read_many_into(requests, outs)
+    for got, want in zip(outs, expected):
+        np.testing.assert_array_equal(got, want)

@@ -371,10 +371,10 @@ class ZarrMixerDataset(_MixerBase):
                 track, source = self.libraries["vocal"].entries[track_index]
                 requests.append((track, source, start, min(start + crop, track.frames)))
                 targets.append(buffers["v"][j])
-        for out, frames in zip(targets, self.store.read_many(requests)):
-            valid = frames.shape[0]
-            out[:valid] = frames
-            out[valid:] = 0
+        # Decode straight into the batch buffers; zero what lies past each track's end.
+        self.store.read_many_into(requests, [out[: stop - start] for out, (_, _, start, stop) in zip(targets, requests)])
+        for out, (_, _, start, stop) in zip(targets, requests):
+            out[stop - start:] = 0
 
     def _apply_silence_rule(self, recipes, buffers) -> None:
         """Count near-silent crops; with `resample`, redraw them (up to `max_resamples` rounds,

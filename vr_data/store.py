@@ -125,6 +125,19 @@ class Store:
                 raise VRDataError(name, f"cannot read frames {first}:{last} ({str(error).splitlines()[0][:200]})") from None
         return out
 
+    def read_many_into(self, requests: Iterable[FrameRequest], outs: Sequence[np.ndarray]) -> None:
+        """`read_many`, each region written straight into `outs[i]` (C-contiguous float16 views of
+        shape `(stop - start, 2, 2, bins)`, e.g. slices of a batch buffer): no array per read and
+        no copy afterwards. All reads are in flight at once."""
+        regions = [self._region(*request) for request in requests]
+        futures = [ts.array(out, copy=False, write=True).write(array[first:last])
+                   for (array, first, last, _), out in zip(regions, outs)]
+        for future, (_, first, last, name) in zip(futures, regions):
+            try:
+                future.result()
+            except (ValueError, RuntimeError) as error:
+                raise VRDataError(name, f"cannot read frames {first}:{last} ({str(error).splitlines()[0][:200]})") from None
+
     def read_spectrogram(self, track: TrackRecord | str, source: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Complex64 `(2, bins, frames)` of frames `[start, stop)` (a view of a frames-major buffer)."""
         return decode(self.read_frames(track, source, start, stop))
