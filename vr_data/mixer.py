@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from vr_data.errors import VRDataError
-from vr_data.mixing import mix_magnitudes
+from vr_data.mixing import crop_level_dbfs, mix_magnitudes
 from vr_data.sampling import KINDS, CropCells, crop_cells, example_rng, plan_epoch
 
 NORMALISATIONS = ("crop_max", "stats", "none")
@@ -282,8 +282,6 @@ class _MixerBase(IterableDataset):
         return recipe
 
     def _is_silent(self, stored: np.ndarray) -> bool:
-        from vr_data.mixing import crop_level_dbfs
-
         return crop_level_dbfs(stored, self.window_energy, frame_step=8) < self.config.silence_dbfs
 
 
