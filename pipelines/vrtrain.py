@@ -1,6 +1,11 @@
-"""`vrtrain`: the model CLI (presets, training, separation, evaluation)."""
+"""`vrtrain`: the model CLI (presets, training, separation, evaluation, export).
+
+Each group of commands lives in its own module and registers on `app` when imported.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 import typer
 
@@ -10,7 +15,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and ru
 @app.callback()
 def cli() -> None:
     """Train and run frame-primer vocal removers."""
-    # A callback keeps `vrtrain` a command group even while it has a single command.
+    # A callback keeps `vrtrain` a command group whatever the number of commands.
 
 
 @app.command()
@@ -38,6 +43,12 @@ def presets() -> None:
             DESCRIPTIONS.get(name, ""),
         )
     console.print(table)
+
+
+# Command modules register themselves on `app` when imported; a failing import is an error.
+_COMMAND_MODULES: tuple[str, ...] = ()
+for _name in _COMMAND_MODULES:
+    importlib.import_module(_name)
 
 
 def main() -> None:
