@@ -177,6 +177,29 @@ def test_bad_configs_are_user_errors():
         build_model("frame-primer-xl")
 
 
+def test_linear_head_is_the_mask_head_without_its_sigmoid():
+    torch.manual_seed(0)
+    masker = FramePrimerUNet(NARROW).eval()
+    linear = FramePrimerUNet(NARROW.replace(head="linear")).eval()
+    linear.load_state_dict(masker.state_dict())  # same weights: the head adds no parameters
+    loud = magnitude(NARROW, 16) * 50.0
+    with torch.inference_mode():
+        mask, output = masker(loud), linear(loud)
+    assert output.shape == mask.shape == loud.shape
+    assert output.min().item() < 0.0 or output.max().item() > 1.0  # unbounded
+    torch.testing.assert_close(torch.sigmoid(output), mask)
+    assert torch.equal(output[:, :, 64], output[:, :, 63])  # Nyquist replicated as in the mask head
+
+
+def test_head_defaults_to_mask_and_old_config_dicts_still_load():
+    old = NARROW.to_dict()
+    del old["head"]  # a config saved before the field existed
+    assert FramePrimerConfig.from_dict(old).head == "mask"
+    assert FramePrimerConfig.from_dict(NARROW.replace(head="linear").to_dict()).head == "linear"
+    with pytest.raises(VRDataError, match="head"):
+        NARROW.replace(head="tanh")
+
+
 def test_config_defaults_are_the_seed_model():
     assert FramePrimerConfig() == PRESETS["frame-primer"]
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from vr_data.errors import VRDataError
 
+HEADS = ("mask", "linear")  # FramePrimerConfig.head: sigmoid mask, or unbounded output
+
 
 @dataclass(frozen=True)
 class FramePrimerConfig:
@@ -29,6 +31,10 @@ class FramePrimerConfig:
       chains have shape (batch, heads, frames, frames) across levels).
     - `feedforward_expansion`: transformer feed-forward width = expansion x bins at that level.
     - `max_frames`: longest crop the relative position embeddings cover.
+    - `head`: what the last 1x1 convolution's output becomes. `"mask"` (default): a sigmoid
+      instrumental mask in [0, 1], to multiply with the mixture. `"linear"`: the unbounded
+      output itself (no sigmoid), for regression targets such as denoising pretraining.
+      Both replicate the last kept bin for the Nyquist bin.
 
     The defaults are the `frame-primer` preset (the seed's model).
     """
@@ -44,6 +50,7 @@ class FramePrimerConfig:
     feedforward_expansion: int = 6
     max_frames: int = 2048
     dropout: float = 0.1
+    head: str = "mask"
 
     def __post_init__(self) -> None:
         for name in ("channels", "encoder_primers", "decoder_primers"):
@@ -67,6 +74,8 @@ class FramePrimerConfig:
             problems.append("res_blocks, max_frames and feedforward_expansion must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             problems.append("dropout must be in [0, 1)")
+        if self.head not in HEADS:
+            problems.append(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if problems:
             raise VRDataError(None, "invalid frame primer config: " + "; ".join(problems))
 
@@ -91,7 +100,10 @@ class FramePrimerConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "FramePrimerConfig":
-        """Inverse of `to_dict`; unknown keys are an error, missing keys take the defaults."""
+        """Inverse of `to_dict`; unknown keys are an error, missing keys take the defaults.
+
+        Missing keys make older configs load: one saved before `head` existed is a mask model.
+        """
         known = {item.name for item in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:

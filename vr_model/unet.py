@@ -123,7 +123,8 @@ class FramePrimerUNet(nn.Module):
     """The frame primer U-Net (seed architecture).
 
     forward(magnitude `(B, in_channels, bins + 1, T)`, frame_mask `(B, T)` bool or None)
-    -> mask `(B, in_channels, bins + 1, T)` in [0, 1].
+    -> mask `(B, in_channels, bins + 1, T)` in [0, 1] (`config.head == "mask"`), or the
+    unbounded output of the last 1x1 convolution (`config.head == "linear"`).
 
     The magnitude is expected normalised (the vocal-remover family divides by the song's max
     magnitude, see `vr_model.inference`). The Nyquist bin is dropped on the way in and the
@@ -181,5 +182,7 @@ class FramePrimerUNet(nn.Module):
             features, self_scores, cross_scores = self._run(
                 level, features, skips[depth], next_skip, keep, frame_mask, self_scores, cross_scores)
 
-        mask = torch.sigmoid(self.out(features))          # (B, C, bins, T)
-        return torch.cat((mask, mask[:, :, -1:]), dim=2)  # restore Nyquist: (B, C, bins + 1, T)
+        output = self.out(features)                           # (B, C, bins, T)
+        if config.head == "mask":
+            output = torch.sigmoid(output)
+        return torch.cat((output, output[:, :, -1:]), dim=2)  # restore Nyquist: (B, C, bins + 1, T)
