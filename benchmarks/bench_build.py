@@ -4,7 +4,7 @@ Usage:
     python benchmarks/bench_build.py                    # 16 tracks x 30 s (8 min), then two memory probes
     python benchmarks/bench_build.py --seconds 60 --tracks 6 --workers 2 --keep /tmp/bench
 
-Writes a corpus of music-like tracks (vr_data.demo: instrumental + vocal) as ogg/mp3/flac/wav at
+Writes a corpus of music-like tracks (vr_data.testing.demo: instrumental + vocal) as ogg/mp3/flac/wav at
 22.05/32/44.1/48 kHz, scans it, then in the same run measures:
   (a) the classic vocal-remover cache, one process: librosa.load(sr=44100, res_type="kaiser_fast"),
       librosa.stft per channel (n_fft 2048, hop 1024), np.save of complex64;
@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipelines.common import dask_executor  # noqa: E402
 from vr_data.audio import load_audio, write_audio  # noqa: E402
-from vr_data.store_plan import Geometry  # noqa: E402
-from vr_data.build import BuildOptions, build_store  # noqa: E402
-from vr_data.demo import instrumental_track, vocal_track  # noqa: E402
-from vr_data.manifest import read_manifest, write_manifest  # noqa: E402
-from vr_data.metrics import snr_db  # noqa: E402
-from vr_data.scan import ScanOptions, scan  # noqa: E402
-from vr_data.spectrogram import istft  # noqa: E402
+from vr_data.store.plan import Geometry  # noqa: E402
+from vr_data.store.build import BuildOptions, build_store  # noqa: E402
+from vr_data.testing.demo import instrumental_track, vocal_track  # noqa: E402
+from vr_data.catalog.manifest import read_manifest, write_manifest  # noqa: E402
+from vr_data.dsp.metrics import snr_db  # noqa: E402
+from vr_data.catalog.scan import ScanOptions, scan  # noqa: E402
+from vr_data.dsp.stft import istft  # noqa: E402
 from vr_data.store import open_store  # noqa: E402
 
 FORMATS = [("ogg", 48000), ("mp3", 44100), ("flac", 22050), ("wav", 32000),

@@ -29,10 +29,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vr_data.audio import load_audio  # noqa: E402
-from vr_data.codec import CODECS, CodecConfig, decode, decode_frames_major, encode, zarr_codecs  # noqa: E402
-from vr_data.metrics import snr_db  # noqa: E402
-from vr_data.spectrogram import StftConfig, istft, stft  # noqa: E402
-from vr_data.synth import STYLES, music_like  # noqa: E402
+from vr_data.store.codec import CODECS, CodecConfig, decode, decode_frames_major, encode, zarr_codecs  # noqa: E402
+from vr_data.dsp.metrics import snr_db  # noqa: E402
+from vr_data.dsp.stft import StftConfig, istft, stft  # noqa: E402
+from vr_data.testing.synth import STYLES, music_like  # noqa: E402
 
 
 def main() -> None:

@@ -35,13 +35,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vr_data.audio import write_audio  # noqa: E402
-from vr_data.build import build_store  # noqa: E402
-from vr_data.manifest import read_manifest, write_manifest  # noqa: E402
+from vr_data.store.build import build_store  # noqa: E402
+from vr_data.catalog.manifest import read_manifest, write_manifest  # noqa: E402
 from vr_data.mixer import MixerConfig, MixerLoader, ZarrMixerDataset  # noqa: E402
-from vr_data.mixer_wds import WdsMixerDataset  # noqa: E402
-from vr_data.scan import ScanOptions, scan  # noqa: E402
-from vr_data.store_plan import Geometry  # noqa: E402
-from vr_data.synth import music_like  # noqa: E402
+from vr_data.mixer.wds_backend import WdsMixerDataset  # noqa: E402
+from vr_data.catalog.scan import ScanOptions, scan  # noqa: E402
+from vr_data.store.plan import Geometry  # noqa: E402
+from vr_data.testing.synth import music_like  # noqa: E402
 
 CROP = 256
 HOP = 1024
@@ -86,7 +86,7 @@ def baseline_zarr_python(store: Path, examples: int, seed: int = 0) -> tuple[flo
 
     import zarr
 
-    from vr_data.codec import decode
+    from vr_data.store.codec import decode
 
     rng = np.random.default_rng(seed)
     tracks = [json.loads(line) for line in (store / "tracks.jsonl").read_text().splitlines()]

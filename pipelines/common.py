@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
 
@@ -93,6 +92,3 @@ def dask_executor(workers: int, scheduler: str | None) -> Iterator[Executor | No
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
 
-
-def stdout_is_terminal() -> bool:
-    return sys.stdout.isatty()

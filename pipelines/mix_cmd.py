@@ -25,7 +25,7 @@ def preview_mix_command(
 ) -> None:
     """Listen to and look at what the mixer feeds the model."""
     from vr_data.mixer import MixerConfig, ZarrMixerDataset
-    from vr_data.preview import preview_examples, write_preview
+    from vr_data.mixer.preview import preview_examples, write_preview
 
     config = MixerConfig(crop_frames=crop_frames, batch_size=min(n, 16), seed=seed, split=split,
                          proportions={"pair": pair, "augmented": augmented, "pretrain": pretrain},
@@ -36,10 +36,10 @@ def preview_mix_command(
         written = write_preview(examples, dataset.store.config, out)
     for number, example in enumerate(examples):
         recipe = example["recipe"]
-        if recipe["vocal"]:
-            vocal = f"vocal gain {recipe['vocal_gain'][0]:+.2f}/{recipe['vocal_gain'][1]:+.2f}"
+        if recipe.has_vocal:
+            vocal = f"vocal gain {recipe.vocal_gain[0]:+.2f}/{recipe.vocal_gain[1]:+.2f}"
         else:
-            vocal = "instrumental only" if recipe["instrumental_only"] else ("no vocal" if recipe["kind"] == "augmented" else "")
-        flags = " ".join(name for name, on in (("swapped", recipe["swap_a"]), ("mono", recipe["mono"])) if on)
+            vocal = "instrumental only" if recipe.instrumental_only else ("no vocal" if recipe.kind == "augmented" else "")
+        flags = " ".join(name for name, on in (("swapped", recipe.swap_main), ("mono", recipe.mono)) if on)
         console.print(f"{number:02d} {example['kind']:9s} {example['valid']:5d} frames  {vocal:24s} {flags}", highlight=False)
     console.print(f"wrote {len(written)} files to {out}")

@@ -12,9 +12,9 @@ from rich.table import Table
 from pipelines.common import console, dask_executor, default_workers, progress, user_errors
 from pipelines.vrdata import app
 from vr_data.errors import VRDataError
-from vr_data.layouts import LAYOUTS
-from vr_data.manifest import read_manifest, rejects_path, write_manifest, write_rejects
-from vr_data.scan import ScanOptions, hours_by_split, scan, verify_manifest
+from vr_data.catalog.layouts import LAYOUTS
+from vr_data.catalog.manifest import read_manifest, rejects_path, write_manifest, write_rejects
+from vr_data.catalog.scan import ScanOptions, hours_by_split, scan, verify_manifest
 
 
 @app.command("scan")
@@ -131,7 +131,7 @@ def demo_corpus_command(
     seed: int = typer.Option(2026, help="Random seed; the corpus is a pure function of it."),
 ) -> None:
     """Write a small synthetic corpus: pairs, vocals, instrumentals and pretraining audio."""
-    from vr_data.demo import write_demo_corpus
+    from vr_data.testing.demo import write_demo_corpus
 
     with console.status("synthesising demo corpus"):
         roots = write_demo_corpus(directory, seconds=seconds, seed=seed)

@@ -1,4 +1,4 @@
-"""`vrdata build-shards` and `vrdata verify`: thin wrappers over vr_data.build and vr_data.store_verify."""
+"""`vrdata build-shards` and `vrdata verify`: thin wrappers over vr_data.store.build and vr_data.store.verify."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from rich.table import Table
 
 from pipelines.common import console, dask_executor, default_workers, progress, user_errors
 from pipelines.vrdata import app
-from vr_data.build import DEFAULT_CODEC, BuildOptions, BuildResult, build_store, existing_configs
-from vr_data.codec import CODECS
-from vr_data.manifest import read_manifest
-from vr_data.spectrogram import StftConfig
+from vr_data.store.build import DEFAULT_CODEC, BuildOptions, BuildResult, build_store, existing_configs
+from vr_data.store.codec import CODECS
+from vr_data.catalog.manifest import read_manifest
+from vr_data.dsp.stft import StftConfig
 from vr_data.store import open_store
-from vr_data.store_plan import Geometry
-from vr_data.store_verify import verify_store
+from vr_data.store.plan import Geometry
+from vr_data.store.verify import verify_store
 
 
 @app.command("build-shards")

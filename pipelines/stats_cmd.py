@@ -11,8 +11,8 @@ from rich.table import Table
 
 from pipelines.common import console, dask_executor, default_workers, progress, user_errors
 from pipelines.vrdata import app
-from vr_data.stats import Progress, classify_inputs, describe
-from vr_data.store_format import atomic_write_bytes
+from vr_data.stats.report import ProgressHooks, classify_inputs, describe
+from vr_data.io import atomic_write_bytes
 
 
 @app.command("stats")
@@ -39,7 +39,7 @@ def stats_command(
             task = bar.add_task(description, total=total, rate="")
 
         report = describe(paths, root=root, content=content, executor=executor,
-                          progress=Progress(start, lambda: bar.update(task, advance=1)))
+                          progress=ProgressHooks(start, lambda: bar.update(task, advance=1)))
     if report["manifests"]:
         print_section("manifests", report["manifests"])
     for store in report["stores"]:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vr_data.audio import write_audio
-from vr_data.demo import instrumental_track, vocal_track
+from vr_data.testing.demo import instrumental_track, vocal_track
 
 
 def tone(seconds: float = 2.0, sample_rate: int = 44100, channels: int = 2, seed: int = 0, level: float = 0.3) -> np.ndarray:

@@ -13,13 +13,15 @@ import soxr
 from test_build_support import GEOMETRY, STFT, assert_same_contents, corpus, built_store, load, store_contents  # noqa: F401
 from vr_data import errors
 from vr_data.audio import write_audio
-from vr_data.build import BuildOptions, block_stft, build_store
-from vr_data.codec import CodecConfig
+from vr_data.dsp.stft import block_stft
+from vr_data.store.build import BuildOptions, build_store
+from vr_data.store.codec import CodecConfig
 from vr_data.errors import VRDataError
-from vr_data.manifest import load_item_source, read_manifest, write_manifest
-from vr_data.spectrogram import StftConfig, istft, stft, stft_frames_major
+from vr_data.catalog.manifest import read_manifest, write_manifest
+from vr_data.catalog.sources import load_item_source
+from vr_data.dsp.stft import StftConfig, istft, stft, stft_frames_major
 from vr_data.store import open_store
-from vr_data.store_plan import new_plan, resampled_samples
+from vr_data.store.plan import new_plan, resampled_samples
 
 
 @pytest.mark.parametrize("rate", [8000, 22050, 32000, 48000, 96000])
@@ -182,7 +184,7 @@ def test_item_ids_that_cannot_be_keys_are_refused(corpus, tmp_path):
 
 
 def test_append_killed_after_saving_its_plan_still_builds_the_new_tracks(corpus, tmp_path):
-    from vr_data.store_plan import BuildPlan
+    from vr_data.store.plan import BuildPlan
 
     out = tmp_path / "store"
     build_store(load(corpus, ("pairs",)), out, stft=STFT, geometry=GEOMETRY)

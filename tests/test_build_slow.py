@@ -15,7 +15,7 @@ import pytest
 
 from test_build_support import GEOMETRY, STFT, assert_same_contents, corpus, built_store, load, store_contents  # noqa: F401
 from pipelines.common import dask_executor
-from vr_data.build import build_store
+from vr_data.store.build import build_store
 from vr_data.store import open_store
 
 REPO = Path(__file__).resolve().parents[1]

@@ -13,12 +13,12 @@ import pytest
 import tensorstore as ts
 
 from vr_data.audio import write_audio
-from vr_data.build import build_store
-from vr_data.demo import instrumental_track, vocal_track
-from vr_data.manifest import read_manifest, write_manifest
-from vr_data.scan import ScanOptions, scan
-from vr_data.spectrogram import StftConfig
-from vr_data.store_plan import Geometry
+from vr_data.store.build import build_store
+from vr_data.testing.demo import instrumental_track, vocal_track
+from vr_data.catalog.manifest import read_manifest, write_manifest
+from vr_data.catalog.scan import ScanOptions, scan
+from vr_data.dsp.stft import StftConfig
+from vr_data.store.plan import Geometry
 
 # Small transforms and containers keep the tests fast while every boundary case still occurs:
 # tracks span several shards, end mid-shard and mid-segment, and tars split into parts.

@@ -10,8 +10,8 @@ from typer.testing import CliRunner
 from conftest import tone, write_pair
 from pipelines.vrdata import app
 from vr_data.audio import write_audio
-from vr_data.demo import write_demo_corpus
-from vr_data.manifest import read_manifest, read_rejects
+from vr_data.testing.demo import write_demo_corpus
+from vr_data.catalog.manifest import read_manifest, read_rejects
 
 runner = CliRunner()
 

@@ -1,4 +1,4 @@
-"""vr_data.codec: round-trip quality and size, float16 range, layout, Zarr readback."""
+"""vr_data.store.codec: round-trip quality and size, float16 range, layout, Zarr readback."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from vr_data.codec import (
+from vr_data.store.codec import (
     FLOAT16_MAX,
     CodecConfig,
     compressed_bytes,
@@ -19,9 +19,9 @@ from vr_data.codec import (
     zarr_codecs_json,
 )
 from vr_data.errors import VRDataError
-from vr_data.metrics import snr_db
-from vr_data.spectrogram import StftConfig, istft, stft
-from vr_data.synth import STYLES, music_like
+from vr_data.dsp.metrics import snr_db
+from vr_data.dsp.stft import StftConfig, istft, stft
+from vr_data.testing.synth import STYLES, music_like
 
 SECONDS = 12.0
 STFT = StftConfig()
@@ -228,7 +228,7 @@ def test_zarr_python_and_tensorstore_read_each_others_sharded_arrays(tmp_path, s
 
 
 def test_float16_conversion_matches_numpy_exhaustively() -> None:
-    from vr_data.codec import to_float16
+    from vr_data.store.codec import to_float16
 
     every = np.arange(65536, dtype=np.uint16).view(np.float16)
     finite = every[np.isfinite(every)].astype(np.float32)
@@ -244,7 +244,7 @@ def test_float16_conversion_matches_numpy_exhaustively() -> None:
 
 
 def test_fused_quantiser_meets_every_block_target_and_agrees_with_the_reference() -> None:
-    from vr_data.codec import FLOAT16_MAX, _audio_energy, _quantise_blocks
+    from vr_data.store.codec import FLOAT16_MAX, _audio_energy, _quantise_blocks
 
     rng = np.random.default_rng(9)
     spec = (rng.standard_normal((2, 1025, 200)) * 30 + 1j * rng.standard_normal((2, 1025, 200))).astype(np.complex64)

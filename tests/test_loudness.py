@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import scipy.signal
 
-from vr_data import loudness
+from vr_data.audio import loudness
 
 
 def _sine(seconds: float, dbfs: float, rate: int = 48000, hz: float = 1000.0) -> np.ndarray:

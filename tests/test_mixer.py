@@ -13,15 +13,16 @@ import torch
 from typer.testing import CliRunner
 
 from test_build_support import GEOMETRY, STFT, write_corpus
-from vr_data.build import build_store
+from vr_data.store.build import build_store
 from vr_data.errors import VRDataError
-from vr_data.manifest import read_manifest, write_manifest
+from vr_data.catalog.manifest import read_manifest, write_manifest
 from vr_data.mixer import MixerConfig, MixerLoader, ZarrMixerDataset
-from vr_data.mixer_wds import WdsMixerDataset
-from vr_data.mixing import complex_from_stored
-from vr_data.preview import preview_examples
-from vr_data.sampling import KINDS
-from vr_data.scan import ScanOptions, scan
+from vr_data.mixer.config import draw_recipe
+from vr_data.mixer.wds_backend import WdsMixerDataset
+from vr_data.mixer.kernels import complex_from_stored
+from vr_data.mixer.preview import preview_examples
+from vr_data.mixer.sampling import KINDS
+from vr_data.catalog.scan import ScanOptions, scan
 
 CROP = 32
 
@@ -78,19 +79,19 @@ def test_augmented_examples_are_exact_complex_mixes(store):
                      vocal_probability=1.0, normalisation="none", silence_rule="keep")
     dataset = ZarrMixerDataset(store, config)
     plan = dataset.plan(0)
-    buffers = dataset._new_buffers()
+    buffers = dataset.new_buffers()
     recipes, _ = dataset.assemble(plan, 0, buffers)
     batch = dataset.example_batch(0, 0)
     examples = preview_examples(dataset, 4)
     for j, (recipe, example) in enumerate(zip(recipes, examples)):
-        instrumental = complex_from_stored(buffers["a"][j])
-        vocal = complex_from_stored(buffers["v"][j])
-        if recipe["swap_a"]:
+        instrumental = complex_from_stored(buffers.main[j])
+        vocal = complex_from_stored(buffers.vocal[j])
+        if recipe.swap_main:
             instrumental = instrumental[::-1]
-        if recipe["swap_vocal"]:
+        if recipe.swap_vocal:
             vocal = vocal[::-1]
-        gain = np.asarray(recipe["vocal_gain"], np.float32)[:, None, None]
-        valid = recipe["valid"]
+        gain = np.asarray(recipe.vocal_gain, np.float32)[:, None, None]
+        valid = recipe.valid
         np.testing.assert_allclose(example["mixture"] - gain * vocal[:, :, :valid], instrumental[:, :, :valid], atol=1e-3)
         np.testing.assert_allclose(example["target"], instrumental[:, :, :valid], atol=1e-6)
         np.testing.assert_allclose(batch["mixture"][j].numpy()[:, :, :valid], np.abs(example["mixture"]), rtol=1e-4, atol=1e-4)
@@ -120,14 +121,14 @@ def test_pair_examples_are_aligned_store_crops(store):
 def test_defaults_reproduce_the_seed_recipe_rates(store):
     dataset = ZarrMixerDataset(store, _config(proportions={"augmented": 1.0}))
     rng = np.random.default_rng(0)
-    recipes = [dataset._recipe(rng, "augmented") for _ in range(20000)]
-    vocal = np.mean([r["vocal"] for r in recipes])
+    recipes = [draw_recipe(dataset.config, rng, "augmented") for _ in range(20000)]
+    vocal = np.mean([r.has_vocal for r in recipes])
     assert abs(vocal - 0.98 * 0.975) < 0.01  # a vocal 98% of the time, unless instrumental-only (2.5%)
-    assert abs(np.mean([r["swap_a"] for r in recipes]) - 0.5) < 0.02
-    assert abs(np.mean([r["instrumental_only"] for r in recipes]) - 0.025) < 0.005
-    dropped = np.mean([0.0 in r["vocal_gain"] for r in recipes if r["vocal"]])
+    assert abs(np.mean([r.swap_main for r in recipes]) - 0.5) < 0.02
+    assert abs(np.mean([r.instrumental_only for r in recipes]) - 0.025) < 0.005
+    dropped = np.mean([0.0 in r.vocal_gain for r in recipes if r.has_vocal])
     assert abs(dropped - 0.025) < 0.005
-    gains_db = [20 * np.log10(abs(r["vocal_gain"][0])) for r in recipes if r["vocal"] and 0.0 not in r["vocal_gain"]]
+    gains_db = [20 * np.log10(abs(r.vocal_gain[0])) for r in recipes if r.has_vocal and 0.0 not in r.vocal_gain]
     assert -6.0 - 1e-6 <= min(gains_db) and max(gains_db) <= 3.0 + 1e-6
 
 
@@ -231,11 +232,11 @@ def test_silence_rule_resample_reduces_silent_vocals(store):
                 examples_per_epoch=80, silence_dbfs=-40.0)
     counted = sum(int(b["silent_crops"]) for b in MixerLoader(ZarrMixerDataset(store, _config(silence_rule="count", **base))))
     dataset = ZarrMixerDataset(store, _config(silence_rule="resample", max_resamples=6, **base))
-    buffers = dataset._new_buffers()
+    buffers = dataset.new_buffers()
     still_silent = 0
     for k in range(dataset.batches_per_rank()):
         recipes, _ = dataset.assemble(dataset.plan(0), k, buffers)
-        still_silent += sum(dataset._is_silent(buffers["v"][j]) for j in range(len(recipes)))
+        still_silent += sum(dataset.is_silent(buffers.vocal[j]) for j in range(len(recipes)))
     assert counted > 0  # the synthetic vocals have rests
     assert still_silent < counted
 
@@ -299,8 +300,8 @@ def test_reused_outputs_give_the_same_batches(store):
 def test_zarr_only_store(tmp_path):
     """--no-wds: no tars, verify still reads every frame, the Zarr mixer works, WebDataset refuses."""
     from vr_data.store import open_store
-    from vr_data.store_plan import Geometry
-    from vr_data.store_verify import verify_store
+    from vr_data.store.plan import Geometry
+    from vr_data.store.verify import verify_store
 
     roots = write_corpus(tmp_path / "audio")
     manifests = [read_manifest(write_manifest(tmp_path / f"{layout}.jsonl",
@@ -338,7 +339,7 @@ def test_build_shards_cli_no_wds(tmp_path):
 
 
 def test_stats_normalisation_divides_each_bin_by_the_dataset_scale(store, tmp_path):
-    from vr_data.stats import load_normalisation
+    from vr_data.store.normalisation import load_normalisation
     from vr_data.stats.report import describe
 
     stats_store = tmp_path / "store"
@@ -358,8 +359,8 @@ def test_stats_normalisation_divides_each_bin_by_the_dataset_scale(store, tmp_pa
 def test_compressed_wds_members_give_the_same_stream(store, tmp_path):
     """--wds-compression blosc-lz4: smaller tars, verify passes, every sample equals the
     uncompressed store's, and the WebDataset mixer reads it."""
-    from vr_data.store_plan import Geometry
-    from vr_data.store_verify import verify_store
+    from vr_data.store.plan import Geometry
+    from vr_data.store.verify import verify_store
 
     compressed = tmp_path / "store"
     manifests = [read_manifest(Path(ref["path"])) for ref in json.loads((store / "plan.json").read_text())["manifests"]]
@@ -400,9 +401,9 @@ def test_musdb_vocal_stems_join_the_vocal_library(tmp_path):
     from conftest import tone
     from vr_data.audio import write_audio
     from vr_data.store import open_store
-    from vr_data.store_plan import DERIVED_VOCAL_SUFFIX, Geometry
-    from vr_data.store_verify import verify_store
-    from vr_data.demo import instrumental_track, vocal_track
+    from vr_data.store.plan import DERIVED_VOCAL_SUFFIX, Geometry
+    from vr_data.store.verify import verify_store
+    from vr_data.testing.demo import instrumental_track, vocal_track
 
     for index, name in enumerate(("A - One", "B - Two")):
         track = tmp_path / "musdb" / "train" / name

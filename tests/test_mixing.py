@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vr_data.mixing import complex_from_stored, crop_level_dbfs, mix_complex, mix_magnitudes
-from vr_data.sampling import KINDS, crop_cells, example_rng, plan_epoch
+from vr_data.mixer.kernels import complex_from_stored, crop_level_dbfs, mix_complex, mix_magnitudes
+from vr_data.mixer.sampling import KINDS, crop_cells, example_rng, plan_epoch
 
 
 def _stored(rng, frames=40, bins=33):
@@ -21,7 +21,7 @@ def test_kernel_matches_complex_reference_for_every_augmentation():
         for swap_vocal in (False, True):
             for mono in (False, True):
                 gains = (0.7, -0.0) if mono else (-1.3, 0.4)
-                mixture, target, _ = mix_magnitudes(instrumental, vocal=vocal, vocal_gain=gains, swap_a=swap_a,
+                mixture, target, _ = mix_magnitudes(instrumental, vocal=vocal, vocal_gain=gains, swap_main=swap_a,
                                                   swap_vocal=swap_vocal, mono=mono)
                 a = inst_c[::-1] if swap_a else inst_c
                 v = voc_c[::-1] if swap_vocal else voc_c
@@ -32,7 +32,7 @@ def test_kernel_matches_complex_reference_for_every_augmentation():
                     tgt_c = np.repeat(tgt_c.mean(0, keepdims=True), 2, 0)
                 np.testing.assert_allclose(mixture, np.abs(mix_c), rtol=1e-5, atol=1e-5)
                 np.testing.assert_allclose(target, np.abs(tgt_c), rtol=1e-5, atol=1e-5)
-                ref_mix, ref_target = mix_complex(instrumental, vocal=vocal, vocal_gain=gains, swap_a=swap_a,
+                ref_mix, ref_target = mix_complex(instrumental, vocal=vocal, vocal_gain=gains, swap_main=swap_a,
                                                   swap_vocal=swap_vocal, mono=mono)
                 np.testing.assert_allclose(ref_mix, mix_c, rtol=1e-5, atol=1e-5)
                 np.testing.assert_allclose(ref_target, tgt_c, rtol=1e-5, atol=1e-5)
@@ -41,7 +41,7 @@ def test_kernel_matches_complex_reference_for_every_augmentation():
 def test_pair_mode_uses_the_stored_target():
     rng = np.random.default_rng(1)
     mixture_in, instrumental = _stored(rng), _stored(rng)
-    mixture, target, peak = mix_magnitudes(mixture_in, instrumental, swap_a=True)
+    mixture, target, peak = mix_magnitudes(mixture_in, instrumental, swap_main=True)
     assert peak == mixture.max()
     np.testing.assert_allclose(mixture, np.abs(complex_from_stored(mixture_in))[::-1], rtol=1e-6)
     np.testing.assert_allclose(target, np.abs(complex_from_stored(instrumental))[::-1], rtol=1e-6)
@@ -53,8 +53,8 @@ def test_kernel_refuses_wrong_layout():
 
 
 def test_crop_level_follows_audio_rms():
-    from vr_data.codec import CodecConfig, encode
-    from vr_data.spectrogram import StftConfig, stft
+    from vr_data.store.codec import CodecConfig, encode
+    from vr_data.dsp.stft import StftConfig, stft
 
     config = StftConfig(n_fft=512, hop_length=128)
     t = np.arange(44100) / 44100
@@ -101,9 +101,9 @@ def test_example_rng_is_a_function_of_its_coordinates():
 
 def test_complex_mixing_is_exact_in_audio():
     """Mixing stored spectrograms equals the spectrogram of the mixed audio: mixture - vocal = instrumental."""
-    from vr_data.codec import CodecConfig, encode
-    from vr_data.demo import instrumental_track, vocal_track
-    from vr_data.spectrogram import StftConfig, istft, stft
+    from vr_data.store.codec import CodecConfig, encode
+    from vr_data.testing.demo import instrumental_track, vocal_track
+    from vr_data.dsp.stft import StftConfig, istft, stft
 
     config = StftConfig(n_fft=512, hop_length=128)
     instrumental = instrumental_track(1.0, 44100, seed=3)

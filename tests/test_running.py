@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vr_data.running import Histogram, RunningMoments
+from vr_data.stats.running import Histogram, RunningMoments
 
 
 def _random_splits(rng, total: int, parts: int) -> list[int]:

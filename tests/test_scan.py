@@ -13,9 +13,10 @@ from conftest import tone, write_pair
 from vr_data import errors
 from vr_data.audio import write_audio
 from vr_data.errors import VRDataError
-from vr_data.layouts import pair_key
-from vr_data.manifest import load_item_source, read_manifest, resolve_under, write_manifest
-from vr_data.scan import ScanOptions, estimate_offset, scan, verify_manifest
+from vr_data.catalog.layouts import pair_key
+from vr_data.catalog.manifest import read_manifest, resolve_under, write_manifest
+from vr_data.catalog.sources import load_item_source
+from vr_data.catalog.scan import ScanOptions, estimate_offset, scan, verify_manifest
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""vr_data.spectrogram: parity with librosa, exact frame counts, inversion, torch parity."""
+"""vr_data.dsp.stft: parity with librosa, exact frame counts, inversion, torch parity."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from vr_data.errors import VRDataError
-from vr_data.spectrogram import (
+from vr_data.dsp.stft import (
     StftConfig,
     istft,
     istft_frames_major,

@@ -22,13 +22,14 @@ import soundfile as sf
 from typer.testing import CliRunner
 
 from conftest import tone, write_pair
-from vr_data import loudness
+from vr_data.audio import loudness
 from vr_data.audio import load_audio, write_audio
 from vr_data.errors import VRDataError
-from vr_data.manifest import read_manifest, rejects_path, write_manifest, write_rejects
-from vr_data.scan import ScanOptions, scan
-from vr_data.spectrogram import StftConfig, stft
-from vr_data.stats import StatsSettings, describe
+from vr_data.catalog.manifest import read_manifest, rejects_path, write_manifest, write_rejects
+from vr_data.catalog.scan import ScanOptions, scan
+from vr_data.dsp.stft import StftConfig, stft
+from vr_data.stats.report import describe
+from vr_data.stats.settings import StatsSettings
 from vr_data.stats.plots import write_plots
 
 RATE = 44100

@@ -13,17 +13,19 @@ from typer.testing import CliRunner
 
 from conftest import tone, write_pair
 from vr_data.audio import write_audio
-from vr_data.build import build_store
+from vr_data.store.build import build_store
 from vr_data.errors import VRDataError
-from vr_data.manifest import read_manifest, write_manifest
-from vr_data.scan import ScanOptions, scan
-from vr_data.spectrogram import StftConfig, stft_frames_major
-from vr_data.stats import StatsSettings, describe, load_normalisation
-from vr_data.stats.normalisation import STD_FLOOR, log_eps
+from vr_data.catalog.manifest import read_manifest, write_manifest
+from vr_data.catalog.scan import ScanOptions, scan
+from vr_data.dsp.stft import StftConfig, stft_frames_major
+from vr_data.stats.report import describe
+from vr_data.stats.settings import StatsSettings
+from vr_data.store.normalisation import load_normalisation
+from vr_data.store.normalisation import STD_FLOOR, log_eps
 from vr_data.stats.plots import write_plots
 from vr_data.stats.spectral import frame_mean_square
 from vr_data.store import open_store
-from vr_data.store_plan import Geometry
+from vr_data.store.plan import Geometry
 
 RATE = 44100
 STFT = StftConfig(n_fft=256, hop_length=128)

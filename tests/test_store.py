@@ -15,11 +15,11 @@ from typer.testing import CliRunner
 
 from test_build_support import GEOMETRY, STFT, corpus, built_store, load  # noqa: F401
 from pipelines.vrdata import app
-from vr_data.build import build_store
+from vr_data.store.build import build_store
 from vr_data.errors import VRDataError
 from vr_data.store import iter_wds_samples, open_store
-from vr_data.store_verify import verify_store
-from vr_data.wds import iter_tar_samples
+from vr_data.store.verify import verify_store
+from vr_data.store.wds import iter_tar_samples
 
 runner = CliRunner()
 

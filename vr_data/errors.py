@@ -1,7 +1,8 @@
 """The one exception type for errors a user can cause, and the reject codes.
 
 A `VRDataError` names the offending path and the reason in one line; the CLI prints
-`str(error)` and exits non-zero. Scans and builds catch it per file, record it as a reject
+`str(error)` and exits non-zero. `ConfigError` is the same type for an invalid setting (a model
+or training config, an option) rather than bad data, so callers can tell the two apart. Scans and builds catch it per file, record it as a reject
 (`Reject`) and go on, so a bad file never aborts a whole job.
 """
 
@@ -38,6 +39,11 @@ class VRDataError(Exception):
 
     def __reduce__(self):  # picklable across dask worker processes
         return (type(self), (self.path, self.reason, self.code))
+
+
+class ConfigError(VRDataError):
+    """An invalid setting: a model or training config key, or an option; `path` is the config
+    file when there is one."""
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from vr_data.errors import VRDataError
+from vr_data.errors import ConfigError
 
 HEADS = ("mask", "linear")  # FramePrimerConfig.head: sigmoid mask, or unbounded output
 
@@ -77,7 +77,7 @@ class FramePrimerConfig:
         if self.head not in HEADS:
             problems.append(f"head must be one of {', '.join(HEADS)}, got {self.head!r}")
         if problems:
-            raise VRDataError(None, "invalid frame primer config: " + "; ".join(problems))
+            raise ConfigError(None, "invalid frame primer config: " + "; ".join(problems))
 
     @property
     def levels(self) -> int:
@@ -107,5 +107,5 @@ class FramePrimerConfig:
         known = {item.name for item in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise VRDataError(None, f"unknown frame primer config keys: {', '.join(unknown)}")
+            raise ConfigError(None, f"unknown frame primer config keys: {', '.join(unknown)}")
         return cls(**values)

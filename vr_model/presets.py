@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from vr_data.errors import VRDataError
+from vr_data.errors import ConfigError
 from vr_model.config import FramePrimerConfig
 from vr_model.unet import FramePrimerUNet
 
@@ -56,7 +56,7 @@ def get_config(name_or_config: str | FramePrimerConfig | dict[str, Any]) -> Fram
     if isinstance(name_or_config, dict):
         return FramePrimerConfig.from_dict(name_or_config)
     if name_or_config not in PRESETS:
-        raise VRDataError(None, f"unknown model preset {name_or_config!r}; presets: {', '.join(PRESETS)}")
+        raise ConfigError(None, f"unknown model preset {name_or_config!r}; presets: {', '.join(PRESETS)}")
     return PRESETS[name_or_config]
 
 

@@ -41,10 +41,6 @@ class AudioInfo:
         return self.samples / self.sample_rate if self.sample_rate else 0.0
 
 
-def is_audio_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in AUDIO_EXTENSIONS and not path.name.startswith(".")
-
-
 def probe(path: str | Path) -> AudioInfo:
     """Header information of `path`; raises VRDataError(unreadable) on anything undecodable."""
     path = Path(path)

@@ -4,7 +4,7 @@
 - `musdb`: MUSDB18-HQ `train|test/<track>/{mixture,vocals,drums,bass,other}.wav`.
 - `vocals`, `instrumentals`, `pretrain`: a folder (recursive) of single tracks.
 
-Discovery only looks at names; decoding and hashing happen in `vr_data.scan`.
+Discovery only looks at names; decoding and hashing happen in `vr_data.catalog.scan`.
 """
 
 from __future__ import annotations

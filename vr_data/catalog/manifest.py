@@ -19,11 +19,9 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
-
-import numpy as np
 
 from vr_data import __version__, errors
 from vr_data.errors import Reject, VRDataError
@@ -251,34 +249,6 @@ def split_for(key: str, valid_fraction: float, seed: str = "vr-split-v1") -> str
     return "valid" if value < valid_fraction else "train"
 
 
-def load_item_source(manifest: Manifest, item: Item, source: str, sample_rate: int = 44100,
-                     downmix: bool = False) -> np.ndarray:
-    """Decode one source of an item to float32 `(2, samples)` at `sample_rate`.
-
-    Sources made of several files (MUSDB's instrumental = drums + bass + other) are summed,
-    trimmed to the shortest file. Checks were done at scan time, so silence is allowed here.
-    """
-    from vr_data.audio import load_audio
-
-    total = None
-    for path in manifest.source_paths(item, source):
-        audio = load_audio(path, sample_rate, downmix=downmix, silence_dbfs=None)
-        if total is None:
-            total = audio
-        else:
-            length = min(total.shape[1], audio.shape[1])
-            total = total[:, :length] + audio[:, :length]
-    if total is None:
-        raise VRDataError(manifest.source_path, f"item {item.id} has no files for source {source!r}")
-    return total
-
-
-def iter_items(manifests: Iterable[Manifest]) -> Iterator[tuple[Manifest, Item]]:
-    for manifest in manifests:
-        for item in manifest.items:
-            yield manifest, item
-
-
 def manifest_digest(path: str | Path) -> str:
     """sha256 of a manifest file's bytes (stores record which manifests built them)."""
     return file_sha256(path)
@@ -293,7 +263,3 @@ def _atomic_write_text(path: Path, text: str) -> None:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
-
-
-def total_hours(manifests: Iterable[Manifest]) -> float:
-    return float(np.sum([m.hours for m in manifests])) if manifests else 0.0

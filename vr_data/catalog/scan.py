@@ -19,8 +19,8 @@ import numpy as np
 from vr_data import errors
 from vr_data.audio import load_audio, probe
 from vr_data.errors import Reject, VRDataError
-from vr_data.layouts import LAYOUT_ROLE, Candidate, discover, group_key
-from vr_data.manifest import FileEntry, Item, Manifest, file_sha256, item_id, resolve_under, split_for
+from vr_data.catalog.layouts import LAYOUT_ROLE, Candidate, discover, group_key
+from vr_data.catalog.manifest import FileEntry, Item, Manifest, file_sha256, item_id, resolve_under, split_for
 from vr_data.parallel import map_unordered
 
 CHECK_SAMPLE_RATE = 44100

@@ -14,7 +14,7 @@ with `bins = n_fft // 2 + 1`. `stft_torch`/`istft_torch` do the same on torch te
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
 import scipy.fft
@@ -214,6 +214,28 @@ def _squared_window_sum(config: StftConfig, frames: int) -> np.ndarray:
     envelope[envelope <= np.finfo(np.float32).tiny] = 1.0
     envelope.setflags(write=False)
     return envelope
+
+
+def block_stft(audio: np.ndarray, config: StftConfig, first: int, last: int) -> np.ndarray:
+    """Frames `[first, last)` of `stft(audio, config)`, complex64 `(channels, frames, bins)`.
+
+    Only the samples those frames see are framed: the track's `pad_end` zeros and its centre
+    padding are added where the block reaches the track's ends, exactly as the whole-track
+    transform adds them, so a track transformed block by block gives the same frames.
+    """
+    samples = audio.shape[1]
+    total = config.padded_samples(samples)  # the track with its pad_end zeros
+    pad = config.n_fft // 2 if config.center else 0
+    begin = first * config.hop_length - pad
+    end = (last - 1) * config.hop_length - pad + config.n_fft
+    piece = audio[:, max(begin, 0):min(end, samples)]
+    end_zeros = max(0, min(end, total) - max(samples, begin, 0))
+    if end_zeros:
+        piece = np.pad(piece, ((0, 0), (0, end_zeros)))
+    left, right = max(0, -begin), max(0, end - total)
+    if left or right:
+        piece = np.pad(piece, ((0, 0), (left, right)), mode=config.pad_mode)
+    return stft_frames_major(piece, replace(config, center=False, pad_end=False))
 
 
 _FFT_THREADS = 1

@@ -1,13 +1,14 @@
 """Mixing kernels: float16 stored crops in, normalisable float32 magnitudes out, in one pass.
 
 Stored crops are frames-major float16 `(frames, channels=2, 2 [re, im], bins)` (see
-`vr_data.codec`). One example is built from up to three such crops:
+`vr_data.store.codec`). One example is built from up to three such crops:
 
     mixture = A + vocal_gain[c] * V      (complex, per output channel c)
     target  = T                           (complex)
 
-pairs: A = stored mixture, V absent, T = stored instrumental; augmented mixes: A = T =
-instrumental, V = vocal; pretraining and instrumental-only examples: A = T. Channel maps apply a
+where A is the example's main crop, V its vocal crop and T its target crop: pairs: A = stored
+mixture, V absent, T = stored instrumental; augmented mixes: A = T = instrumental, V = vocal;
+pretraining and instrumental-only examples: A = T. Channel maps apply a
 left/right swap, `mono` folds both channels to their mean. Because the STFT is linear, mixing in
 the complex domain is exact: the same mixture as mixing the audio. The fused numba kernel reads
 each float16 value once (through a 65536-entry float32 table: numba has no float16 arithmetic) and
@@ -25,30 +26,31 @@ _TILE = 16  # frames per tile: writes of (bins, frames) outputs stay cache-line 
 
 
 @njit(cache=True, fastmath=True, boundscheck=False, nogil=True)
-def _mix_magnitudes(a, t, v, has_v, t_is_a, a_map, t_map, v_map, vocal_gain, mono, table, out_mixture, out_target):
-    frames = a.shape[0]
-    bins = a.shape[3]
+def _mix_magnitudes(main, target, vocal, has_vocal, target_is_main, main_map, target_map, vocal_map, vocal_gain, mono,
+                    table, out_mixture, out_target):
+    frames = main.shape[0]
+    bins = main.shape[3]
     peak = np.float32(0.0)
     for f0 in range(0, frames, _TILE):
         f1 = min(frames, f0 + _TILE)
         for k in range(bins):
             for f in range(f0, f1):
-                mr0 = table[a[f, a_map[0], 0, k]]
-                mi0 = table[a[f, a_map[0], 1, k]]
-                mr1 = table[a[f, a_map[1], 0, k]]
-                mi1 = table[a[f, a_map[1], 1, k]]
-                if t_is_a:
+                mr0 = table[main[f, main_map[0], 0, k]]
+                mi0 = table[main[f, main_map[0], 1, k]]
+                mr1 = table[main[f, main_map[1], 0, k]]
+                mi1 = table[main[f, main_map[1], 1, k]]
+                if target_is_main:
                     tr0, ti0, tr1, ti1 = mr0, mi0, mr1, mi1
                 else:
-                    tr0 = table[t[f, t_map[0], 0, k]]
-                    ti0 = table[t[f, t_map[0], 1, k]]
-                    tr1 = table[t[f, t_map[1], 0, k]]
-                    ti1 = table[t[f, t_map[1], 1, k]]
-                if has_v:
-                    mr0 += vocal_gain[0] * table[v[f, v_map[0], 0, k]]
-                    mi0 += vocal_gain[0] * table[v[f, v_map[0], 1, k]]
-                    mr1 += vocal_gain[1] * table[v[f, v_map[1], 0, k]]
-                    mi1 += vocal_gain[1] * table[v[f, v_map[1], 1, k]]
+                    tr0 = table[target[f, target_map[0], 0, k]]
+                    ti0 = table[target[f, target_map[0], 1, k]]
+                    tr1 = table[target[f, target_map[1], 0, k]]
+                    ti1 = table[target[f, target_map[1], 1, k]]
+                if has_vocal:
+                    mr0 += vocal_gain[0] * table[vocal[f, vocal_map[0], 0, k]]
+                    mi0 += vocal_gain[0] * table[vocal[f, vocal_map[0], 1, k]]
+                    mr1 += vocal_gain[1] * table[vocal[f, vocal_map[1], 0, k]]
+                    mi1 += vocal_gain[1] * table[vocal[f, vocal_map[1], 1, k]]
                 if mono:
                     mr0 = mr1 = 0.5 * (mr0 + mr1)
                     mi0 = mi1 = 0.5 * (mi0 + mi1)
@@ -75,12 +77,12 @@ def _scale_in_place(mixture, target, factor):
 
 
 def mix_magnitudes(
-    a: np.ndarray,
+    main: np.ndarray,
     target: np.ndarray | None = None,
     vocal: np.ndarray | None = None,
     *,
     vocal_gain: tuple[float, float] = (1.0, 1.0),
-    swap_a: bool = False,
+    swap_main: bool = False,
     swap_vocal: bool = False,
     mono: bool = False,
     out_mixture: np.ndarray | None = None,
@@ -89,24 +91,24 @@ def mix_magnitudes(
 ) -> tuple[np.ndarray, np.ndarray, float]:
     """Mixture and target magnitudes of one example, and the mixture's peak magnitude.
 
-    `a`, `target`, `vocal`: float16 `(frames, 2, 2, bins)` stored crops (`target=None`: the target
-    is `a`). `vocal_gain` is a linear gain per output channel (0 zeroes a channel, negative flips
-    polarity). `swap_a` swaps left/right of `a` and the target, `swap_vocal` of the vocal.
+    `main`, `target`, `vocal`: float16 `(frames, 2, 2, bins)` stored crops (`target=None`: the
+    target is `main`). `vocal_gain` is a linear gain per output channel (0 zeroes a channel, negative flips
+    polarity). `swap_main` swaps left/right of `main` and the target, `swap_vocal` of the vocal.
     Returns float32 `(2, bins, frames)` mixture and target magnitudes (written into `out_*` if given)
     and the mixture's peak; `normalise=True` divides both by that peak (crop-max normalisation,
     the target clipped to 1) in one more pass.
     """
-    frames, _, _, bins = a.shape
+    frames, _, _, bins = main.shape
     if out_mixture is None:
         out_mixture = np.empty((2, bins, frames), np.float32)
     if out_target is None:
         out_target = np.empty((2, bins, frames), np.float32)
-    a_map = np.array([1, 0] if swap_a else [0, 1], np.int64)
-    v_map = np.array([1, 0] if swap_vocal else [0, 1], np.int64)
-    a_bits = _bits(a)
+    main_map = np.array([1, 0] if swap_main else [0, 1], np.int64)
+    vocal_map = np.array([1, 0] if swap_vocal else [0, 1], np.int64)
+    main_bits = _bits(main)
     peak = float(_mix_magnitudes(
-        a_bits, a_bits if target is None else _bits(target), a_bits if vocal is None else _bits(vocal),
-        vocal is not None, target is None, a_map, a_map, v_map, np.asarray(vocal_gain, np.float32), mono,
+        main_bits, main_bits if target is None else _bits(target), main_bits if vocal is None else _bits(vocal),
+        vocal is not None, target is None, main_map, main_map, vocal_map, np.asarray(vocal_gain, np.float32), mono,
         F16_TABLE, out_mixture, out_target,
     ))
     if normalise and peak > 0:
@@ -153,12 +155,12 @@ def _mean_square(bits, table):
 
 
 def mix_complex(
-    a: np.ndarray,
+    main: np.ndarray,
     target: np.ndarray | None = None,
     vocal: np.ndarray | None = None,
     *,
     vocal_gain: tuple[float, float] = (1.0, 1.0),
-    swap_a: bool = False,
+    swap_main: bool = False,
     swap_vocal: bool = False,
     mono: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -166,17 +168,17 @@ def mix_complex(
 
     The reference path: previews (which need phase to resynthesise audio) and tests.
     """
-    a_c = complex_from_stored(a)
-    t_c = a_c if target is None else complex_from_stored(target)
-    if swap_a:
-        a_c, t_c = a_c[::-1], t_c[::-1]
-    mixture = a_c.copy()
+    main_complex = complex_from_stored(main)
+    target_complex = main_complex if target is None else complex_from_stored(target)
+    if swap_main:
+        main_complex, target_complex = main_complex[::-1], target_complex[::-1]
+    mixture = main_complex.copy()
     if vocal is not None:
-        v_c = complex_from_stored(vocal)
+        vocal_complex = complex_from_stored(vocal)
         if swap_vocal:
-            v_c = v_c[::-1]
-        mixture = mixture + np.asarray(vocal_gain, np.float32)[:, None, None] * v_c
+            vocal_complex = vocal_complex[::-1]
+        mixture = mixture + np.asarray(vocal_gain, np.float32)[:, None, None] * vocal_complex
     if mono:
         mixture = np.repeat(mixture.mean(axis=0, keepdims=True), 2, axis=0)
-        t_c = np.repeat(t_c.mean(axis=0, keepdims=True), 2, axis=0)
-    return mixture.astype(np.complex64), np.ascontiguousarray(t_c, dtype=np.complex64)
+        target_complex = np.repeat(target_complex.mean(axis=0, keepdims=True), 2, axis=0)
+    return mixture.astype(np.complex64), np.ascontiguousarray(target_complex, dtype=np.complex64)

@@ -12,29 +12,30 @@ from pathlib import Path
 import numpy as np
 
 from vr_data.audio import write_audio
-from vr_data.mixing import mix_complex
+from vr_data.mixer.kernels import mix_complex
 
 
 def preview_examples(dataset, count: int, epoch: int = 0) -> list[dict]:
     """The first `count` examples of `epoch` from a ZarrMixerDataset, as complex spectrograms.
 
-    Each dict: `kind`, `index`, `valid` (frames), `mixture`/`target`/`vocal` complex64 `(2, bins, frames)`.
+    Each dict: `kind`, `index`, `valid` (frames), `recipe` (a `Recipe`), `mixture`/`target`/`vocal`
+    complex64 `(2, bins, frames)`.
     """
     examples: list[dict] = []
     plan = dataset.plan(epoch)
     k = 0
     while len(examples) < count and k < plan.batches_per_rank:
-        buffers = dataset._new_buffers()
+        buffers = dataset.new_buffers()
         recipes, indices = dataset.assemble(plan, k, buffers)
         for j, (recipe, index) in enumerate(zip(recipes, indices)):
             mixture, target = mix_complex(
-                buffers["a"][j], None if recipe["target_is_a"] else buffers["t"][j],
-                buffers["v"][j] if recipe["vocal"] else None, vocal_gain=recipe["vocal_gain"],
-                swap_a=recipe["swap_a"], swap_vocal=recipe["swap_vocal"], mono=recipe["mono"],
+                buffers.main[j], None if recipe.target_is_main else buffers.instrumental[j],
+                buffers.vocal[j] if recipe.has_vocal else None, vocal_gain=recipe.vocal_gain,
+                swap_main=recipe.swap_main, swap_vocal=recipe.swap_vocal, mono=recipe.mono,
             )
-            valid = recipe["valid"]
+            valid = recipe.valid
             examples.append({
-                "kind": recipe["kind"], "index": index, "valid": valid, "recipe": recipe,
+                "kind": recipe.kind, "index": index, "valid": valid, "recipe": recipe,
                 "mixture": mixture[:, :, :valid], "target": target[:, :, :valid],
                 "vocal": (mixture - target)[:, :, :valid],
             })
@@ -46,7 +47,7 @@ def preview_examples(dataset, count: int, epoch: int = 0) -> list[dict]:
 
 def write_preview(examples: list[dict], stft_config, directory: str | Path) -> list[Path]:
     """Write the WAVs and `sheet.png` for `examples` into `directory`; returns the files written."""
-    from vr_data.spectrogram import istft
+    from vr_data.dsp.stft import istft
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

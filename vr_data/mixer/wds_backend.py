@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from vr_data.errors import VRDataError
-from vr_data.mixer import _MixerBase
-from vr_data.sampling import KINDS, example_rng
-from vr_data.wds import iter_tar_samples
+from vr_data.mixer.base import MixerBase
+from vr_data.mixer.config import CropBuffers, Recipe
+from vr_data.mixer.sampling import KINDS, example_rng
+from vr_data.store.wds import iter_tar_samples
 
 _STREAM_SALT = {"pair": 1, "augmented": 2, "pretrain": 3, "vocal": 4}
 
@@ -90,7 +91,7 @@ class CropStream:
         return crops, take
 
 
-class WdsMixerDataset(_MixerBase):
+class WdsMixerDataset(MixerBase):
     """Sequential streaming from the WebDataset shards (shard shuffle + crop shuffle buffer)."""
 
     def __init__(self, store_path: str | Path, config, rank: int | None = None, world_size: int | None = None,
@@ -123,11 +124,11 @@ class WdsMixerDataset(_MixerBase):
         """Endless batches from (epoch, start_batch) on. Batch n of the endless sequence is made by
         stream slot n % W; the streams of (epoch, slot) are replayed (read, not mixed) up to the
         start position, so a resumed run continues exactly."""
-        worker, num_workers = self._worker()
+        worker, num_workers = self.worker()
         per_epoch = self.batches_per_rank()
         start = self.epoch * per_epoch + self.start_batch
         slot = (start + worker) % num_workers
-        buffers = self._new_buffers()
+        buffers = self.new_buffers()
         epoch = self.epoch
         while True:
             plan = self.plan(epoch)
@@ -142,38 +143,38 @@ class WdsMixerDataset(_MixerBase):
                 indices = list(plan.example_indices(self.rank, k))
                 recipes = [self._make_example(j, i, plan, streams, buffers) for j, i in enumerate(indices)]
                 if position >= start:
-                    yield self._finish_batch(buffers, recipes, indices, epoch, k)
+                    yield self.finish_batch(buffers, recipes, indices, epoch, k)
             epoch += 1
 
-    def _make_example(self, j: int, index: int, plan, streams, buffers) -> dict:
+    def _make_example(self, j: int, index: int, plan, streams, buffers: CropBuffers) -> Recipe:
         kind = KINDS[int(plan.kinds[index])]
         rng = example_rng(self.config.seed, plan.epoch, index)
-        recipe = self._recipe(rng, kind)
-        a, t, v = buffers["a"][j], buffers["t"][j], buffers["v"][j]
+        recipe = self.draw_recipe(rng, kind)
+        main, instrumental, vocal = buffers.main[j], buffers.instrumental[j], buffers.vocal[j]
         if kind == "pair":
             crops, valid = self._draw(streams["pair"], recipe, "instrumental")
-            a[...], t[...] = crops["mixture"], crops["instrumental"]
-            if recipe["instrumental_only"]:
-                a[...] = t
-            recipe.update(target_is_a=recipe["instrumental_only"], valid=valid)
+            main[...], instrumental[...] = crops["mixture"], crops["instrumental"]
+            if recipe.instrumental_only:
+                main[...] = instrumental
+            recipe.target_is_main, recipe.valid = recipe.instrumental_only, valid
         else:
             crops, valid = self._draw(streams[kind], recipe)
-            a[...] = next(iter(crops.values())) if kind == "pretrain" else crops["instrumental"]
-            recipe.update(target_is_a=True, valid=valid)
-            if recipe["vocal"]:
-                vocal, _ = self._draw(streams["vocal"], recipe)
-                v[...] = vocal["vocal"]
-                v[valid:] = 0  # padding past the instrumental stays silent
+            main[...] = next(iter(crops.values())) if kind == "pretrain" else crops["instrumental"]
+            recipe.target_is_main, recipe.valid = True, valid
+            if recipe.has_vocal:
+                vocal_crops, _ = self._draw(streams["vocal"], recipe)
+                vocal[...] = vocal_crops["vocal"]
+                vocal[valid:] = 0  # padding past the instrumental stays silent
         return recipe
 
-    def _draw(self, stream: CropStream, recipe: dict, check: str | None = None):
+    def _draw(self, stream: CropStream, recipe: Recipe, check: str | None = None):
         """Next crop of a stream, applying the silence rule to source `check` (default: the first)."""
         crops, valid = stream.next()
         rule = self.config.silence_rule
         source = check or next(iter(crops))
         attempts = 0
-        while rule != "keep" and self._is_silent(crops[source]):
-            recipe["silent"] += 1
+        while rule != "keep" and self.is_silent(crops[source]):
+            recipe.silent += 1
             if rule == "count" or attempts >= self.config.max_resamples:
                 break
             crops, valid = stream.next()

@@ -16,12 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from vr_data import loudness
-from vr_data.build import block_stft
+from vr_data.audio import loudness
+from vr_data.dsp.stft import block_stft
 from vr_data.errors import VRDataError
-from vr_data.manifest import Item, Manifest, load_item_source
-from vr_data.running import Histogram, RunningMoments
-from vr_data.stats import settings as limits
+from vr_data.catalog.manifest import Item, Manifest
+from vr_data.catalog.sources import load_item_source
+from vr_data.stats.running import Histogram, RunningMoments
+import vr_data.stats.settings as limits
 from vr_data.stats.settings import StatsSettings
 from vr_data.stats.spectral import log_magnitude_moments
 

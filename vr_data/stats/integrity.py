@@ -13,7 +13,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from vr_data.manifest import Manifest
+from vr_data.catalog.manifest import Manifest
 
 
 @dataclass(frozen=True)

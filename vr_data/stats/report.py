@@ -21,30 +21,30 @@ import numpy as np
 
 from vr_data import __version__, errors
 from vr_data.errors import VRDataError
-from vr_data.manifest import Manifest, read_manifest, rejects_path
+from vr_data.catalog.manifest import Manifest, read_manifest, rejects_path
 from vr_data.parallel import map_unordered
 from vr_data.stats.content import ContentSummary, item_tasks, measure_item
 from vr_data.stats.integrity import ItemRef, duplicates, file_occurrences, group_leaks, manifest_items
-from vr_data.stats.normalisation import save_store_stats
+from vr_data.store.normalisation import save_store_stats
 from vr_data.stats.settings import StatsSettings
 from vr_data.stats.store_stats import StoreContent, measure_track, store_durations, store_rows, track_tasks
 from vr_data.stats.totals import durations_by_role, manifest_durations, manifest_row, pair_offsets, role_totals
 from vr_data.store import open_store
-from vr_data.store_format import STORE_JSON
+from vr_data.store.format import STORE_JSON
 
 REPORT_KIND = "vr-stats"
 REPORT_SCHEMA = 1
 
 
 @dataclass
-class Progress:
+class ProgressHooks:
     """Callbacks for a progress display: `start(description, total_tasks)`, then `advance()` per task."""
 
     start: Callable[[str, int], None]
     advance: Callable[[], None]
 
 
-_SILENT_PROGRESS = Progress(lambda description, total: None, lambda: None)
+_SILENT_PROGRESS = ProgressHooks(lambda description, total: None, lambda: None)
 
 
 def classify_inputs(paths: Sequence[str | Path], root: str | Path | None = None) -> tuple[list[Path], list[Path]]:
@@ -84,7 +84,7 @@ def describe(
     content: bool = True,
     settings: StatsSettings = StatsSettings(),
     executor: Executor | None = None,
-    progress: Progress | None = None,
+    progress: ProgressHooks | None = None,
     save_store_stats: bool = True,
 ) -> dict:
     """The report of `paths` (see the module docstring). `content=False` skips everything that
@@ -102,7 +102,7 @@ def describe(
 
 
 def describe_manifests(manifests: list[Manifest], settings: StatsSettings, content: bool,
-                       executor: Executor | None, progress: Progress) -> dict:
+                       executor: Executor | None, progress: ProgressHooks) -> dict:
     """Totals, offsets, integrity and (with `content`) decoded content statistics of manifests."""
     unique = _unique(manifests)
     rows = [manifest_row(manifest, settings.stft) for manifest in unique]
@@ -132,7 +132,7 @@ def describe_manifests(manifests: list[Manifest], settings: StatsSettings, conte
 
 
 def describe_store(path: Path, settings: StatsSettings, content: bool, executor: Executor | None,
-                   progress: Progress, save: bool) -> dict:
+                   progress: ProgressHooks, save: bool) -> dict:
     """Totals, group leaks and (with `content`) streamed spectral statistics of one store."""
     store = open_store(path)
     rows = store_rows(store)

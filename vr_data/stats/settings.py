@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vr_data import loudness
-from vr_data.running import Histogram
-from vr_data.spectrogram import StftConfig
+from vr_data.audio import loudness
+from vr_data.stats.running import Histogram
+from vr_data.dsp.stft import StftConfig
 
 LOUDNESS_NAME = "ITU-R BS.1770-4 integrated loudness (LUFS), K-weighted, gated at -70 LUFS and -10 LU"
 

@@ -15,8 +15,8 @@ import functools
 
 import numpy as np
 
-from vr_data.running import RunningMoments
-from vr_data.spectrogram import StftConfig, window_array
+from vr_data.stats.running import RunningMoments
+from vr_data.dsp.stft import StftConfig, window_array
 
 SLICE_ROWS = 1024  # rows per float64 pass: bounds the temporary memory to about 8 MB per 1025 bins
 

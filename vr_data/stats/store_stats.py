@@ -21,21 +21,21 @@ from pathlib import Path
 
 import numpy as np
 
-from vr_data.manifest import SPLITS
-from vr_data.running import Histogram, RunningMoments
-from vr_data.stats import settings as limits
+from vr_data.catalog.manifest import SPLITS
+from vr_data.stats.running import Histogram, RunningMoments
+import vr_data.stats.settings as limits
 from vr_data.stats.content import log_magnitude_json
 from vr_data.stats.settings import StatsSettings
 from vr_data.stats.spectral import SLICE_ROWS, frame_mean_square, level_db, log_magnitude_moments
 from vr_data.stats.totals import amount
 from vr_data.store import Store, open_store
-from vr_data.store_format import STORE_JSON
+from vr_data.store.format import STORE_JSON
 
 SLICE_FRAMES = SLICE_ROWS // 2  # frames of a stereo slice: as many rows as one float64 pass takes
 
 
 @dataclass(frozen=True)
-class TrackTask:
+class TrackStatsTask:
     """One source of one track of the store at `store` (a path: the store is reopened per process)."""
 
     store: str
@@ -76,11 +76,11 @@ def open_cached(path: str | Path) -> Store:
     return _opened(path, os.stat(Path(path) / STORE_JSON).st_mtime_ns)
 
 
-def track_tasks(store: Store, settings: StatsSettings) -> list[TrackTask]:
-    return [TrackTask(str(store.path), track.id, source, settings) for track in store.tracks for source in track.sources]
+def track_tasks(store: Store, settings: StatsSettings) -> list[TrackStatsTask]:
+    return [TrackStatsTask(str(store.path), track.id, source, settings) for track in store.tracks for source in track.sources]
 
 
-def measure_track(task: TrackTask) -> TrackSpectral:
+def measure_track(task: TrackStatsTask) -> TrackSpectral:
     """Stream one source of one track in chunks of `settings.chunk_frames` frames."""
     store = open_cached(task.store)
     track = store.track(task.track)

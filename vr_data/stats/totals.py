@@ -15,9 +15,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 
-from vr_data.manifest import SPLITS, Manifest, read_rejects, rejects_path
-from vr_data.running import Histogram, RunningMoments
-from vr_data.spectrogram import StftConfig
+from vr_data.catalog.manifest import SPLITS, Manifest, read_rejects, rejects_path
+from vr_data.stats.running import Histogram, RunningMoments
+from vr_data.dsp.stft import StftConfig
 from vr_data.stats.settings import duration_histogram
 
 SECONDS_PER_HOUR = 3600.0

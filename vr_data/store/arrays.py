@@ -9,15 +9,15 @@ stored, so the zero padding after a track costs nothing. zarr-python reads these
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import tensorstore as ts
 
-from vr_data.codec import CodecConfig, zarr_codecs_json
+from vr_data.store.codec import CodecConfig, zarr_codecs_json
 from vr_data.errors import VRDataError
-from vr_data.store_format import CHANNELS, REIM, atomic_write_json
+from vr_data.io import atomic_write_json
+from vr_data.store.format import CHANNELS, REIM
 
 DIMENSION_NAMES = ["frames", "channel", "reim", "bins"]
 
@@ -78,10 +78,6 @@ def open_array(path: Path, context: ts.Context | None = None, read_only: bool = 
         return ts.open(spec, read=True, write=not read_only, **kwargs).result()
     except ValueError as error:
         raise VRDataError(path, f"cannot open Zarr array ({_first_line(error)})") from None
-
-
-def read_metadata(path: Path) -> dict:
-    return json.loads((Path(path) / "zarr.json").read_text())
 
 
 def shard_key(array_dir: Path, shard_index: int) -> Path:

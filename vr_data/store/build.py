@@ -15,26 +15,27 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import tensorstore as ts
 
 from vr_data import __version__, errors
-from vr_data.codec import CodecConfig, encode
+from vr_data.store.codec import CodecConfig, encode
 from vr_data.errors import VRDataError
-from vr_data.manifest import Item, Manifest, file_sha256, load_item_source
+from vr_data.catalog.manifest import Item, Manifest, file_sha256
+from vr_data.catalog.sources import load_item_source
 from vr_data.parallel import map_unordered
-from vr_data.spectrogram import StftConfig, stft_frames_major
-from vr_data.store_arrays import ensure_array, open_array, write_group
-from vr_data.store_format import (
+from vr_data.dsp.stft import StftConfig, block_stft
+from vr_data.store.arrays import ensure_array, open_array, write_group
+from vr_data.io import atomic_write_json, atomic_write_lines
+from vr_data.store.format import (
     BUILD_DIR, DONE_DIR, PLAN_JSON, REJECTS_JSONL, ROLE_SOURCES, STORE_JSON, TRACKS_JSONL, WDS_DIR, WDS_INDEX,
-    ZARR_DIR, BuildReject, StoreMeta, TrackRecord, WdsShard, array_name, atomic_write_json, atomic_write_lines,
-    read_json, read_store_meta,
+    ZARR_DIR, BuildReject, StoreMeta, TrackRecord, WdsShard, array_name, read_json, read_store_meta,
 )
-from vr_data.store_plan import BuildPlan, Geometry, PlannedTrack, new_plan, planned_roles
-from vr_data.wds import TrackTarWriter, compressed_npy, npy_parts, sample_key
+from vr_data.store.plan import BuildPlan, Geometry, PlannedTrack, new_plan, planned_roles
+from vr_data.store.wds import TrackTarWriter, compressed_npy, npy_parts, sample_key
 
 STFT_BLOCK_FRAMES = 128  # frames transformed and encoded at once: cache-sized (measured 1.3x faster than 1024), and bounds the working memory whatever the track length
 # The store's default codec: the codec module's quantiser with blosc-lz4 (level 9) as the
@@ -433,28 +434,6 @@ def _encoded_shard(audio: np.ndarray, config: StftConfig, codec: CodecConfig, bl
     return shard
 
 
-def block_stft(audio: np.ndarray, config: StftConfig, first: int, last: int) -> np.ndarray:
-    """Frames `[first, last)` of `stft(audio, config)`, complex64 `(channels, frames, bins)`.
-
-    Only the samples those frames see are framed: the track's `pad_end` zeros and its centre
-    padding are added where the block reaches the track's ends, exactly as the whole-track
-    transform adds them, so a track transformed block by block gives the same frames.
-    """
-    samples = audio.shape[1]
-    total = config.padded_samples(samples)  # the track with its pad_end zeros
-    pad = config.n_fft // 2 if config.center else 0
-    begin = first * config.hop_length - pad
-    end = (last - 1) * config.hop_length - pad + config.n_fft
-    piece = audio[:, max(begin, 0):min(end, samples)]
-    end_zeros = max(0, min(end, total) - max(samples, begin, 0))
-    if end_zeros:
-        piece = np.pad(piece, ((0, 0), (0, end_zeros)))
-    left, right = max(0, -begin), max(0, end - total)
-    if left or right:
-        piece = np.pad(piece, ((0, 0), (left, right)), mode=config.pad_mode)
-    return stft_frames_major(piece, replace(config, center=False, pad_end=False))
-
-
 def _reset_peak_rss() -> None:
     """Reset the kernel's peak-RSS counter of this process (Linux >= 4.0), so a task measures its own."""
     try:
@@ -477,5 +456,5 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_CODEC", "BuildOptions", "BuildResult", "TrackOutcome", "build_store", "build_track", "block_stft",
+__all__ = ["DEFAULT_CODEC", "BuildOptions", "BuildResult", "TrackOutcome", "build_store", "build_track",
            "existing_configs", "finalise_store"]

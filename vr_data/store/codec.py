@@ -35,7 +35,7 @@ from numba import njit
 from vr_data.errors import VRDataError
 
 CODECS = ("f16-q", "f16", "f16-bits")
-DEFAULT_CODEC = "f16-q"
+DEFAULT_CODEC_NAME = "f16-q"  # the codec (quantiser) name; the store default config is store.build.DEFAULT_CODEC
 FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504
 FLOAT16_MAX_F32 = np.float32(FLOAT16_MAX)
 MIN_STEP_EXPONENT = -24  # 2**-24 is the smallest float16 subnormal
@@ -57,7 +57,7 @@ class CodecConfig:
     25% smaller: 0.39 GB/h), "blosc-lz4", or plain "zstd"; `shuffle` applies to blosc only.
     """
 
-    name: str = DEFAULT_CODEC
+    name: str = DEFAULT_CODEC_NAME
     target_snr_db: float = 39.0
     mantissa_bits: int = 5
     compressor: str = "blosc-lz4hc"

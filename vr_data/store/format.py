@@ -9,12 +9,12 @@ float16 array per role and source, frames-major `(frames, channels=2, re/im=2, b
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from vr_data import errors
 from vr_data.errors import VRDataError
+from vr_data.io import atomic_write_bytes, atomic_write_json, atomic_write_lines  # noqa: F401  (re-exported)
 
 STORE_FORMAT = "vr-store"
 STORE_VERSION = 1
@@ -198,22 +198,43 @@ def read_store_meta(store: Path) -> StoreMeta | None:
     return StoreMeta.from_json(read_json(path), path)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary name beside `path`, flush it to disk, then rename into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+WDS_COMPRESSIONS = ("none", "blosc-lz4")
 
 
-def atomic_write_json(path: Path, record: dict) -> None:
-    atomic_write_bytes(path, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+@dataclass(frozen=True)
+class Geometry:
+    """Frame counts of the store's containers.
 
+    `chunk_frames`: Zarr inner chunk (about one training crop); `shard_frames`: Zarr shard, the
+    unit a task writes; `segment_frames`: one WebDataset sample; `wds_shard_bytes`: target size
+    of one tar (a track's tar is split into parts beyond it); `wds`: write the WebDataset copy
+    at all (False: a Zarr-only store, a quarter of the size; the streaming backend then refuses it);
+    `wds_compression`: "none" (members are plain `.npy`) or "blosc-lz4" (each member is its `.npy`
+    file compressed with blosc, byte shuffle + lz4: `{source}.npy.blosc`).
+    """
 
-def atomic_write_lines(path: Path, records: list[dict]) -> None:
-    """JSONL: one compact sorted-key JSON object per line."""
-    atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+    chunk_frames: int = 256
+    shard_frames: int = 4096
+    segment_frames: int = 256
+    wds_shard_bytes: int = 256 * 2**20
+    wds: bool = True
+    wds_compression: str = "none"
+
+    def __post_init__(self) -> None:
+        if min(self.chunk_frames, self.shard_frames, self.segment_frames, self.wds_shard_bytes) <= 0:
+            raise VRDataError(None, f"store geometry must be positive: {self}")
+        if self.wds_compression not in WDS_COMPRESSIONS:
+            raise VRDataError(None, f"wds_compression must be one of {', '.join(WDS_COMPRESSIONS)}, "
+                                    f"not {self.wds_compression!r}")
+        if self.shard_frames % self.chunk_frames or self.shard_frames % self.segment_frames:
+            raise VRDataError(None, f"shard_frames={self.shard_frames} must be a multiple of chunk_frames="
+                                    f"{self.chunk_frames} and segment_frames={self.segment_frames}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "Geometry":
+        sizes = {k: int(values[k]) for k in cls.__dataclass_fields__ if k not in ("wds", "wds_compression")}
+        # Stores from before these fields have uncompressed tars.
+        return cls(**sizes, wds=bool(values.get("wds", True)), wds_compression=str(values.get("wds_compression", "none")))

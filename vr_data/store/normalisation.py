@@ -17,8 +17,9 @@ import numpy as np
 
 from vr_data import __version__
 from vr_data.errors import VRDataError
-from vr_data.manifest import file_sha256
-from vr_data.store_format import ROLE_SOURCES, STORE_JSON, atomic_write_json
+from vr_data.catalog.manifest import file_sha256
+from vr_data.io import atomic_write_json
+from vr_data.store.format import ROLE_SOURCES, STORE_JSON
 
 STATS_JSON = "stats.json"
 STATS_KIND = "vr-store-stats"

@@ -18,60 +18,21 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vr_data.codec import CodecConfig
+from vr_data.store.codec import CodecConfig
 from vr_data.errors import VRDataError
-from vr_data.manifest import Item, Manifest, manifest_digest
-from vr_data.spectrogram import StftConfig
-from vr_data.store_format import ROLE_SOURCES, array_name, atomic_write_json, read_json
+from vr_data.catalog.manifest import Item, Manifest, manifest_digest
+from vr_data.dsp.stft import StftConfig
+from vr_data.store.format import ROLE_SOURCES, WDS_COMPRESSIONS, Geometry, array_name, read_json  # noqa: F401  (Geometry re-exported)
+from vr_data.io import atomic_write_json
 
 PLAN_FORMAT = "vr-store-plan"
 # A pair item with a vocal source (MUSDB's vocals stem) also becomes a vocal track with this id
 # suffix; scanned item ids never contain "_", so it cannot collide with an item.
 DERIVED_VOCAL_SUFFIX = "_vocal"
-WDS_COMPRESSIONS = ("none", "blosc-lz4")
 # Track ids become file names and WebDataset keys: no dots (WebDataset splits names at the first
 # dot), no path separators.
 TRACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 MARGIN_FRAMES = 2  # reserve beyond the predicted frames, for headers that undercount by a few samples
-
-
-@dataclass(frozen=True)
-class Geometry:
-    """Frame counts of the store's containers.
-
-    `chunk_frames`: Zarr inner chunk (about one training crop); `shard_frames`: Zarr shard, the
-    unit a task writes; `segment_frames`: one WebDataset sample; `wds_shard_bytes`: target size
-    of one tar (a track's tar is split into parts beyond it); `wds`: write the WebDataset copy
-    at all (False: a Zarr-only store, a quarter of the size; the streaming backend then refuses it);
-    `wds_compression`: "none" (members are plain `.npy`) or "blosc-lz4" (each member is its `.npy`
-    file compressed with blosc, byte shuffle + lz4: `{source}.npy.blosc`).
-    """
-
-    chunk_frames: int = 256
-    shard_frames: int = 4096
-    segment_frames: int = 256
-    wds_shard_bytes: int = 256 * 2**20
-    wds: bool = True
-    wds_compression: str = "none"
-
-    def __post_init__(self) -> None:
-        if min(self.chunk_frames, self.shard_frames, self.segment_frames, self.wds_shard_bytes) <= 0:
-            raise VRDataError(None, f"store geometry must be positive: {self}")
-        if self.wds_compression not in WDS_COMPRESSIONS:
-            raise VRDataError(None, f"wds_compression must be one of {', '.join(WDS_COMPRESSIONS)}, "
-                                    f"not {self.wds_compression!r}")
-        if self.shard_frames % self.chunk_frames or self.shard_frames % self.segment_frames:
-            raise VRDataError(None, f"shard_frames={self.shard_frames} must be a multiple of chunk_frames="
-                                    f"{self.chunk_frames} and segment_frames={self.segment_frames}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> "Geometry":
-        sizes = {k: int(values[k]) for k in cls.__dataclass_fields__ if k not in ("wds", "wds_compression")}
-        # Stores from before these fields have uncompressed tars.
-        return cls(**sizes, wds=bool(values.get("wds", True)), wds_compression=str(values.get("wds_compression", "none")))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ cache, and `read_many` keeps many crops in flight at once. `iter_wds_samples` st
 WebDataset shards of a role, validating every member.
 
 Shapes: stored frames are float16 `(frames, channels=2, re/im=2, bins)`; spectrograms are
-complex64 `(channels=2, bins, frames)` as `vr_data.spectrogram.stft` returns them.
+complex64 `(channels=2, bins, frames)` as `vr_data.dsp.stft.stft` returns them.
 """
 
 from __future__ import annotations
@@ -21,17 +21,17 @@ from pathlib import Path
 import numpy as np
 import tensorstore as ts
 
-from vr_data.codec import CodecConfig, decode
+from vr_data.store.codec import CodecConfig, decode
 from vr_data.errors import VRDataError
-from vr_data.manifest import resolve_under
-from vr_data.spectrogram import StftConfig
-from vr_data.store_arrays import open_array, read_region
-from vr_data.store_format import (
+from vr_data.catalog.manifest import resolve_under
+from vr_data.dsp.stft import StftConfig
+from vr_data.store.arrays import open_array, read_region
+from vr_data.store.format import (
     REJECTS_JSONL, STORE_JSON, TRACKS_JSONL, WDS_DIR, WDS_INDEX, ZARR_DIR, BuildReject, StoreMeta, TrackRecord,
     WdsShard, read_json, read_store_meta,
 )
-from vr_data.store_plan import Geometry
-from vr_data.wds import iter_tar_samples
+from vr_data.store.plan import Geometry
+from vr_data.store.wds import iter_tar_samples
 
 DEFAULT_CACHE_BYTES = 64 * 2**20
 
@@ -178,7 +178,7 @@ def iter_wds_samples(store: Store, role: str, shards: Sequence[WdsShard | str] |
     """Samples of the WebDataset shards of `role` (all, in index order, or the given ones).
 
     Each sample is `{"__key__", "json": {...}, source: float16 (segment_frames, 2, 2, bins)...}`.
-    Shard paths must stay inside `wds/`; members are validated (see `vr_data.wds.iter_tar_samples`).
+    Shard paths must stay inside `wds/`; members are validated (see `vr_data.store.wds.iter_tar_samples`).
     """
     chosen = store.wds_shards(role) if shards is None else shards
     for shard in chosen:

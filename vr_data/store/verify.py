@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from vr_data.errors import VRDataError
-from vr_data.manifest import file_sha256, read_manifest, resolve_under
+from vr_data.catalog.manifest import file_sha256, read_manifest, resolve_under
 from vr_data.parallel import map_unordered
 from vr_data.store import Store, open_store
-from vr_data.store_arrays import open_array, read_region, shard_key
-from vr_data.store_format import WDS_DIR, ZARR_DIR, TrackRecord, WdsShard
-from vr_data.store_plan import expected_frames, planned_roles
-from vr_data.wds import iter_tar_samples, sample_key
+from vr_data.store.arrays import open_array, read_region, shard_key
+from vr_data.store.format import WDS_DIR, ZARR_DIR, TrackRecord, WdsShard
+from vr_data.store.plan import expected_frames, planned_roles
+from vr_data.store.wds import iter_tar_samples, sample_key
 
 
 @dataclass(frozen=True)

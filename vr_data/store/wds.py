@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vr_data.errors import VRDataError
-from vr_data.store_format import WdsShard
+from vr_data.store.format import WdsShard
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _BLOCK = tarfile.BLOCKSIZE

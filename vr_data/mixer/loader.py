@@ -1,0 +1,96 @@
+"""`MixerLoader`: a DataLoader over a mixer dataset that knows where it is, for exact resume."""
+
+from __future__ import annotations
+
+import atexit
+import os
+
+from torch.utils.data import DataLoader
+
+from vr_data.errors import VRDataError
+from vr_data.mixer.base import MixerBase
+from vr_data.mixer.config import MixerConfig
+
+
+class MixerLoader:
+    """A DataLoader over a mixer dataset that knows where it is: `state_dict()` after n batches,
+    then `load_state_dict()` in a new process, continues with batch n + 1 exactly.
+
+    Iterating yields one epoch (the rest of the current one); the next iteration continues with
+    the next epoch on the same worker processes. Workers are started with `spawn` (tensorstore
+    must not be forked once it has threads); a script that uses workers needs a
+    `if __name__ == "__main__":` guard.
+
+    `reuse_outputs=True` recycles a small ring of output buffers instead of allocating (and, from
+    a worker, copying into shared memory) 2 x batch x 2 x bins x frames floats per batch: faster,
+    but a batch's `mixture`/`target` are overwritten a few batches later, so the consumer must be
+    done with a batch (e.g. have moved it to the GPU) before it asks for the next-but-two.
+    """
+
+    def __init__(self, dataset: MixerBase, num_workers: int = 0, prefetch_factor: int = 2, pin_memory: bool = False,
+                 reuse_outputs: bool = False):
+        self.dataset = dataset
+        # In flight per worker: prefetch_factor batches queued + one being made; the consumer holds one.
+        dataset.output_ring = (prefetch_factor + 2 if num_workers else 2) if reuse_outputs else 0
+        self.num_workers = num_workers
+        self.prefetch_factor = prefetch_factor
+        self.pin_memory = pin_memory
+        self.epoch = dataset.epoch
+        self.batch = dataset.start_batch
+        self._batches = None
+
+    def __len__(self) -> int:
+        return self.dataset.batches_per_rank()
+
+    def __iter__(self):
+        """Yield the remaining batches of the current epoch."""
+        if self.batch >= len(self):
+            self.epoch, self.batch = self.epoch + 1, 0
+        if self._batches is None:
+            self.dataset.set_position(self.epoch, self.batch)
+            loader = DataLoader(
+                self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
+                prefetch_factor=self.prefetch_factor if self.num_workers else None,
+                multiprocessing_context="spawn" if self.num_workers else None,
+                worker_init_fn=_exit_without_finalising if self.num_workers else None,
+            )
+            self._batches = iter(loader)
+        while self.batch < len(self):
+            batch = next(self._batches)
+            if (batch["epoch"], batch["batch"]) != (self.epoch, self.batch):
+                raise RuntimeError(f"mixer out of step: got batch {batch['epoch']}/{batch['batch']}, "
+                                   f"expected {self.epoch}/{self.batch}")
+            self.batch += 1
+            yield batch
+        self.epoch, self.batch = self.epoch + 1, 0
+
+    def close(self) -> None:
+        """Stop the worker processes (they restart at the current position when needed)."""
+        self._batches = None
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "batch": self.batch, "config": self.dataset.config.to_dict(),
+                "rank": self.dataset.rank, "world_size": self.dataset.world_size}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("world_size", self.dataset.world_size) != self.dataset.world_size:
+            raise VRDataError(None, f"loader state was saved with world size {state['world_size']}, "
+                                    f"this run has {self.dataset.world_size}")
+        self.close()
+        self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
+        saved = MixerConfig.from_dict(state["config"]) if "config" in state else self.dataset.config
+        if saved.crop_frames != self.dataset.config.crop_frames:
+            self.dataset.set_crop_frames(saved.crop_frames)
+
+    def set_crop_frames(self, crop_frames: int) -> None:
+        """Next curriculum stage: the following batches have `crop_frames` frames (new epoch plan;
+        the position is kept as (epoch, batch) and clipped to the new epoch length)."""
+        self.close()
+        self.dataset.set_crop_frames(crop_frames)
+        self.batch = min(self.batch, len(self))
+
+
+def _exit_without_finalising(worker_id: int) -> None:
+    """Workers leave with os._exit: interpreter finalisation would tear down tensorstore's
+    threads out of order (std::terminate, SIGABRT), which the DataLoader reports as a crash."""
+    atexit.register(os._exit, 0)
