@@ -10,7 +10,7 @@ import torch
 
 from vr_data.errors import VRDataError
 from vr_model.config import FramePrimerConfig
-from vr_model.denoise import DenoiseConfig, add_noise, denoise_loss, noise_generator, snr_db
+from vr_model.denoise import DenoiseConfig, add_noise, denoise_loss, example_generators, noise_generator, snr_db
 from vr_model.unet import FramePrimerUNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -97,6 +97,20 @@ def test_noise_is_a_pure_function_of_seed_and_step_and_gamma_is_drawn_per_exampl
     assert first.gamma.std() > 0.01
     fixed = add_noise(magnitude, valid, DenoiseConfig(gamma=0.95), noise_generator(7, 10))
     assert torch.all(fixed.gamma == torch.tensor(0.95))
+
+
+def test_per_example_noise_does_not_depend_on_the_batch_split():
+    magnitude = harmonic_spectra(torch.Generator().manual_seed(5), batch=6, frames=8)
+    valid = torch.ones(6, 8, dtype=torch.bool)
+    config = DenoiseConfig(gamma=(0.9, 0.99))
+    whole = add_noise(magnitude, valid, config, example_generators(3, 2, range(6)))
+    halves = [add_noise(magnitude[part], valid[part], config, example_generators(3, 2, range(6)[part]))
+              for part in (slice(0, 3), slice(3, 6))]
+    assert torch.equal(whole.noise, torch.cat([half.noise for half in halves]))
+    assert torch.equal(whole.gamma, torch.cat([half.gamma for half in halves]))
+    assert torch.equal(whole.model_input, torch.cat([half.model_input for half in halves]))
+    next_epoch = add_noise(magnitude, valid, config, example_generators(3, 3, range(6)))
+    assert not torch.equal(whole.noise, next_epoch.noise)
 
 
 def test_loss_counts_only_valid_frames_and_bins_below_nyquist():

@@ -28,13 +28,16 @@ The paper's reference implementation, `(x + sigma*eps) / sqrt(1 + sigma^2)` with
 `gamma = 1 / (1 + sigma^2)` = 0.96 with `noise_scale = 1`; the default gamma 0.95 is within a
 hair of it (sigma 0.23).
 
-Noise is a pure function of a torch Generator (`noise_generator(seed, step, micro, rank)` makes
-one per micro-batch), so a resumed run draws exactly the noise the uninterrupted run drew.
+Noise is a pure function of torch Generators seeded from plain integers (`noise_generator`;
+`example_generators` keys one on each example's (epoch, index)), so a resumed run draws exactly
+the noise the uninterrupted run drew, and the noise of an example does not depend on the batch
+size or the number of ranks.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -133,18 +136,27 @@ def noise_generator(seed: int, *keys: int, device: str | torch.device = "cpu") -
     return generator
 
 
+def example_generators(seed: int, epoch: int, indices: Sequence[int], device: str | torch.device = "cpu",
+                       ) -> list[torch.Generator]:
+    """One generator per example, keyed on (seed, epoch, the example's index in its epoch): the
+    noise of an example is the same whatever the batch split, accumulation or world size."""
+    return [noise_generator(seed, epoch, int(index), device=device) for index in indices]
+
+
 def add_noise(
     magnitude: Tensor,
     valid: Tensor,
     config: DenoiseConfig,
-    generator: torch.Generator,
+    generator: torch.Generator | Sequence[torch.Generator],
     normalisation: str = "crop_max",
 ) -> NoisyBatch:
     """Noise a batch of magnitude crops.
 
     magnitude `(B, C, F, T)` >= 0 (normalised as `normalisation` says, zero on padding),
-    valid `(B, T)` bool (True on real frames), `generator` on the magnitude's device
-    -> `NoisyBatch`. Draws, in this order, `B` uniforms (gamma) then `B*C*F*T` normals (eps).
+    valid `(B, T)` bool (True on real frames), `generator`: one torch Generator on the
+    magnitude's device, or one per example (`example_generators`) -> `NoisyBatch`. One generator
+    draws `B` uniforms (gamma) then `B*C*F*T` normals (eps); per-example generators draw one
+    uniform then `C*F*T` normals each.
     """
     if magnitude.dim() != 4 or valid.shape != (magnitude.shape[0], magnitude.shape[3]):
         raise VRDataError(None, f"add_noise needs magnitude (B, C, F, T) and valid (B, T), "
@@ -153,8 +165,15 @@ def add_noise(
     batch = magnitude.shape[0]
     device = magnitude.device
     low, high = config.gamma
-    gamma = low + (high - low) * torch.rand(batch, generator=generator, device=device)
-    noise = torch.randn(magnitude.shape, generator=generator, device=device)
+    if isinstance(generator, torch.Generator):
+        unit = torch.rand(batch, generator=generator, device=device)
+        noise = torch.randn(magnitude.shape, generator=generator, device=device)
+    else:  # one generator per example: an example's noise does not depend on its batch
+        if len(generator) != batch:
+            raise VRDataError(None, f"add_noise got {len(generator)} generators for {batch} examples")
+        unit = torch.cat([torch.rand(1, generator=g, device=device) for g in generator])
+        noise = torch.stack([torch.randn(magnitude.shape[1:], generator=g, device=device) for g in generator])
+    gamma = low + (high - low) * unit
     keep = valid.to(device=device, dtype=magnitude.dtype)[:, None, None, :]   # (B, 1, 1, T)
     signal_gain = gamma.sqrt()[:, None, None, None]                          # (B, 1, 1, 1)
     noise_gain = ((1.0 - gamma).sqrt() * config.noise_scale)[:, None, None, None]
