@@ -1,4 +1,5 @@
-"""`separate_spectrogram`: chunking, padding, cross-fading, normalisation, types."""
+"""`predict_mask` / `separate_spectrogram`: chunking, padding, the cross-fade against a
+frame-by-frame reference, the per-crop input normalisation, types."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import torch
 
 from vr_data.errors import VRDataError
 from vr_model import FramePrimerConfig, FramePrimerUNet
-from vr_model.inference import crop_starts, crossfade_window, normalise_by_max, separate_spectrogram
-
+from vr_model.inference import crop_starts, crossfade_window, predict_mask, separate_spectrogram
+from vr_model.normalisation import InputNormalisation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -18,6 +19,7 @@ SMALL = FramePrimerConfig(
     bins=64, channels=(2, 2, 3, 3, 4), encoder_primers=(1,) * 5, decoder_primers=(1,) * 5,
     num_heads=2, feedforward_expansion=1, max_frames=32, dropout=0.0,
 )
+CROP_MAX = InputNormalisation("crop_max")
 
 
 @pytest.fixture(scope="module")
@@ -27,14 +29,47 @@ def model() -> FramePrimerUNet:
 
 
 def mixture(frames: int, seed: int = 0) -> torch.Tensor:
+    """A complex `(2, 65, frames)` spectrogram whose level changes a lot along time, so crops
+    of one song have different maxima (a song-level and a crop-level scaling then differ)."""
     generator = torch.Generator().manual_seed(seed)
     real, imag = torch.randn(2, 2, 65, frames, generator=generator)
-    return torch.complex(real, imag)
+    level = torch.logspace(0, 2, frames)  # 1 -> 100 over the song
+    return torch.complex(real, imag) * level
 
 
-def direct_mask(model: FramePrimerUNet, spec: torch.Tensor) -> torch.Tensor:
+def crop_mask(model: FramePrimerUNet, spec: torch.Tensor, start: int, crop: int,
+              normalisation: InputNormalisation = CROP_MAX) -> torch.Tensor:
+    """The model's mask of one crop, computed directly: zero-pad to `crop` frames, normalise the
+    crop alone, mask the padding. `(C, F+1, crop)`."""
+    piece = spec[..., start: start + crop].abs()
+    real = piece.shape[-1]
+    piece = torch.nn.functional.pad(piece, (0, crop - real))[None]
+    padding = (torch.arange(crop) >= real)[None]
     with torch.inference_mode():
-        return model(normalise_by_max(spec.abs())[None])[0]
+        return model(normalisation.apply(piece), padding if padding.any() else None)[0]
+
+
+def reference_crossfade(model: FramePrimerUNet, spec: torch.Tensor, crop: int, overlap: float) -> torch.Tensor:
+    """The cross-faded mask, frame by frame: each frame's mask is the window-weighted mean of the
+    masks of the crops covering it. Written for clarity, not speed."""
+    frames = spec.shape[-1]
+    overlap_frames = min(int(round(crop * overlap)), crop - 1)
+    hop = crop - overlap_frames
+    window = crossfade_window(crop, overlap_frames)
+    starts, start = [], 0
+    while True:
+        starts.append(start)
+        if start + crop >= frames:
+            break
+        start += hop
+    masks = {s: crop_mask(model, spec, s, crop) for s in starts}
+    out = torch.zeros(spec.shape, dtype=torch.float32)
+    for frame in range(frames):
+        covering = [s for s in starts if s <= frame < s + crop]
+        weights = torch.stack([window[frame - s] for s in covering])
+        values = torch.stack([masks[s][..., frame - s] for s in covering])      # (n, C, F+1)
+        out[..., frame] = (weights[:, None, None] * values).sum(0) / weights.sum()
+    return out
 
 
 @pytest.mark.parametrize("frames", [1, 5, 20, 32])
@@ -43,36 +78,48 @@ def test_one_crop_equals_a_direct_forward_pass(model, frames):
     spec = mixture(frames)
     instrumental = separate_spectrogram(model, spec, crop_frames=32)
     assert instrumental.shape == spec.shape and instrumental.dtype == torch.complex64
-    torch.testing.assert_close(instrumental, direct_mask(model, spec) * spec, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(instrumental, crop_mask(model, spec, 0, 32)[..., :frames] * spec, rtol=1e-4, atol=1e-5)
 
 
-def test_crops_without_overlap_are_independent(model):
+def test_crops_without_overlap_are_each_normalised_by_their_own_max(model):
     spec = mixture(64)
-    instrumental = separate_spectrogram(model, spec, crop_frames=32, overlap=0.0, batch_size=1)
-    scale = spec.abs().max()
+    mask = predict_mask(model, spec, crop_frames=32, overlap=0.0, batch_size=1)
+    halves = [crop_mask(model, spec, start, 32) for start in (0, 32)]
+    torch.testing.assert_close(mask, torch.cat(halves, dim=-1), rtol=1e-5, atol=1e-6)
+    # The song's max would scale the quiet first half by 1/100 of its own max: another mask.
+    peak = spec.abs().max()
     with torch.inference_mode():
-        halves = [model((spec[..., s: s + 32].abs() / scale)[None])[0] for s in (0, 32)]
-    torch.testing.assert_close(instrumental, torch.cat(halves, dim=-1) * spec, rtol=1e-4, atol=1e-5)
+        song_scaled = model((spec[..., :32].abs() / peak)[None])[0]
+    assert (song_scaled - halves[0]).abs().max() > 1e-3
 
 
-@pytest.mark.parametrize("frames", [33, 70, 129])
-def test_overlapping_crops_any_length(model, frames):
+@pytest.mark.parametrize("frames, crop, overlap, batch_size", [(33, 16, 0.5, 3), (70, 16, 0.5, 2),
+                                                               (129, 16, 0.25, 4), (50, 20, 0.6, 1)])
+def test_overlapping_crops_match_a_frame_by_frame_crossfade_reference(model, frames, crop, overlap, batch_size):
     spec = mixture(frames, seed=frames)
-    instrumental = separate_spectrogram(model, spec, crop_frames=16, overlap=0.5, batch_size=3)
-    assert instrumental.shape == spec.shape
-    ratio = instrumental.abs() / spec.abs()  # the mask, in [0, 1]
-    assert 0.0 <= ratio.min().item() and ratio.max().item() <= 1.0 + 1e-6
-    # Phase is the mixture's.
-    torch.testing.assert_close(torch.angle(instrumental), torch.angle(spec), rtol=1e-4, atol=1e-4)
+    mask = predict_mask(model, spec, crop_frames=crop, overlap=overlap, batch_size=batch_size)
+    torch.testing.assert_close(mask, reference_crossfade(model, spec, crop, overlap), rtol=1e-5, atol=1e-6)
+    instrumental = separate_spectrogram(model, spec, crop_frames=crop, overlap=overlap, batch_size=batch_size)
+    torch.testing.assert_close(instrumental, mask * spec, rtol=1e-6, atol=1e-6)
 
 
-def test_max_normalisation_makes_the_result_scale_free(model):
+def test_crop_max_makes_the_result_scale_free_and_none_does_not(model):
     spec = mixture(40)
     quiet = separate_spectrogram(model, spec, crop_frames=16)
     loud = separate_spectrogram(model, spec * 100.0, crop_frames=16)
     torch.testing.assert_close(loud, quiet * 100.0, rtol=1e-4, atol=1e-4)
-    raw = separate_spectrogram(model, spec * 100.0, crop_frames=16, normalise=None)
+    raw = separate_spectrogram(model, spec * 100.0, crop_frames=16, normalisation=InputNormalisation("none"))
     assert not torch.allclose(raw, loud, rtol=1e-3)
+
+
+def test_stats_normalisation_scales_every_bin_by_its_factor(model):
+    spec = mixture(24)
+    scale = torch.linspace(0.5, 2.0, 65)
+    stats = InputNormalisation("stats", bin_scale=tuple(scale.tolist()))
+    mask = predict_mask(model, spec, crop_frames=32, normalisation=stats)
+    with torch.inference_mode():
+        direct = model((spec.abs() * scale[None, :, None])[None])[0]
+    torch.testing.assert_close(mask, direct, rtol=1e-5, atol=1e-6)
 
 
 def test_numpy_in_numpy_out_and_mode_restored(model):
@@ -98,7 +145,7 @@ def test_bad_inputs_are_user_errors(model):
         separate_spectrogram(model, mixture(10), overlap=1.0)
 
 
-def test_crop_plan_covers_every_frame():
+def test_crop_plan_covers_every_frame_and_the_window_ramps():
     for frames in (1, 15, 16, 17, 100):
         for crop, hop in ((16, 8), (16, 16), (16, 5)):
             starts = crop_starts(frames, crop, hop)

@@ -5,7 +5,16 @@ whatever JSON the caller adds (`extra`: step, metrics, data store ids...). Each 
 to a temporary name in the same directory and renamed, weights first and `config.json` last,
 so a killed job leaves either the old checkpoint or the new one, and a directory with a
 `config.json` always has its weights. Other files in the directory (an optimizer state, say)
-are left alone.
+are left alone. An exponential moving average of the weights, when kept, is a second
+safetensors file, `ema.safetensors`, with the same tensor names.
+
+A training run (`vrtrain run`, `docs/training.md`) keeps its checkpoints as
+`RUN_DIR/checkpoints/step-NNNNNNNN/` (each renamed into place whole, so a listed one is
+complete) and a pointer file `RUN_DIR/checkpoints/best` naming the best by validation loss.
+`resolve_checkpoint` turns a run directory into one of those; `load_model` and
+`checkpoint_normalisation` accept either. The trainer records in `extra`: `normalisation`
+(`InputNormalisation.to_dict()`), `stft`, `store_id`, `mixer`, `train`, `step`, `stage` and
+`objective`.
 """
 
 from __future__ import annotations
@@ -22,10 +31,15 @@ from safetensors.torch import load_file, save_file
 
 from vr_data.errors import VRDataError
 from vr_model.config import FramePrimerConfig
+from vr_model.normalisation import InputNormalisation
 from vr_model.unet import FramePrimerUNet
 
 WEIGHTS = "model.safetensors"
+EMA_WEIGHTS = "ema.safetensors"
 CONFIG = "config.json"
+CHECKPOINTS = "checkpoints"        # under a run directory
+BEST = "best"                      # pointer file in RUN_DIR/checkpoints: {"checkpoint": "step-...", ...}
+STEP_PREFIX = "step-"
 FORMAT = "vr_model.frame_primer/1"
 
 
@@ -45,8 +59,10 @@ def save_checkpoint(
     model: FramePrimerUNet,
     config: FramePrimerConfig | None = None,
     extra_json: dict[str, Any] | None = None,
+    ema_state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
-    """Write `model.safetensors` and `config.json` into `path_dir` (created if missing).
+    """Write `model.safetensors` (and `ema.safetensors` when `ema_state`, a state dict with the
+    model's names, is given) and `config.json` into `path_dir` (created if missing).
 
     `config` defaults to `model.config`; `extra_json` must be JSON-serialisable. Returns the
     directory. A DDP/compiled wrapper is unwrapped by the caller (pass the bare model).
@@ -64,6 +80,12 @@ def save_checkpoint(
     # safetensors wants contiguous tensors that own their storage.
     weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
     _replace_atomically(directory / WEIGHTS, lambda temporary: save_file(weights, temporary, metadata={"format": FORMAT}))
+    if ema_state is not None:
+        if set(ema_state) != set(weights):
+            raise ValueError("ema_state must have exactly the model's state_dict names")
+        averaged = {name: tensor.detach().to("cpu").contiguous() for name, tensor in ema_state.items()}
+        _replace_atomically(directory / EMA_WEIGHTS,
+                            lambda temporary: save_file(averaged, temporary, metadata={"format": FORMAT}))
     _replace_atomically(directory / CONFIG, lambda temporary: Path(temporary).write_text(text + "\n"))
     return directory
 
@@ -82,22 +104,81 @@ def read_checkpoint_json(path_dir: str | Path) -> dict[str, Any]:
     return document
 
 
-def load_model(path_dir: str | Path, device: str | torch.device = "cpu") -> FramePrimerUNet:
-    """Rebuild the model from `config.json` and load `model.safetensors` (strict; no unpickling).
+def resolve_checkpoint(path: str | Path, which: str = "best") -> Path:
+    """The checkpoint directory `path` means: `path` itself when it holds a `config.json`;
+    for a run directory (or its `checkpoints/`), the best by validation (`which="best"`; the
+    latest when the run has no validation yet) or the latest (`which="latest"`)."""
+    if which not in ("best", "latest"):
+        raise ValueError(f"which must be 'best' or 'latest', not {which!r}")
+    path = Path(path)
+    if (path / CONFIG).is_file():
+        return path
+    directory = path / CHECKPOINTS if (path / CHECKPOINTS).is_dir() else path
+    if which == "best" and (directory / BEST).is_file():
+        try:
+            name = json.loads((directory / BEST).read_text())["checkpoint"]
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            raise VRDataError(directory / BEST, f"unreadable best-checkpoint pointer: {error}") from None
+        if not (directory / name / CONFIG).is_file():
+            raise VRDataError(directory / BEST, f"points at {name}, which is not a checkpoint")
+        return directory / name
+    steps = list_checkpoints(directory)
+    if not steps:
+        raise VRDataError(path, "not a checkpoint directory (no config.json), nor a run directory with checkpoints")
+    return steps[-1]
 
+
+def list_checkpoints(directory: str | Path) -> list[Path]:
+    """The finished `step-NNNNNNNN` checkpoints of a `RUN_DIR/checkpoints` directory, oldest first.
+
+    Checkpoints are written under a temporary (dot) name and renamed whole, so every name listed
+    here is complete; a dot-name left by a killed save is ignored."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        return []
+    found = []
+    for entry in directory.iterdir():
+        digits = entry.name[len(STEP_PREFIX):]
+        if entry.name.startswith(STEP_PREFIX) and digits.isdigit() and (entry / CONFIG).is_file():
+            found.append((int(digits), entry))
+    return [entry for _, entry in sorted(found)]
+
+
+def checkpoint_normalisation(path: str | Path) -> InputNormalisation:
+    """The input normalisation a checkpoint was trained with (`extra.normalisation`); a
+    checkpoint that records none was not made by the trainer and gets the mixer's default."""
+    document = read_checkpoint_json(resolve_checkpoint(path))
+    record = document.get("extra", {}).get("normalisation")
+    return InputNormalisation() if record is None else InputNormalisation.from_dict(record)
+
+
+def load_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """A safetensors state dict (no unpickling); unreadable files are user errors."""
+    try:
+        return load_file(path, device=str(device))
+    except (FileNotFoundError, SafetensorError, OSError) as error:
+        raise VRDataError(path, f"unreadable checkpoint weights: {error}") from None
+
+
+def load_model(path_dir: str | Path, device: str | torch.device = "cpu", weights: str = "ema") -> FramePrimerUNet:
+    """Rebuild the model from `config.json` and load its weights (strict; no unpickling).
+
+    `path_dir`: a checkpoint directory, or a run directory (its best checkpoint, see
+    `resolve_checkpoint`). `weights="ema"` loads `ema.safetensors` where the checkpoint has one
+    and `model.safetensors` otherwise; `"raw"` always loads `model.safetensors`.
     The model is returned in eval mode on `device`.
     """
-    document = read_checkpoint_json(path_dir)
+    if weights not in ("ema", "raw"):
+        raise VRDataError(None, f"weights must be 'ema' or 'raw', not {weights!r}")
+    directory = resolve_checkpoint(path_dir)
+    document = read_checkpoint_json(directory)
     config = FramePrimerConfig.from_dict(document["model"])
-    weights_path = Path(path_dir) / WEIGHTS
-    try:
-        weights = load_file(weights_path, device=str(device))
-    except (FileNotFoundError, SafetensorError, OSError) as error:
-        raise VRDataError(weights_path, f"unreadable checkpoint weights: {error}") from None
+    weights_path = directory / EMA_WEIGHTS if weights == "ema" and (directory / EMA_WEIGHTS).is_file() else directory / WEIGHTS
+    state = load_weights(weights_path, device)
     with torch.device("meta"):
         model = FramePrimerUNet(config)  # no random init: every tensor comes from the file
     try:
-        model.load_state_dict(weights, strict=True, assign=True)
+        model.load_state_dict(state, strict=True, assign=True)
     except RuntimeError as error:
         raise VRDataError(weights_path, f"weights do not match the config: {error}") from None
     return model.to(device).eval()

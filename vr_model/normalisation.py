@@ -75,7 +75,7 @@ class InputNormalisation:
             return cls(kind=kind)
         import numpy as np
 
-        from vr_data.stats.normalisation import load_normalisation
+        from vr_data.store.normalisation import load_normalisation
 
         mean, _ = load_normalisation(Path(store_path), stats_role)
         return cls(kind="stats", bin_scale=tuple(np.exp(-mean).astype(np.float32).tolist()))

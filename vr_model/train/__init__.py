@@ -1,0 +1,21 @@
+"""The trainer: `vrtrain run` (config, schedule, objectives, the loop, checkpoints, validation).
+
+- `config`: `TrainConfig` (TOML, a comment per key, dotted `--set` overrides);
+- `schedule`: `learning_rate(step, ...)`, a pure function of the step;
+- `objectives`: `OBJECTIVES` (name -> function returning `LossTerms`), `masked_error`,
+  `supervised_loss`;
+- `build`: model, `--init`, parameter groups, optimizer, EMA, per-rank batch split;
+- `loop`: `train(store, run_dir, config)`, the nanoGPT-style loop;
+- `state`: training checkpoints (atomic), resume state, best pointer, pruning;
+- `validation`: fixed valid crops, the SDR hook; `runlog`: progress, logs, metrics, plots.
+"""
+
+from vr_model.train.config import TrainConfig, dump_config, load_config
+from vr_model.train.loop import RunSummary, TrainingStopped, train
+from vr_model.train.objectives import OBJECTIVES, LossTerms, StepContext, masked_error, supervised_loss
+from vr_model.train.schedule import learning_rate
+
+__all__ = [
+    "OBJECTIVES", "LossTerms", "RunSummary", "StepContext", "TrainConfig", "TrainingStopped", "dump_config",
+    "learning_rate", "load_config", "masked_error", "supervised_loss", "train",
+]
