@@ -1,0 +1,142 @@
+"""ONNX export of the mask network, and separation through onnxruntime.
+
+The STFT, the input normalisation and the cross-fading stay outside the network, so the export
+is the plain mask network: `magnitude (batch, channels, bins, frames)` float32, already
+normalised, in; `mask` of the same shape out. The batch and frames axes are dynamic; frames
+may be 1 to `max_frames` (the relative position embeddings cover no more). The checkpoint's
+normalisation, STFT and model config travel in the ONNX file's metadata, so `vrtrain separate
+--onnx` needs nothing else.
+
+The legacy TorchScript exporter is used: the dynamo exporter needs onnxscript, and the trace
+of this model is static apart from the two dynamic axes (checked by `tests/test_export.py`
+at several frame counts against torch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vr_data.dsp import StftConfig
+from vr_data.errors import VRDataError
+from vr_model.normalisation import InputNormalisation
+
+OPSET = 17
+FORMAT = "vr_model.frame_primer.onnx/1"
+INPUT, OUTPUT = "magnitude", "mask"
+
+
+def export_onnx(model: torch.nn.Module, path: str | Path, normalisation: InputNormalisation,
+                stft_config: StftConfig, trace_frames: int = 32) -> Path:
+    """Write `model`'s mask network to `path` (atomically) with its contract as metadata."""
+    import onnx
+
+    config = model.config
+    if config.head != "mask":
+        raise VRDataError(None, f"this model's head is {config.head!r}; only mask models are exported")
+    if stft_config.bins != config.bins + 1:
+        raise VRDataError(None, f"the STFT gives {stft_config.bins} bins, the model takes {config.bins + 1}")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frames = max(2, min(trace_frames, config.max_frames))
+    device = next(model.parameters()).device
+    example = torch.rand(1, config.in_channels, config.bins + 1, frames, device=device)
+    was_training = model.training
+    model.eval()
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(descriptor)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            # Tracer warnings name the shape checks in forward(), which the trace freezes as
+            # constants; the dynamic axes are verified by the parity test instead.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model, (example,), temporary, input_names=[INPUT], output_names=[OUTPUT],
+                dynamic_axes={INPUT: {0: "batch", 3: "frames"}, OUTPUT: {0: "batch", 3: "frames"}},
+                opset_version=OPSET, dynamo=False, do_constant_folding=True,
+            )
+        document = onnx.load(temporary)
+        metadata = {
+            "format": FORMAT,
+            "model": json.dumps(config.to_dict(), sort_keys=True),
+            "normalisation": json.dumps(normalisation.to_dict(), sort_keys=True),
+            "stft": json.dumps(stft_config.to_dict(), sort_keys=True),
+        }
+        for key, value in metadata.items():
+            entry = document.metadata_props.add()
+            entry.key, entry.value = key, value
+        onnx.save(document, temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    finally:
+        model.train(was_training)
+    return path
+
+
+class OnnxMaskNetwork:
+    """An exported mask network run by onnxruntime; a `vr_model.separate.MaskNetwork`."""
+
+    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
+        import onnxruntime
+
+        path = Path(path)
+        if not path.is_file():
+            raise VRDataError(path, "ONNX file not found")
+        options = onnxruntime.SessionOptions()
+        if threads is not None:
+            options.intra_op_num_threads = threads
+        providers = ["CPUExecutionProvider"]
+        if device.startswith("cuda"):
+            if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+                raise VRDataError(path, "--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+            providers.insert(0, "CUDAExecutionProvider")
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+        except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise VRDataError(path, f"cannot load the ONNX model ({str(error).splitlines()[0][:160]})") from None
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if metadata.get("format") != FORMAT:
+            raise VRDataError(path, f"not an exported vr_model mask network (format {metadata.get('format')!r})")
+        self.config = json.loads(metadata["model"])
+        self.normalisation = InputNormalisation.from_dict(json.loads(metadata["normalisation"]))
+        self.stft = StftConfig.from_dict(json.loads(metadata["stft"]))
+        self.channels = int(self.config["in_channels"])
+        self.bins = int(self.config["bins"]) + 1
+        self.max_frames = int(self.config["max_frames"])
+
+    def __call__(self, magnitude: torch.Tensor) -> torch.Tensor:
+        if magnitude.shape[-1] > self.max_frames:
+            raise VRDataError(None, f"{magnitude.shape[-1]} frames; the network takes at most {self.max_frames}")
+        feed = {INPUT: np.ascontiguousarray(magnitude.numpy(), dtype=np.float32)}
+        return torch.from_numpy(self.session.run([OUTPUT], feed)[0])
+
+
+def separator_from_onnx(path: str | Path, device: str = "cpu", options=None):
+    """A `Separator` running the exported network, with the normalisation and STFT it carries."""
+    from vr_model.separate import SeparationOptions, Separator
+
+    network = OnnxMaskNetwork(path, device)
+    return Separator(network, network.normalisation, network.stft, options or SeparationOptions())
+
+
+def max_abs_difference(model: torch.nn.Module, path: str | Path, frames: tuple[int, ...] = (1, 7, 32),
+                       batch: int = 2, seed: int = 0) -> float:
+    """Largest |onnxruntime - torch| over random normalised inputs of each frame count."""
+    network = OnnxMaskNetwork(path)
+    generator = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    model = model.eval()
+    for count in frames:
+        magnitude = torch.rand(batch, network.channels, network.bins, count, generator=generator)
+        with torch.inference_mode():
+            expected = model(magnitude)
+        worst = max(worst, float((network(magnitude) - expected).abs().max()))
+    return worst
