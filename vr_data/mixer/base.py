@@ -43,11 +43,16 @@ def build_libraries(tracks, config: MixerConfig) -> dict[str, Library]:
 
     instrumentals = [(t, "instrumental") for t in chosen if t.role == "instrumental" and "instrumental" in config.instrumental_sources]
     instrumentals += [(t, "instrumental") for t in chosen if t.role == "pair" and "pair" in config.instrumental_sources]
+    # The pretraining library: the pretrain role's audio, plus other roles' sources on request.
+    pretrain_from = {"pretrain": ("pretrain", "audio"), "pair_mixture": ("pair", "mixture"),
+                     "pair_instrumental": ("pair", "instrumental"), "instrumental": ("instrumental", "instrumental")}
+    pretrain = [(t, source) for name, (role, source) in pretrain_from.items() if name in config.pretrain_sources
+                for t in chosen if t.role == role]
     return {
         "pair": library([(t, "mixture") for t in chosen if t.role == "pair"]),
         "augmented": library(instrumentals),
         "vocal": library([(t, "vocal") for t in chosen if t.role == "vocal"]),
-        "pretrain": library([(t, "audio") for t in chosen if t.role == "pretrain"]),
+        "pretrain": library(pretrain),
     }
 
 

@@ -15,6 +15,8 @@ from vr_data.errors import VRDataError
 from vr_data.mixer.sampling import KINDS
 
 NORMALISATIONS = ("crop_max", "stats", "none")
+# What the `pretrain` kind's library holds: the pretrain role, and optionally other roles' audio.
+PRETRAIN_SOURCES = ("pretrain", "pair_mixture", "pair_instrumental", "instrumental")
 SILENCE_RULES = ("resample", "count", "keep")
 
 
@@ -34,6 +36,7 @@ class MixerConfig:
     split: str = "train"
     proportions: dict = field(default_factory=lambda: {"pair": 0.5, "augmented": 0.5, "pretrain": 0.0})
     instrumental_sources: tuple = ("instrumental", "pair")
+    pretrain_sources: tuple = ("pretrain",)
     vocal_probability: float = 0.98
     swap_probability: float = 0.5
     vocal_channel_drop_probability: float = 0.025
@@ -59,17 +62,22 @@ class MixerConfig:
         unknown = set(self.proportions) - set(KINDS)
         if unknown:
             raise VRDataError(None, f"unknown example kinds {sorted(unknown)}; kinds are {', '.join(KINDS)}")
+        unknown = set(self.pretrain_sources) - set(PRETRAIN_SOURCES)
+        if unknown or not self.pretrain_sources:
+            raise VRDataError(None, f"pretrain_sources must name some of {', '.join(PRETRAIN_SOURCES)}, "
+                                    f"not {list(self.pretrain_sources)}")
 
     def to_dict(self) -> dict:
         record = asdict(self)
         record["instrumental_sources"] = list(self.instrumental_sources)
+        record["pretrain_sources"] = list(self.pretrain_sources)
         record["vocal_gain_db"] = list(self.vocal_gain_db)
         return record
 
     @classmethod
     def from_dict(cls, record: dict) -> "MixerConfig":
         values = dict(record)
-        for key in ("instrumental_sources", "vocal_gain_db"):
+        for key in ("instrumental_sources", "pretrain_sources", "vocal_gain_db"):
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})

@@ -100,6 +100,9 @@ class WdsMixerDataset(MixerBase):
         if not self.store.geometry.wds:
             raise VRDataError(self.store_path, "store was built without WebDataset tars (--no-wds); "
                                                "use ZarrMixerDataset, or rebuild with --wds")
+        if config.proportions.get("pretrain", 0) > 0 and tuple(config.pretrain_sources) != ("pretrain",):
+            # A stream reads one set of sources from every sample; other roles' tars hold others.
+            raise VRDataError(self.store_path, "pretrain_sources beyond 'pretrain' need the zarr backend")
         self.buffer_size = buffer_size
         self.wds_dir = self.store_path / "wds"
 
