@@ -56,4 +56,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m pipelines.vrtrain` (and `torchrun -m pipelines.vrtrain`) runs this file as
+    # __main__, while the command modules register on `pipelines.vrtrain.app`: run that one.
+    from pipelines.vrtrain import main as registered_main
+
+    registered_main()
