@@ -123,6 +123,9 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
             raise VRDataError(None, f"curriculum.{index}.crop_frames {stage.crop_frames} exceeds the model's "
                                     f"max_frames {model_config.max_frames}")
         rank_batching(stage, world_size)  # a global batch the ranks cannot split fails now
+    if config.validation_crop_frames() > model_config.max_frames:
+        raise VRDataError(None, f"validation.crop_frames {config.validation_crop_frames()} exceeds the model's "
+                                f"max_frames {model_config.max_frames}")
     store_id = store_identity(store)
     mixer_first = config.mixer_config(config.curriculum[0], 1)
     normalisation = InputNormalisation.for_mixer(store_path, mixer_first.normalisation, mixer_first.stats_role)
@@ -132,6 +135,8 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
     resume_dir = None
     if resume:
         found = list_checkpoints(checkpoints_dir)
+        if not found and writer:
+            print(f"{run_dir}: no checkpoint yet; starting from step 0", flush=True)
         if found:
             resume_dir = found[-1]
             resume_state = load_training_state(resume_dir)
@@ -182,12 +187,11 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
     else:
         log.line(f"run: {model.num_parameters():,} parameters, {total_steps} steps in {len(config.curriculum)} "
                  f"stage(s), {world_size} process(es) on {device}, store {store_path}")
-    train_model: torch.nn.Module = model
+    # What the objective calls: the model, compiled and/or wrapped in DDP (which keeps no_sync).
+    train_model: torch.nn.Module = torch.compile(model) if config.model.compile else model
     if world_size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    if config.model.compile:
-        train_model = torch.compile(train_model)
+            train_model, device_ids=[device.index] if device.type == "cuda" else None)
     parameters = [p for p in model.parameters() if p.requires_grad]
 
     # -- validation set (fixed crops of the valid split) ------------------------------------------
