@@ -46,7 +46,7 @@ def presets() -> None:
 
 
 # Command modules register themselves on `app` when imported; a failing import is an error.
-_COMMAND_MODULES: tuple[str, ...] = ("pipelines.train_cmd",)
+_COMMAND_MODULES: tuple[str, ...] = ("pipelines.train_cmd", "pipelines.separate_cmd")
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)
 

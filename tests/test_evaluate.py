@@ -13,12 +13,11 @@ import numpy as np
 import pytest
 
 from test_build_support import STFT as STORE_STFT
-from test_build_support import built_store, corpus  # noqa: F401
 from test_separate_support import SMALL, constant_mask_model, identity_model, random_model, separator
 from vr_data.dsp import StftConfig
 from vr_model.evaluate import (
     EvalReport, bsseval_v4_frames, bsseval_v4_sdr, eval_tracks, evaluate_tracks, global_sdr, ideal_ratio_mask,
-    plot_track, score_track, validation_sdr,
+    plot_track, score_track, valid_sdr, validation_sdr,
 )
 from vr_model.normalisation import InputNormalisation
 from vr_model.separate import SeparationOptions
@@ -203,3 +202,19 @@ def test_validation_sdr_from_the_store_is_the_floor_for_an_identity_model(built_
     assert validation_sdr(identity, InputNormalisation(), store, k=2, split="nonexistent") is None
     learned = validation_sdr(random_model(1, config), InputNormalisation(), store, k=2, split=split, crop_frames=16)
     assert math.isfinite(learned.sdr) and learned.per_track and learned.gain == learned.sdr - learned.floor
+
+
+def test_the_trainers_sdr_hook_logs_model_floor_and_ceiling(built_store):  # noqa: F811
+    """`vr_model.train.validation` calls `vr_model.evaluate.valid_sdr` when validation.sdr_songs > 0."""
+    import torch
+
+    from vr_model.train.validation import validation_sdr as trainer_hook
+
+    config = SMALL.replace(bins=STORE_STFT.bins - 1)
+    model = random_model(2, config)
+    fields = trainer_hook(model, built_store, 1, InputNormalisation(), torch.device("cpu"))
+    assert set(fields) == {"valid_sdr", "valid_sdr_floor", "valid_sdr_ceiling"}   # the store has a valid pair
+    assert all(math.isfinite(value) for value in fields.values())
+    assert fields["valid_sdr_floor"] < fields["valid_sdr_ceiling"]
+    assert trainer_hook(model, built_store, 0, InputNormalisation(), torch.device("cpu")) is None
+    assert valid_sdr(model, built_store, songs=1, normalisation=InputNormalisation()) == fields

@@ -190,12 +190,23 @@ def test_checkpoint_carries_the_normalisation_and_stft(tmp_path):
     assert np.abs(separator(model).separate_audio(audio, 44100) - expected).max() > 1e-4
 
 
-def test_checkpoint_without_a_normalisation_is_refused(tmp_path):
+def test_checkpoint_ema_weights_run_dir_and_default_normalisation(tmp_path):
     from vr_model.checkpoint import save_checkpoint
 
-    save_checkpoint(tmp_path / "ckpt", random_model(), extra_json={"stft": STFT.to_dict()})
-    with pytest.raises(VRDataError, match="records no input normalisation"):
-        separator_from_checkpoint(tmp_path / "ckpt")
+    raw, ema = random_model(3), random_model(4)
+    # A run directory with one checkpoint that keeps both weights and records no normalisation
+    # (not made by the trainer): the mixer's default, crop_max, applies.
+    save_checkpoint(tmp_path / "run" / "checkpoints" / "step-00000010", raw, ema_state=ema.state_dict(),
+                    extra_json={"stft": STFT.to_dict()})
+    audio = song(0.5, 44100, 2)
+    for weights, model in ((None, ema), ("ema", ema), ("raw", raw)):
+        loaded = separator_from_checkpoint(tmp_path / "run", weights=weights, options=OPTIONS)
+        assert loaded.normalisation == InputNormalisation("crop_max")
+        np.testing.assert_array_equal(loaded.separate_audio(audio, 44100), separator(model).separate_audio(audio, 44100))
+    with pytest.raises(VRDataError, match="weights must be"):
+        separator_from_checkpoint(tmp_path / "run", weights="best")
+    with pytest.raises(VRDataError, match="no CUDA device|cpu or cuda"):
+        separator_from_checkpoint(tmp_path / "run", device="tpu")
 
 
 def test_a_pretraining_model_is_not_a_mask():

@@ -331,13 +331,16 @@ def plot_track(result: TrackResult, path: str | Path) -> Path:
     axes.hlines(floor, positions - 0.4, positions + 0.4, colors="#c44e52", linewidth=2.5, label="floor (mixture)")
     axes.hlines(ceiling, positions - 0.4, positions + 0.4, colors="#55a868", linewidth=2.5, label="ceiling (IRM)")
     for x, value in zip(positions, model):
+        below = not math.isnan(value) and value < 0
         axes.annotate("n/a" if math.isnan(value) else f"{value:.2f}", (x, 0 if math.isnan(value) else value),
-                      ha="center", va="bottom", fontsize=8)
+                      xytext=(0, -3 if below else 3), textcoords="offset points",
+                      ha="center", va="top" if below else "bottom", fontsize=8)
     axes.axhline(0, color="black", linewidth=0.5)
     axes.set_xticks(positions, labels, fontsize=8)
     axes.set_ylabel("dB")
     axes.set_title(f"{result.id} ({result.seconds:.1f} s)", fontsize=10)
-    axes.legend(fontsize=8, loc="best")
+    axes.margins(y=0.12)
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=3, frameon=False)
     figure.tight_layout()
     import io
 
@@ -411,3 +414,16 @@ def validation_sdr(model, normalisation, store, k: int, *, split: str = "valid",
     return ValidationSdr(sdr=float(np.median(model_sdr)), floor=float(np.median(floor_sdr)),
                          ceiling=float(np.median(ceiling_sdr)), tracks=tuple(t.id for t in songs),
                          per_track=tuple(model_sdr))
+
+
+def valid_sdr(model, store_path, *, songs: int, normalisation, device=None) -> dict | None:
+    """The trainer's SDR hook (`vr_model.train.validation`, `validation.sdr_songs`): the fields
+    `valid_sdr`, `valid_sdr_floor` and `valid_sdr_ceiling` (dB, medians over `songs` valid
+    songs), logged beside `valid_loss`; None when the store has no valid pairs. `model` already
+    sits on `device`."""
+    from vr_data.store import open_store
+
+    result = validation_sdr(model, normalisation, open_store(store_path), songs)
+    if result is None:
+        return None
+    return {"valid_sdr": result.sdr, "valid_sdr_floor": result.floor, "valid_sdr_ceiling": result.ceiling}

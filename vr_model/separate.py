@@ -737,33 +737,27 @@ def _one_line(error: Exception, path: Path) -> str:
 
 
 def load_checkpoint_model(path: str | Path, device: str = "cpu", weights: str | None = None):
-    """`(model, normalisation, stft_config)` of a checkpoint directory, the model in eval mode."""
-    from vr_model.checkpoint import load_model, read_checkpoint_json
+    """`(model, normalisation, stft_config)` of a checkpoint, the model in eval mode on `device`.
+
+    `path`: a checkpoint directory, or a run directory (its best checkpoint). `weights`: "ema"
+    (the default: the moving average where the checkpoint keeps one) or "raw". The STFT is the
+    store's, recorded by the trainer in `extra.stft` (the default `StftConfig` otherwise).
+    """
+    from vr_model.checkpoint import checkpoint_normalisation, load_model, read_checkpoint_json, resolve_checkpoint
 
     device = resolve_device(device)
-    if weights not in (None, "raw"):
-        raise VRDataError(path, f"weights {weights!r}: this checkpoint format has raw weights only")
-    document = read_checkpoint_json(path)
-    normalisation, stft_config = checkpoint_contract(document, path)
-    return load_model(path, device), normalisation, stft_config
+    directory = resolve_checkpoint(path)
+    extra = read_checkpoint_json(directory).get("extra", {})
+    stft_config = StftConfig.from_dict(extra["stft"]) if "stft" in extra else StftConfig()
+    model = load_model(directory, device, weights=weights or "ema")
+    return model, checkpoint_normalisation(directory), stft_config
 
 
 def separator_from_checkpoint(path: str | Path, device: str = "cpu", weights: str | None = None,
                               options: SeparationOptions = SeparationOptions()) -> Separator:
-    """A `Separator` for a checkpoint directory: its weights, normalisation and STFT."""
+    """A `Separator` for a checkpoint: its weights, the normalisation and STFT it was trained with."""
     model, normalisation, stft_config = load_checkpoint_model(path, device, weights)
     return Separator(TorchMaskNetwork(model, resolve_device(device)), normalisation, stft_config, options)
-
-
-def checkpoint_contract(document: dict, path: str | Path) -> tuple[InputNormalisation, StftConfig]:
-    """The normalisation and STFT a checkpoint's `config.json` records (`extra`)."""
-    extra = document.get("extra", {})
-    if "normalisation" not in extra:
-        raise VRDataError(path, "the checkpoint records no input normalisation (extra.normalisation); "
-                                "inference cannot know how training scaled the model's input")
-    normalisation = InputNormalisation.from_dict(extra["normalisation"])
-    stft_config = StftConfig.from_dict(extra["stft"]) if "stft" in extra else StftConfig()
-    return normalisation, stft_config
 
 
 def resolve_device(device: str) -> str:
