@@ -22,21 +22,29 @@ def run_command(
     overrides: list[str] = typer.Option([], "--set", help="Override a config key: --set train.lr=3e-4 (repeatable)."),
     resume: Path = typer.Option(None, "--resume", help="Continue this run directory from its latest checkpoint."),
     init: Path = typer.Option(None, "--init", help="Start from this checkpoint's weights (same model config)."),
-    init_partial: Path = typer.Option(None, "--init-partial",
-                                      help="Start from the tensors of this checkpoint that match; list the rest."),
+    init_partial: bool = typer.Option(False, "--init-partial",
+                                      help="With --init: load the tensors that match, list the rest (another "
+                                           "model config, e.g. a denoising checkpoint's linear head)."),
+    objective: str = typer.Option(None, "--objective", help="supervised or denoise (= --set train.objective=...)."),
+    freeze: str = typer.Option(None, "--freeze", help="none or encoders: frozen while finetuning (= --set train.freeze=...)."),
+    unfreeze_after: int = typer.Option(None, "--unfreeze-after", metavar="STEPS",
+                                       help="Train the frozen part again after STEPS steps (= --set train.unfreeze_after=...)."),
 ) -> None:
     """Train (or with --resume continue training) a model; under torchrun, one process per GPU."""
     from vr_model.train import load_config, train
     from vr_model.train.loop import RUN_JSON
 
-    if init is not None and init_partial is not None:
-        raise VRDataError(None, "use --init or --init-partial, not both")
+    if init_partial and init is None:
+        raise VRDataError(None, "--init-partial goes with --init CHECKPOINT")
+    shortcuts = [f"train.{key}={value}" for key, value in
+                 (("objective", objective and f'"{objective}"'), ("freeze", freeze and f'"{freeze}"'),
+                  ("unfreeze_after", unfreeze_after)) if value is not None]
     if resume is not None:
         if out is not None and out.resolve() != resume.resolve():
             raise VRDataError(out, "--resume names the run directory; leave --out out")
-        if config is not None or overrides or init is not None or init_partial is not None:
-            raise VRDataError(resume, "a resumed run keeps its own config.toml and weights: "
-                                      "no --config, --set, --init or --init-partial")
+        if config is not None or overrides or shortcuts or init is not None or init_partial:
+            raise VRDataError(resume, "a resumed run keeps its own config.toml and weights: no --config, --set, "
+                                      "--objective, --freeze, --unfreeze-after, --init or --init-partial")
         if store is None:
             try:
                 store = Path(json.loads((resume / RUN_JSON).read_text())["store"])
@@ -46,8 +54,8 @@ def run_command(
     else:
         if store is None or out is None:
             raise VRDataError(None, "vrtrain run needs --store and --out (or --resume RUN_DIR)")
-        resolved = load_config(config, overrides)
-        summary = train(store, out, resolved, init=init or init_partial, init_partial=init_partial is not None)
+        resolved = load_config(config, [*overrides, *shortcuts])
+        summary = train(store, out, resolved, init=init, init_partial=init_partial)
     console.print(f"run directory: {summary.run_dir}; last checkpoint: {summary.last_checkpoint}", highlight=False)
 
 

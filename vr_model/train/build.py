@@ -34,6 +34,8 @@ class InitReport:
     loaded: list[str]
     missing: list[str]       # in the model, not (or with another shape) in the checkpoint
     unexpected: list[str]    # in the checkpoint, not in the model
+    new_head: tuple = ()     # output-head tensors left new: the checkpoint's head is another kind
+    head: str = ""           # "linear -> mask" when the head kind changed (pretraining -> finetuning)
 
 
 def init_from_checkpoint(model: FramePrimerUNet, path, partial: bool = False) -> InitReport:
@@ -55,32 +57,45 @@ def init_from_checkpoint(model: FramePrimerUNet, path, partial: bool = False) ->
     weights = load_weights(directory / WEIGHTS)
     own = model.state_dict()
     matching = {name: tensor for name, tensor in weights.items() if name in own and own[name].shape == tensor.shape}
+    # A denoising checkpoint's last convolution predicts noise; a mask head starts afresh.
+    new_head = sorted(name for name in matching if name.startswith("out.")) if theirs["head"] != ours["head"] else []
+    for name in new_head:
+        del matching[name]
     with torch.no_grad():
         for name, tensor in matching.items():
             own[name].copy_(tensor)
     return InitReport(
         checkpoint=str(directory), loaded=sorted(matching),
-        missing=sorted(set(own) - set(matching)), unexpected=sorted(set(weights) - set(own)),
+        missing=sorted(set(own) - set(matching) - set(new_head)), unexpected=sorted(set(weights) - set(own)),
+        new_head=tuple(new_head), head=f"{theirs['head']} -> {ours['head']}" if new_head else "",
     )
 
 
-def parameter_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+def parameter_groups(model: nn.Module, weight_decay: float, parameters=None) -> list[dict]:
     """AdamW groups: weight decay on matrices and convolution kernels (dim >= 2) only, as
     nanoGPT; biases, norm affines and embeddings-as-vectors are not decayed. Frozen parameters
-    (`requires_grad = False`) are left out."""
+    (`requires_grad = False`) are left out. `parameters`: only these (default: the model's)."""
     decay, no_decay = [], []
-    for parameter in model.parameters():
+    for parameter in model.parameters() if parameters is None else parameters:
         if parameter.requires_grad:
             (decay if parameter.dim() >= 2 else no_decay).append(parameter)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def make_optimizer(model: nn.Module, train: TrainSection, device: torch.device) -> torch.optim.AdamW:
-    """AdamW over `parameter_groups`; the loop sets each step's lr from the schedule."""
-    return torch.optim.AdamW(
-        parameter_groups(model, train.weight_decay), lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps,
-        fused=device.type == "cuda",
-    )
+def make_optimizer(model: nn.Module, train: TrainSection, device: torch.device, freeze_plan=None,
+                   step: int = 0) -> torch.optim.AdamW:
+    """AdamW over `parameter_groups`; the loop sets each step's lr from the schedule.
+
+    With a `vr_model.freeze.FreezePlan`: the trainable parameters' groups, then - once the plan
+    has unfrozen its part by 0-based step `step` - the part's groups, in the order the loop's
+    `unfreeze_into` appends them, so a resumed run's optimizer state loads.
+    """
+    from vr_model.freeze import optimizer_param_groups
+
+    blocks = [None] if freeze_plan is None else optimizer_param_groups(model, freeze_plan, step)
+    groups = [group for block in blocks for group in parameter_groups(model, train.weight_decay, block)]
+    return torch.optim.AdamW(groups, lr=train.lr, betas=(train.beta1, train.beta2), eps=train.eps,
+                             fused=device.type == "cuda")
 
 
 class ExponentialMovingAverage:

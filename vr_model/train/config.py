@@ -71,6 +71,7 @@ MIXER_HELP = {
     "normalisation": "model input scaling: crop_max, stats (STORE/stats.json) or none; recorded in checkpoints",
     "stats_role": "stats normalisation: whose statistics (pair = pairs' mixtures)",
     "examples_per_epoch": "examples per epoch (0: enough to use every crop of the largest library once)",
+    "pretrain_sources": "the pretrain kind's library: pretrain, and optionally pair_mixture, pair_instrumental, instrumental",
     "vocal_offset_step": "vocal crop offsets are multiples of this many frames (0: the store's chunk)",
 }
 
@@ -87,7 +88,8 @@ def _mixer_defaults() -> dict:
 
 @dataclass
 class TrainSection:
-    objective: str = _key("supervised", "what the model learns: supervised (mask x mixture -> instrumental)")
+    objective: str = _key("supervised", "what the model learns: supervised (mask x mixture -> instrumental) or "
+                                        "denoise (predict the noise added to a pretraining crop; [denoise])")
     loss: str = _key("l1", "distance between prediction and target over valid frames: l1 or l2", ("l1", "l2"))
     lr: float = _key(1e-4, "peak learning rate (AdamW), reached after the warmup")
     min_lr: float = _key(1e-6, "the floor the decay ends at, on the last step")
@@ -105,6 +107,22 @@ class TrainSection:
     precision: str = _key("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16", ("auto", "fp32", "bf16", "fp16"))
     max_nonfinite: int = _key(8, "stop (after saving) when this many steps in a row have a non-finite loss or gradient")
     threads: int = _key(0, "torch CPU threads (0: torch's default)")
+    freeze: str = _key("none", "frozen part while finetuning: none or encoders (no gradients, eval mode)",
+                       ("none", "encoders"))
+    unfreeze_after: int = _key(0, "train the frozen part again after this many steps (0: frozen for the whole run)")
+
+
+@dataclass
+class DenoiseSection:
+    """train.objective = "denoise" (vr_model.denoise; docs/training.md)."""
+
+    gamma: list = _key([0.95, 0.95], "[low, high]: each example's gamma in x_t = sqrt(g) x + sqrt(1 - g) eps "
+                                     "(equal: fixed; SNR = g / (1 - g))")
+    domain: str = _key("log", "where the noise is added: log (standardised log magnitude) or magnitude",
+                       ("log", "magnitude"))
+    noise_scale: float = _key(1.0, "factor on eps in x_t (the seed's fork: 0.2 in the magnitude domain)")
+    loss: str = _key("l2", "distance between the predicted and the true noise: l2 (the paper) or l1", ("l1", "l2"))
+    floor_db: float = _key(-100.0, "log domain: floor below the crop's peak (dB) that keeps ln finite")
 
 
 @dataclass
@@ -155,13 +173,23 @@ class TrainConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     validation: ValidationSection = field(default_factory=ValidationSection)
     log: LogSection = field(default_factory=LogSection)
+    denoise: DenoiseSection = field(default_factory=DenoiseSection)
 
     # -- derived values ----------------------------------------------------------------------------
     def model_config(self) -> FramePrimerConfig:
         """The preset with `model.overrides` applied (unknown fields are an error)."""
         from vr_model.presets import get_config
 
-        return FramePrimerConfig.from_dict({**get_config(self.model.preset).to_dict(), **self.model.overrides})
+        # The head follows the objective: a sigmoid mask, or the unbounded noise prediction.
+        head = "linear" if self.train.objective == "denoise" else "mask"
+        return FramePrimerConfig.from_dict({**get_config(self.model.preset).to_dict(), **self.model.overrides,
+                                            "head": head})
+
+    def denoise_config(self):
+        """The `[denoise]` section as a `vr_model.denoise.DenoiseConfig`."""
+        from vr_model.denoise import DenoiseConfig
+
+        return DenoiseConfig(**{**dataclasses.asdict(self.denoise), "gamma": tuple(self.denoise.gamma)})
 
     def mixer_config(self, stage: Stage, per_rank_batch: int, split: str = "train") -> MixerConfig:
         values = dict(self.mixer)
@@ -193,13 +221,13 @@ class TrainConfig:
             "model": dataclasses.asdict(self.model), "data": dataclasses.asdict(self.data), "mixer": dict(self.mixer),
             "train": dataclasses.asdict(self.train), "curriculum": [dataclasses.asdict(s) for s in self.curriculum],
             "checkpoint": dataclasses.asdict(self.checkpoint), "validation": dataclasses.asdict(self.validation),
-            "log": dataclasses.asdict(self.log),
+            "log": dataclasses.asdict(self.log), "denoise": dataclasses.asdict(self.denoise),
         }
 
 
 _SECTIONS = {
     "model": ModelSection, "data": DataSection, "train": TrainSection, "checkpoint": CheckpointSection,
-    "validation": ValidationSection, "log": LogSection,
+    "validation": ValidationSection, "log": LogSection, "denoise": DenoiseSection,
 }
 
 
@@ -249,7 +277,8 @@ def config_from_dict(record: dict) -> TrainConfig:
     unknown = sorted(set(record) - {"mixer", "curriculum", *_SECTIONS})
     if unknown:
         raise VRDataError(None, f"unknown config section {unknown[0]!r} "
-                                f"(sections: model, data, mixer, train, curriculum, checkpoint, validation, log)")
+                                f"(sections: model, data, mixer, train, curriculum, checkpoint, validation, log, "
+                                f"denoise)")
     config = TrainConfig()
     for name, cls in _SECTIONS.items():
         if name in record:
@@ -267,6 +296,9 @@ def config_from_dict(record: dict) -> TrainConfig:
         if not isinstance(stages, list) or not stages:
             raise VRDataError(None, "config key curriculum must be a non-empty list of stages")
         config.curriculum = [_section(Stage, stage, f"curriculum.{index}") for index, stage in enumerate(stages)]
+    if config.train.objective == "denoise" and config.mixer["proportions"] == _mixer_defaults()["proportions"]:
+        # The supervised kinds' default makes no sense for pretraining: its crops come from `pretrain`.
+        config.mixer["proportions"] = {"pair": 0.0, "augmented": 0.0, "pretrain": 1.0}
     validate(config)
     return config
 
@@ -279,6 +311,12 @@ def validate(config: TrainConfig) -> None:
     unknown = sorted(set(config.model.overrides) - {item.name for item in dataclasses.fields(FramePrimerConfig)})
     if unknown:
         problems.append(f"unknown config key model.overrides.{unknown[0]} (not a FramePrimerConfig field)")
+    head = config.model.overrides.get("head")
+    if head is not None and head != ("linear" if config.train.objective == "denoise" else "mask"):
+        problems.append(f"model.overrides.head = {head!r} contradicts train.objective = {config.train.objective!r} "
+                        f"(the head follows the objective: mask for supervised, linear for denoise)")
+    if config.train.unfreeze_after < 0:
+        problems.append("train.unfreeze_after must be >= 0 (0: never)")
     if config.train.objective not in OBJECTIVES:
         problems.append(f"train.objective must be one of {', '.join(OBJECTIVES)}, not {config.train.objective!r}")
     for index, stage in enumerate(config.curriculum):
@@ -299,6 +337,10 @@ def validate(config: TrainConfig) -> None:
         raise VRDataError(None, "; ".join(problems))
     config.model_config()  # a bad override value fails here, naming it
     config.mixer_config(config.curriculum[0], 1)
+    try:
+        config.denoise_config()
+    except VRDataError as error:
+        raise VRDataError(None, f"[denoise]: {error.reason}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -448,4 +490,5 @@ def dump_config(config: TrainConfig) -> str:
     section("checkpoint", CheckpointSection, config.checkpoint)
     section("validation", ValidationSection, config.validation)
     section("log", LogSection, config.log)
+    section("denoise", DenoiseSection, config.denoise)
     return "\n".join(lines)

@@ -31,9 +31,11 @@ from vr_data.errors import VRDataError
 from vr_data.mixer import MixerLoader, WdsMixerDataset, ZarrMixerDataset
 from vr_data.store import open_store
 from vr_model.checkpoint import CHECKPOINTS, EMA_WEIGHTS, WEIGHTS, list_checkpoints, load_weights, read_checkpoint_json
+from vr_model.freeze import FreezePlan, apply_plan, unfreeze_into
 from vr_model.normalisation import InputNormalisation
 from vr_model.train.build import (
-    ExponentialMovingAverage, build_model, init_from_checkpoint, make_optimizer, nominal_elements, rank_batching,
+    ExponentialMovingAverage, build_model, init_from_checkpoint, make_optimizer, nominal_elements, parameter_groups,
+    rank_batching,
 )
 from vr_model.train.config import TrainConfig, dump_config, load_config
 from vr_model.train.objectives import OBJECTIVES, StepContext
@@ -164,8 +166,16 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
         check_init_stft(report.checkpoint, store, init_partial)
         log.line(f"init: {len(report.loaded)} tensors from {report.checkpoint}"
                  + (f"; not loaded: {', '.join(report.missing)}" if report.missing else "")
-                 + (f"; not in this model: {', '.join(report.unexpected)}" if report.unexpected else ""))
-    optimizer = make_optimizer(model, train_cfg, device)
+                 + (f"; not in this model: {', '.join(report.unexpected)}" if report.unexpected else "")
+                 + (f"; new head ({report.head}): {', '.join(report.new_head)}" if report.new_head else ""))
+    # Freezing (finetuning): the model and the optimizer as they were for the last step done.
+    freeze_plan = FreezePlan(train_cfg.freeze, train_cfg.unfreeze_after or None)
+    steps_done = resume_state.step if resume_state is not None else 0
+    frozen = freeze_plan.frozen_at(max(steps_done - 1, 0))
+    counts = apply_plan(model, freeze_plan, max(steps_done - 1, 0))
+    until = f" for steps 1-{freeze_plan.unfreeze_after}" if freeze_plan.unfreeze_after else ""
+    log.line(f"parameters: {counts}" + (f" ({freeze_plan.part} frozen{until})" if frozen else ""))
+    optimizer = make_optimizer(model, train_cfg, device, freeze_plan, max(steps_done - 1, 0))
     scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
     ema = ExponentialMovingAverage(model, train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
     torch.manual_seed(train_cfg.seed * 1000 + 1 + rank)  # dropout: a stream per rank
@@ -197,7 +207,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
     # -- validation set (fixed crops of the valid split) ------------------------------------------
     validator = None
     if writer:
-        kind = validation_kind(store)
+        kind = validation_kind(store, objective=train_cfg.objective)
         if kind is None:
             log.line("validation: the store has no valid items (pairs, or vocals and instrumentals); no validation")
         else:
@@ -239,6 +249,16 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
                      f"{per_rank} examples x {accumulation} accumulation x {world_size} rank(s) per step, "
                      f"steps {config.stage_start(stage_index) + 1}-{config.stage_start(stage_index) + stage.steps}")
         step += 1
+        if frozen and not freeze_plan.frozen_at(step - 1):
+            counts = unfreeze_into(optimizer, model, freeze_plan,
+                                   lambda params: parameter_groups(model, train_cfg.weight_decay, params))
+            parameters = [p for p in model.parameters() if p.requires_grad]
+            if world_size > 1:  # DDP registers the parameters that need gradients when it wraps the model
+                train_model = torch.nn.parallel.DistributedDataParallel(
+                    torch.compile(model) if config.model.compile else model,
+                    device_ids=[device.index] if device.type == "cuda" else None)
+            frozen = False
+            log.line(f"step {step}: {freeze_plan.part} unfrozen; {counts}")
         lr = learning_rate(step, total_steps, train_cfg.lr, train_cfg.min_lr, train_cfg.warmup_steps,
                            train_cfg.decay, train_cfg.decay_power)
         for group in optimizer.param_groups:

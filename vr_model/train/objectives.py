@@ -6,7 +6,7 @@ returns the *sum* of its per-element errors and how many elements it counted. Th
 these up over micro-batches and ranks and divides once by the global count, so the loss is a
 mean over every valid element of the optimizer step, whatever the batch split, accumulation or
 world size, and padding never counts. `train.objective` picks one from `OBJECTIVES`; a new
-objective (issue 15's denoising) is one more function registered there.
+objective is one more function registered there (`denoise`: issue 15's pretraining).
 """
 
 from __future__ import annotations
@@ -73,8 +73,28 @@ def supervised_objective(model: nn.Module, batch: dict, config: "TrainConfig", c
     return masked_error(mask * mixture, target, valid, config.train.loss)
 
 
+def denoise_objective(model: nn.Module, batch: dict, config: "TrainConfig", context: StepContext) -> LossTerms:
+    """Denoising pretraining (`vr_model.denoise`): the model, with its linear head, predicts the
+    unit noise mixed into the batch's `mixture` crops; error over valid frames, Nyquist excluded.
+
+    Each example's noise comes from its own generator keyed on (train.seed, epoch, the example's
+    index in its epoch), so it is the same after a resume and for any batch split or world size.
+    """
+    from vr_model.denoise import add_noise, example_generators
+
+    mixture, valid = batch["mixture"], batch["valid"]
+    settings = config.denoise_config()
+    generators = example_generators(config.train.seed, int(batch.get("epoch", 0)), batch["index"].tolist(),
+                                    device=mixture.device)
+    noisy = add_noise(mixture, valid, settings, generators, config.mixer["normalisation"])
+    prediction = model(noisy.model_input, frame_mask=~valid)               # (B, C, bins + 1, T), unbounded
+    bins = prediction.shape[2] - 1  # the model repeats its last bin for Nyquist: that noise is unpredictable
+    return masked_error(prediction[:, :, :bins], noisy.noise[:, :, :bins], valid, settings.loss)
+
+
 Objective = Callable[[nn.Module, dict, "TrainConfig", StepContext], LossTerms]
 
 OBJECTIVES: dict[str, Objective] = {
     "supervised": supervised_objective,
+    "denoise": denoise_objective,
 }

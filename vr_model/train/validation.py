@@ -49,8 +49,11 @@ class FixedCrops(ZarrMixerDataset):
         return int(self._fixed.kinds.size)
 
 
-def validation_kind(store, split: str = "valid") -> str | None:
-    """Which example kind the valid split supports: pairs, else augmented mixes, else none."""
+def validation_kind(store, split: str = "valid", objective: str = "supervised") -> str | None:
+    """Which example kind the valid split supports: pairs, else augmented mixes, else none.
+    Denoising validates on the pretrain role's valid crops where there are some."""
+    if objective == "denoise" and store.tracks_by_role("pretrain", split):
+        return "pretrain"
     if store.tracks_by_role("pair", split):
         return "pair"
     if store.tracks_by_role("vocal", split) and store.tracks_by_role("instrumental", split):
