@@ -16,6 +16,8 @@ import torch
 from typer.testing import CliRunner
 
 from test_build_support import GEOMETRY, STFT, load, scan_corpus, write_corpus
+from vr_data.catalog.manifest import read_manifest, write_manifest
+from vr_data.catalog.scan import ScanOptions, scan
 from vr_data.errors import VRDataError
 from vr_data.mixer import MixerConfig, ZarrMixerDataset
 from vr_data.store.build import build_store
@@ -292,3 +294,18 @@ def test_a_training_crop_and_the_inference_path_get_the_same_mask(store, tmp_pat
         mask = predict_mask(model, spectrogram, crop_frames=32, normalisation=normalisation)
         frames = spectrogram.shape[-1]
         torch.testing.assert_close(mask, training_masks[j, ..., :frames], rtol=1e-4, atol=2e-5)
+
+
+def test_a_store_without_valid_items_trains_with_a_notice_and_no_validation(tmp_path):
+    roots = write_corpus(tmp_path / "audio")
+    manifests = []
+    for layout in ("pairs", "vocals"):
+        result = scan(roots[layout], ScanOptions(layout=layout, valid_fraction=0.0))
+        manifests.append(read_manifest(write_manifest(tmp_path / f"{layout}.jsonl", result.manifest)))
+    build_store(manifests, tmp_path / "store", stft=STFT, geometry=GEOMETRY)
+    summary = train(tmp_path / "store", tmp_path / "run", config("validation.every=1", stages=((32, 4, 1, 2),)))
+    assert summary.steps == 2 and summary.best_valid_loss is None
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "the store has no valid items" in log and "valid loss" not in log
+    assert not (tmp_path / "run" / "checkpoints" / "best").exists()
+    assert resolve_checkpoint(tmp_path / "run", "best").name == "step-00000002"   # best falls back to latest
