@@ -1,12 +1,26 @@
-"""Shared CLI plumbing: one-line errors, rich console and progress, dask executor set-up."""
+"""Shared CLI plumbing: one-line errors and exit codes, rich console and progress (plain lines
+when stdout is not a terminal), JSON results, dask executor set-up.
+
+Exit codes (docs/cli.md): 0 success; 1 damage found (`verify`, `verify-manifest`); 2 a user
+error (a bad option, path or file: one line on stderr); 70 an internal error (a bug: the
+traceback is printed); 130 interrupted (Ctrl-C: one line saying to rerun the same command).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
+import logging
 import os
+import signal
+import sys
+import threading
+import time
+import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -19,14 +33,23 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from vr_data.errors import VRDataError
+from vr_data.errors import ConfigError, VRDataError
+
+EXIT_OK = 0
+EXIT_DAMAGE = 1
+EXIT_USER_ERROR = 2
+EXIT_BUG = 70          # sysexits.h EX_SOFTWARE: never shared with "damage found"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+SCHEDULER_TIMEOUT_S = 5.0  # joining a dask scheduler: fail fast, naming the address
+PROGRESS_INTERVAL_S = 30.0  # plain progress lines (not a terminal): one per interval at most
 
 console = Console(stderr=False)
 err_console = Console(stderr=True)
 
 
 def user_errors(function: Callable) -> Callable:
-    """Turn VRDataError into one line on stderr and exit code 2 (tracebacks are for bugs)."""
+    """Turn VRDataError into one line on stderr and exit code 2, and Ctrl-C into one line and
+    exit code 130 (tracebacks are for bugs)."""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
@@ -34,13 +57,106 @@ def user_errors(function: Callable) -> Callable:
             return function(*args, **kwargs)
         except VRDataError as error:
             err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(EXIT_USER_ERROR) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: rerun the same command to resume (finished work is kept)",
+                              highlight=False, soft_wrap=True)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
 
 
-def progress(unit: str = "items") -> Progress:
-    """A rich progress bar; `unit` names what the bar counts (files, audio-hours...)."""
+def run_app(app: typer.Typer) -> None:
+    """Run a Typer app as a console script; an unexpected exception (a bug) prints its traceback
+    and exits 70, so it is never mistaken for `verify`'s "damage found" (1)."""
+    try:
+        app(standalone_mode=True)
+    except SystemExit:
+        raise
+    except KeyboardInterrupt:  # outside a command (while parsing): same line as inside one
+        err_console.print("interrupted", highlight=False)
+        sys.exit(EXIT_INTERRUPTED)
+    except Exception:
+        traceback.print_exc()
+        err_console.print(f"internal error (a bug, exit code {EXIT_BUG}): please report the traceback above",
+                          highlight=False, soft_wrap=True)
+        sys.exit(EXIT_BUG)
+
+
+def version_option(program: str) -> typer.models.OptionInfo:
+    """A `--version` option for a Typer callback: prints `PROGRAM VERSION` and exits."""
+
+    def show(value: bool) -> None:
+        if value:
+            from vr_data import __version__
+
+            typer.echo(f"{program} {__version__}")
+            raise typer.Exit(EXIT_OK)
+
+    return typer.Option(False, "--version", callback=show, is_eager=True, help="Print the version and exit.")
+
+
+def check_workers(workers: int) -> int:
+    """`--workers` must be >= 0 (0: in this process); a ConfigError otherwise."""
+    if workers < 0:
+        raise ConfigError(None, f"--workers must be >= 0 (0 runs in this process), not {workers}")
+    return workers
+
+
+# ------------------------------------------------------------------------------- output
+
+
+@contextlib.contextmanager
+def humans_on_stderr(active: bool) -> Iterator[None]:
+    """While `active` (a `--json -` run), tables and progress go to stderr so stdout carries
+    only the JSON document."""
+    if not active:
+        yield
+        return
+    before = console.stderr
+    console.stderr = True
+    try:
+        yield
+    finally:
+        console.stderr = before
+
+
+def write_json(target: str | Path, record: dict) -> None:
+    """Write a JSON result: `-` is standard output, anything else an atomic file write (which
+    refuses to replace a device, FIFO or directory)."""
+    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
+    if str(target) == "-":
+        sys.stdout.write(text)
+        sys.stdout.flush()
+        return
+    from vr_data.io import atomic_write_bytes
+
+    atomic_write_bytes(Path(target), text.encode())
+    console.print(f"wrote {target}", highlight=False)
+
+
+def parse_manifest_spec(spec: str, root: Path | None = None) -> tuple[Path, Path | None]:
+    """`M.jsonl` or `M.jsonl=ROOT` -> (path, root); `--root` applies when no `=ROOT` is given."""
+    from vr_data.catalog.manifest import split_manifest_spec
+
+    path, spec_root = split_manifest_spec(spec)
+    return path, spec_root if spec_root is not None else root
+
+
+# ------------------------------------------------------------------------------- progress
+
+
+def progress(unit: str = "items") -> Progress | "PlainProgress":
+    """A progress display; `unit` names what it counts (items, audio-h, min...).
+
+    On a terminal, a rich progress bar. Otherwise (nohup, Slurm, a pipe) a rich bar would print
+    nothing until the end, so plain lines are printed instead: one when a task starts, then at
+    most one per `VR_PROGRESS_INTERVAL` seconds (default 30), and one when it finishes.
+    `VR_PROGRESS=0` switches progress off when not on a terminal.
+    """
+    if not console.is_terminal:
+        interval = float(os.environ.get("VR_PROGRESS_INTERVAL", PROGRESS_INTERVAL_S))
+        return PlainProgress(unit, interval, enabled=os.environ.get("VR_PROGRESS", "1") != "0")
     return Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
@@ -50,17 +166,96 @@ def progress(unit: str = "items") -> Progress:
         TimeRemainingColumn(),
         console=console,
         transient=False,
-        disable=not console.is_terminal and os.environ.get("VR_PROGRESS", "1") == "0",
     )
+
+
+class PlainProgress:
+    """The part of rich's `Progress` interface the commands use, printing plain lines:
+    `description: 12/40 items (30%), 0.21 h, 0:01:05 elapsed, about 0:02:31 left`."""
+
+    def __init__(self, unit: str, interval: float, enabled: bool = True):
+        self.unit = unit
+        self.interval = interval
+        self.enabled = enabled
+        self._tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> "PlainProgress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            for task_id, task in self._tasks.items():
+                if not task["finished"]:
+                    self._print(task_id)
+
+    def add_task(self, description: str, total: float | None = None, **fields) -> int:
+        task_id = len(self._tasks)
+        self._tasks[task_id] = {"description": description, "total": total, "completed": 0.0,
+                                "start": time.monotonic(), "printed": None, "finished": False,
+                                "rate": fields.get("rate", "")}
+        return task_id
+
+    def update(self, task_id: int, *, advance: float | None = None, completed: float | None = None,
+               total: float | None = None, **fields) -> None:
+        task = self._tasks[task_id]
+        if total is not None:
+            task["total"] = total
+        if completed is not None:
+            task["completed"] = completed
+        if advance is not None:
+            task["completed"] += advance
+        if "rate" in fields:
+            task["rate"] = fields["rate"]
+        now = time.monotonic()
+        done = task["total"] is not None and task["total"] > 0 and task["completed"] >= task["total"] - 1e-9
+        if done and not task["finished"]:
+            task["finished"] = True
+            self._print(task_id)
+        elif not done and (task["printed"] is None or now - task["printed"] >= self.interval):
+            self._print(task_id)
+
+    def _print(self, task_id: int) -> None:
+        task = self._tasks[task_id]
+        task["printed"] = time.monotonic()
+        if not self.enabled:
+            return
+        console.print(self.line(task_id), highlight=False, soft_wrap=True, markup=False)
+
+    def line(self, task_id: int) -> str:
+        task = self._tasks[task_id]
+        completed, total = task["completed"], task["total"]
+        number = (lambda v: f"{int(v)}") if self.unit == "items" else (lambda v: f"{v:.2f}")
+        text = f"{task['description']}: {number(completed)}"
+        if total:
+            text += f"/{number(total)} {self.unit} ({100 * min(completed / total, 1):.0f}%)"
+        else:
+            text += f" {self.unit}"
+        if task["rate"]:
+            text += f", {task['rate']}"
+        elapsed = time.monotonic() - task["start"]
+        text += f", {_clock(elapsed)} elapsed"
+        if total and 0 < completed < total:
+            text += f", about {_clock(elapsed * (total - completed) / completed)} left"
+        return text
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+# ------------------------------------------------------------------------------- dask
 
 
 @contextlib.contextmanager
 def dask_executor(workers: int, scheduler: str | None) -> Iterator[Executor | None]:
     """A concurrent.futures Executor backed by dask.
 
-    `scheduler` joins an existing cluster; otherwise `workers` > 0 starts a LocalCluster of that
-    many single-threaded worker processes; `workers == 0` runs in this process (no dask).
+    `scheduler` joins an existing cluster (failing within `SCHEDULER_TIMEOUT_S` seconds, naming
+    the address, when it cannot be reached); otherwise `workers` > 0 starts a LocalCluster of
+    that many single-threaded worker processes; `workers == 0` runs in this process (no dask).
     """
+    check_workers(workers)
     if scheduler is None and workers <= 0:
         yield None
         return
@@ -68,27 +263,53 @@ def dask_executor(workers: int, scheduler: str | None) -> Iterator[Executor | No
     from distributed import Client, LocalCluster
 
     if scheduler is not None:
-        client = Client(scheduler)
+        try:
+            client = Client(scheduler, timeout=SCHEDULER_TIMEOUT_S)
+        except (OSError, TimeoutError, ValueError, TypeError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise VRDataError(scheduler, f"cannot reach the dask scheduler within {SCHEDULER_TIMEOUT_S:g} s "
+                                         f"({reason[:160]})") from None
         cluster = None
     else:
         # dask's nannies export MALLOC_TRIM_THRESHOLD_=65536 to workers, which also switches off
         # glibc's adaptive mmap threshold: every array over 128 KiB is then mmap'd and
         # page-faulted afresh. Our tasks allocate and free tens of MB per track; measured here,
         # that made every build stage about 2x slower on a worker than in-process.
-        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}):
+        with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}), \
+                _sigint_ignored():
             cluster = LocalCluster(
                 n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
                 silence_logs=40, memory_limit=0,
             )
         client = Client(cluster)
+    failed = True
     try:
         yield client.get_executor(pure=False)
+        failed = False
     finally:
+        if failed:
+            # Ctrl-C or an error: the shutdown of running tasks logs worker tracebacks that say
+            # nothing more than the one line the command prints.
+            logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
         client.close()
         if cluster is not None:
             cluster.close()
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while worker processes start: they inherit the disposition, and Python
+    keeps an ignored SIGINT ignored, so Ctrl-C reaches only this process, which stops the
+    cluster and prints one line (instead of 66 lines of worker tracebacks)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def default_workers() -> int:
     return max(1, min(os.cpu_count() or 1, 8))
-

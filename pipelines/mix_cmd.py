@@ -18,17 +18,30 @@ def preview_mix_command(
     out: Path = typer.Option(..., "--out", help="Folder for the WAVs and sheet.png."),
     crop_frames: int = typer.Option(256, help="Crop length in frames."),
     seed: int = typer.Option(0, help="Mixer seed."),
-    split: str = typer.Option("train", help="Split to sample from."),
+    split: str = typer.Option("train", help="Split to sample from: train, valid or test."),
     pair: float = typer.Option(0.5, help="Proportion of pair examples."),
     augmented: float = typer.Option(0.5, help="Proportion of augmented (instrumental + vocal) examples."),
     pretrain: float = typer.Option(0.0, help="Proportion of pretraining examples."),
 ) -> None:
     """Listen to and look at what the mixer feeds the model."""
+    from vr_data.catalog.manifest import SPLITS
+    from vr_data.errors import ConfigError, VRDataError
     from vr_data.mixer import MixerConfig, ZarrMixerDataset
     from vr_data.mixer.preview import preview_examples, write_preview
 
+    if split not in SPLITS:
+        raise ConfigError(None, f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
+    if n < 1:
+        raise ConfigError(None, f"--n must be at least 1, not {n}")
+    proportions = {"pair": pair, "augmented": augmented, "pretrain": pretrain}
+    if any(not value >= 0 for value in proportions.values()) or not sum(proportions.values()) > 0:
+        raise ConfigError(None, "--pair, --augmented and --pretrain are proportions: none negative, at least "
+                                f"one above 0 (got {pair:g}, {augmented:g}, {pretrain:g})")
+    if out.exists() and not out.is_dir():
+        raise VRDataError(out, "--out exists and is not a directory")
+
     config = MixerConfig(crop_frames=crop_frames, batch_size=min(n, 16), seed=seed, split=split,
-                         proportions={"pair": pair, "augmented": augmented, "pretrain": pretrain},
+                         proportions=proportions,
                          examples_per_epoch=max(n, 16))
     dataset = ZarrMixerDataset(store, config)
     with console.status("mixing and resynthesising"):

@@ -11,11 +11,18 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from pipelines.common import console, dask_executor, default_workers, progress, user_errors
+from pipelines.common import (
+    EXIT_DAMAGE, console, dask_executor, default_workers, humans_on_stderr, parse_manifest_spec, progress,
+    user_errors, write_json,
+)
 from pipelines.vrdata import app
-from vr_data.store.build import DEFAULT_CODEC, BuildOptions, BuildResult, build_store, existing_configs
+from vr_data.errors import ConfigError, VRDataError
+from vr_data.store.build import (
+    DEFAULT_CODEC, BuildOptions, BuildResult, DryRun, build_store, existing_configs, plan_store,
+)
 from vr_data.store.codec import CODECS
-from vr_data.catalog.manifest import read_manifest
+from vr_data.catalog.manifest import read_manifest, without_rejects_files
+from vr_data.io import check_writable
 from vr_data.dsp.stft import StftConfig
 from vr_data.store import open_store
 from vr_data.store.plan import Geometry
@@ -46,23 +53,57 @@ def build_shards_command(
     wds_compression: Optional[str] = typer.Option(None, help="WebDataset members: none (plain .npy, default) or "
                                                   "blosc-lz4 (.npy.blosc, about a third of the size)."),
     min_seconds: float = typer.Option(1.0, help="Refuse tracks shorter than this."),
-    silence_dbfs: float = typer.Option(-60.0, help="Refuse tracks whose peak is at or below this level."),
+    silence_dbfs: float = typer.Option(-60.0, help="Refuse tracks whose peak is at or below this level (-inf: keep them)."),
     downmix: bool = typer.Option(False, help="Fold files with more than 2 channels to stereo instead of refusing."),
     verify_hashes: bool = typer.Option(True, help="Check each file's sha256 against its manifest before decoding."),
-    workers: int = typer.Option(default_workers(), help="Local dask worker processes (0: in this process)."),
+    workers: int = typer.Option(default_workers(), min=0, help="Local dask worker processes (0: in this process)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler to use instead."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be built and its estimated size; write nothing."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write a JSON summary to this file ('-': stdout)."),
 ) -> None:
     """Build a Zarr + WebDataset spectrogram store from MANIFESTs (parallel, resumable)."""
-    if root is not None and len(manifests) != 1:
-        raise typer.BadParameter("--root applies to a single MANIFEST; use M.jsonl=ROOT for several")
-    loaded = [_read(spec, root) for spec in manifests]
+    loaded = load_manifests(manifests, root)
+    if json_out not in (None, "-"):
+        check_writable(json_out)
     stft, codec_config, geometry = _configs(out, dict(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length),
                                             dict(name=codec, target_snr_db=target_snr_db, compressor=compressor, level=compression_level),
                                             dict(segment_frames=segment_frames, chunk_frames=chunk_frames,
                                                  shard_frames=shard_frames, wds=wds, wds_compression=wds_compression,
                                                  wds_shard_bytes=None if wds_shard_mb is None else int(wds_shard_mb * 2**20)))
+    if dry_run:
+        with humans_on_stderr(json_out == "-"):
+            plan = plan_store(loaded, out, stft=stft, codec=codec_config, geometry=geometry, append=append)
+            print_dry_run(plan)
+        if json_out is not None:
+            write_json(json_out, plan.to_json())
+        return
+    if not min_seconds >= 0:
+        raise ConfigError(None, f"--min-seconds must be >= 0, not {min_seconds}")
     options = BuildOptions(min_seconds=min_seconds, silence_dbfs=silence_dbfs, downmix=downmix,
                            verify_hashes=verify_hashes)
+    with humans_on_stderr(json_out == "-"):
+        result = _build(loaded, out, stft, codec_config, geometry, options, workers, scheduler, append)
+        print_build_summary(result)
+        if not result.already_complete and result.count("built") + result.count("skipped") == 0:
+            raise VRDataError(out, f"no track was built: all {result.count('rejected')} were rejected (see "
+                                   f"{out / 'rejects.jsonl'}); check the inputs and build into a new --out")
+    if json_out is not None:
+        write_json(json_out, result.to_json())
+
+
+def load_manifests(specs: list[str], root: Path | None) -> list:
+    """Read MANIFEST arguments (`M.jsonl` or `M.jsonl=ROOT`), leaving out the `M.rejects.jsonl`
+    files `manifests/*.jsonl` also matches (when their manifest is given too)."""
+    parsed = [parse_manifest_spec(spec) for spec in specs]
+    kept = set(without_rejects_files(path for path, _ in parsed))
+    parsed = [(path, spec_root) for path, spec_root in parsed if path in kept]
+    if root is not None and len(parsed) != 1:
+        raise ConfigError(None, "--root applies to a single MANIFEST; use M.jsonl=ROOT for several")
+    return [read_manifest(path, root=spec_root or root) for path, spec_root in parsed]
+
+
+def _build(loaded, out: Path, stft, codec_config, geometry, options: BuildOptions, workers: int,
+           scheduler: str | None, append: bool) -> BuildResult:
     with dask_executor(workers, scheduler) as executor, progress("audio-h") as bar:
         task = bar.add_task(f"build {out.name}", total=0.0, rate="")
         clock = {"start": time.perf_counter(), "seconds": 0.0}
@@ -78,14 +119,31 @@ def build_shards_command(
             speed = clock["seconds"] / max(time.perf_counter() - clock["start"], 1e-9)
             bar.update(task, advance=outcome.duration / 3600.0, rate=f"{speed:.0f}x realtime")
 
-        result = build_store(loaded, out, stft=stft, codec=codec_config, geometry=geometry, options=options,
-                             executor=executor, append=append, on_start=on_start, on_track=on_track)
-    _print_summary(result)
+        return build_store(loaded, out, stft=stft, codec=codec_config, geometry=geometry, options=options,
+                           executor=executor, append=append, on_start=on_start, on_track=on_track)
 
 
-def _read(spec: str, root: Path | None):
-    path, _, spec_root = spec.partition("=")
-    return read_manifest(Path(path), root=Path(spec_root) if spec_root else root)
+def print_dry_run(plan: DryRun) -> None:
+    """What would be built: tracks and audio-hours per role, and the estimated sizes."""
+    table = Table(title=f"dry run: {plan.store} ({'new store' if plan.new_store else 'existing store'})")
+    table.add_column("role")
+    table.add_column("tracks", justify="right")
+    table.add_column("audio-hours", justify="right")
+    for role, values in plan.by_role().items():
+        table.add_row(role, str(values["tracks"]), f"{values['hours']:.3f}")
+    table.add_section()
+    table.add_row("to build", str(len(plan.to_build)), f"{plan.hours():.3f}")
+    if plan.done:
+        table.add_row("done earlier", str(plan.done), "")
+    console.print(table)
+    if plan.sample_tracks:
+        console.print(f"estimated size: Zarr {plan.zarr_bytes / 1e9:.3f} GB, WebDataset {plan.wds_bytes / 1e9:.3f} GB "
+                      f"(compression measured on {plan.sample_seconds:.0f} s of {plan.sample_tracks} tracks)",
+                      highlight=False, soft_wrap=True)
+    elif plan.to_build:
+        console.print(f"estimated size: WebDataset {plan.wds_bytes / 1e9:.3f} GB; Zarr unknown (no sample track "
+                      "could be decoded)", highlight=False, soft_wrap=True)
+    console.print("nothing written (--dry-run)", highlight=False)
 
 
 def _configs(out: Path, stft_given: dict, codec_given: dict, geometry_given: dict):
@@ -99,7 +157,7 @@ def _configs(out: Path, stft_given: dict, codec_given: dict, geometry_given: dic
     return tuple(chosen)
 
 
-def _print_summary(result: BuildResult) -> None:
+def print_build_summary(result: BuildResult) -> None:
     if result.already_complete:
         console.print(f"{result.store} is complete and has every item of these manifests; nothing to do")
     built_hours = result.seconds("built") / 3600.0
@@ -121,9 +179,9 @@ def _print_summary(result: BuildResult) -> None:
     rejects = result.rejects
     if rejects:
         reasons = Table(title="rejects by reason (rejects.jsonl)")
-        reasons.add_column("reason")
-        reasons.add_column("count", justify="right")
-        reasons.add_column("example")
+        reasons.add_column("reason", no_wrap=True)
+        reasons.add_column("count", justify="right", no_wrap=True)
+        reasons.add_column("example", overflow="fold")
         examples = {}
         for reject in rejects:
             examples.setdefault(reject.code, f"{reject.id} ({Path(reject.manifest).name}): {reject.reason}")
@@ -136,22 +194,29 @@ def _print_summary(result: BuildResult) -> None:
 @user_errors
 def verify_command(
     store: Path = typer.Argument(..., help="Store directory to check."),
-    workers: int = typer.Option(0, help="Local dask worker processes (0: in this process)."),
+    workers: int = typer.Option(0, min=0, help="Local dask worker processes (0: in this process)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the report as JSON to this file ('-': stdout)."),
 ) -> None:
     """Re-read a store: tar checksums, Zarr vs WebDataset, frame counts vs manifests; exit 1 on damage."""
     opened = open_store(store)  # refuses what is not a complete store, before any cluster starts
-    with dask_executor(workers, scheduler) as executor, progress() as bar:
-        shards = bar.add_task("tar checksums", total=len(opened.wds_shards()), rate="")
-        tracks = bar.add_task("zarr vs wds", total=len(opened.tracks), rate="")
-        report = verify_store(store, executor, on_shard=lambda _: bar.update(shards, advance=1),
-                              on_track=lambda _: bar.update(tracks, advance=1))
-    for note in report.notes:
-        console.print(f"[yellow]note:[/] {note}", highlight=False)
-    for damage in report.damages:
-        console.print(f"[red]damaged {damage.kind}[/] {damage.name}: {damage.reason}", highlight=False)
-    summary = f"{report.tracks} tracks ({report.frames} frames), {report.shards} tars"
+    if json_out not in (None, "-"):
+        check_writable(json_out)
+    with humans_on_stderr(json_out == "-"):
+        with dask_executor(workers, scheduler) as executor, progress() as bar:
+            shards = bar.add_task("tar checksums", total=len(opened.wds_shards()), rate="")
+            tracks = bar.add_task("zarr vs wds", total=len(opened.tracks), rate="")
+            report = verify_store(store, executor, on_shard=lambda _: bar.update(shards, advance=1),
+                                  on_track=lambda _: bar.update(tracks, advance=1))
+        for note in report.notes:
+            console.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
+        for damage in report.damages:
+            console.print(f"[red]damaged {damage.kind}[/] {damage.name}: {damage.reason}", highlight=False,
+                          soft_wrap=True)
+        summary = f"{report.tracks} tracks ({report.frames} frames), {report.shards} tars"
+        console.print(f"{len(report.damages)} problems in {summary}" if not report.ok else f"intact: {summary}",
+                      highlight=False)
+    if json_out is not None:
+        write_json(json_out, {"store": str(store), **report.to_json()})
     if not report.ok:
-        console.print(f"{len(report.damages)} problems in {summary}")
-        raise typer.Exit(1)
-    console.print(f"intact: {summary}")
+        raise typer.Exit(EXIT_DAMAGE)

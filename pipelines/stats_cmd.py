@@ -1,29 +1,36 @@
-"""`vrdata stats`: describe manifests and stores as rich tables, JSON and PNG figures."""
+"""`vrdata stats`: describe manifests and stores as rich tables, JSON and PNG figures.
+
+Tables are laid out to be read at 80 columns (and in logs): few columns each, units in the
+headers, long cells wrapped, never cut to "...".
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.table import Table
 
-from pipelines.common import console, dask_executor, default_workers, progress, user_errors
+from pipelines.common import (
+    console, dask_executor, default_workers, humans_on_stderr, progress, user_errors, write_json,
+)
 from pipelines.vrdata import app
+from vr_data.catalog.manifest import SPLITS
+from vr_data.io import check_writable
 from vr_data.stats.report import ProgressHooks, classify_inputs, describe
-from vr_data.io import atomic_write_bytes
 
 
 @app.command("stats")
 @user_errors
 def stats_command(
-    paths: list[Path] = typer.Argument(..., help="Manifests (M.jsonl) and/or store directories."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the report as JSON to this file."),
+    paths: list[str] = typer.Argument(..., metavar="PATH...",
+                                      help="Manifests (M.jsonl, or M.jsonl=ROOT) and/or store directories."),
+    json_out: Optional[str] = typer.Option(None, "--json", help="Also write the report as JSON to this file ('-': stdout)."),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG figures into this directory."),
     root: Optional[Path] = typer.Option(None, help="Where a single manifest's files are on this machine."),
     content: bool = typer.Option(True, help="Decode audio / read spectrograms for content statistics."),
-    workers: int = typer.Option(default_workers(), help="Local dask worker processes (0: in this process)."),
+    workers: int = typer.Option(default_workers(), min=0, help="Local dask worker processes (0: in this process)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler to use instead."),
 ) -> None:
     """Totals, content statistics, integrity findings and input normalisation of PATHS.
@@ -31,35 +38,53 @@ def stats_command(
     For a store, the per-bin log-magnitude mean/std are saved to STORE/stats.json.
     """
     classify_inputs(paths, root)  # a wrong path fails here, before a cluster starts
-    with dask_executor(workers if content else 0, scheduler if content else None) as executor, progress() as bar:
-        task = None
-
-        def start(description: str, total: int) -> None:
-            nonlocal task
-            task = bar.add_task(description, total=total, rate="")
-
-        report = describe(paths, root=root, content=content, executor=executor,
-                          progress=ProgressHooks(start, lambda: bar.update(task, advance=1)))
-    if report["manifests"]:
-        print_section("manifests", report["manifests"])
-    for store in report["stores"]:
-        print_section(f"store {store['path']}", store)
-    if json_out is not None:
-        atomic_write_bytes(json_out, (json.dumps(report, indent=1, sort_keys=True) + "\n").encode())
-        console.print(f"wrote {json_out}")
+    if json_out not in (None, "-"):
+        check_writable(json_out)
     if plots is not None:
-        from vr_data.stats.plots import write_plots
+        _check_folder(plots)
+    with humans_on_stderr(json_out == "-"):
+        with dask_executor(workers if content else 0, scheduler if content else None) as executor, \
+                progress() as bar:
+            task = None
 
-        written = write_plots(report, plots)
-        console.print(f"wrote {len(written)} figures to {plots}")
+            def start(description: str, total: int) -> None:
+                nonlocal task
+                task = bar.add_task(description, total=total, rate="")
+
+            report = describe(paths, root=root, content=content, executor=executor,
+                              progress=ProgressHooks(start, lambda: bar.update(task, advance=1)))
+        if report["manifests"]:
+            print_section("manifests", report["manifests"])
+        for store in report["stores"]:
+            print_section(f"store {store['path']}", store)
+        if plots is not None:
+            from vr_data.stats.plots import write_plots
+
+            written = write_plots(report, plots)
+            console.print(f"wrote {len(written)} figures to {plots}", highlight=False)
+    if json_out is not None:
+        write_json(json_out, report)
+
+
+def _check_folder(folder: Path) -> None:
+    """`--plots` must be a folder we can create and write into (checked before any work)."""
+    from vr_data.errors import VRDataError
+
+    if folder.exists() and not folder.is_dir():
+        raise VRDataError(folder, "--plots exists and is not a directory")
+    check_writable(folder / "check.png")
 
 
 def print_section(title: str, section: dict) -> None:
     """Every table of one section of the report."""
     console.rule(f"[bold]{title}")
     console.print(_libraries_table(section))
+    console.print(_splits_table(section))
     if any("files" in row for row in section["libraries"]):  # stores keep no file records
         console.print(_files_table(section))
+    rejects = [(row["library"], row.get("rejects")) for row in section["libraries"] if row.get("rejects")]
+    for library, counts in rejects:
+        console.print(f"rejects of {library}: {_counts_cell(counts, ' ')}", highlight=False, soft_wrap=False)
     for role, totals in section["roles"].items():
         console.print(f"{totals['days']:.2f} days of {role} = {totals['hours']:.3f} h: {totals['items']} items, "
                       f"{totals['frames']} frames, {totals['libraries']} libraries", highlight=False)
@@ -69,7 +94,8 @@ def print_section(title: str, section: dict) -> None:
                       f"{offsets['offset_ms']['min']:.2f} to {offsets['offset_ms']['max']:.2f} ms", highlight=False)
     content = section.get("content")
     if content:
-        console.print(_content_table(content))
+        for table in _content_tables(content):
+            console.print(table)
         vocal = content.get("pairs", {}).get("vocal_energy_db")
         if vocal and vocal["count"]:
             console.print(f"vocal energy (mixture - instrumental) re instrumental: mean {vocal['mean']:.1f} dB, "
@@ -77,58 +103,69 @@ def print_section(title: str, section: dict) -> None:
         for error in content.get("errors", []):
             console.print(f"[red]not measured[/] {error['library']}/{error['id']}: {error['error']}", highlight=False)
     if section.get("stats_json"):
-        console.print(f"input normalisation (per-bin log-magnitude mean/std) saved to {section['stats_json']}")
+        console.print(f"input normalisation (per-bin log-magnitude mean/std) saved to {section['stats_json']}",
+                      highlight=False)
     _print_integrity(section["integrity"])
 
 
+def _table(title: str, columns: dict[str, str]) -> Table:
+    """A table whose cells wrap (or fold) when narrow: never an ellipsis. `columns` maps each
+    header to its justification."""
+    table = Table(title=title)
+    for header, justify in columns.items():
+        table.add_column(header, justify=justify, overflow="fold")
+    return table
+
+
 def _libraries_table(section: dict) -> Table:
-    table = Table(title="libraries")
-    for column in ("library", "role", "items", "hours", "frames", "train", "valid", "groups", "rejects"):
-        table.add_column(column, justify="right" if column in ("items", "hours", "frames", "groups") else "left",
-                         no_wrap=column in ("library", "role"))
+    table = _table("libraries", {"library": "left", "role": "left", "items": "right", "hours": "right",
+                                 "frames": "right", "groups": "right"})
     for row in section["libraries"]:
-        splits = row["splits"]
-        table.add_row(
-            row["library"], row["role"], str(row["items"]), f"{row['hours']:.3f}", str(row["frames"]),
-            _split_cell(splits.get("train")), _split_cell(splits.get("valid")), str(row["groups"]),
-            _counts_cell(row.get("rejects")),
-        )
+        table.add_row(row["library"], row["role"], str(row["items"]), f"{row['hours']:.3f}", str(row["frames"]),
+                      str(row["groups"]))
+    return table
+
+
+def _splits_table(section: dict) -> Table:
+    table = _table("splits (items, hours)", {"library": "left", **{split: "right" for split in SPLITS}})
+    for row in section["libraries"]:
+        table.add_row(row["library"], *(_split_cell(row["splits"].get(split)) for split in SPLITS))
     return table
 
 
 def _files_table(section: dict) -> Table:
-    table = Table(title="files")
-    for column in ("library", "files", "sample rates", "channels", "formats"):
-        table.add_column(column, justify="right" if column == "files" else "left")
+    table = _table("files", {"library": "left", "files": "right", "sample rates (Hz: files)": "left",
+                             "channels": "left", "formats": "left"})
     for row in section["libraries"]:
         table.add_row(row["library"], str(row["files"]), _counts_cell(row["sample_rates"]),
                       _counts_cell(row["channels"]), _counts_cell(row["formats"]))
     return table
 
 
-def _content_table(content: dict) -> Table:
-    manifests = any("loudness_lufs" in summary for summary in content["sources"].values())
-    table = Table(title="content: integrated loudness (BS.1770-4), peak, silence, clipping" if manifests
-                  else "content: levels from the spectrograms")
-    columns = (("source", "items", "LUFS mean+-std", "LUFS range", "peak max", "silence", "clipped (items)")
-               if manifests else ("source", "tracks", "frames", "track RMS dBFS", "RMS range", "silent frames"))
-    for column in columns:
-        table.add_column(column, justify="left" if column == "source" else "right")
-    for key, summary in content["sources"].items():
-        if manifests:
-            loudness, peak, silence = summary["loudness_lufs"], summary["peak_dbfs"], summary["silence_fraction"]
-            table.add_row(
-                key, str(summary["items"]), f"{_number(loudness['mean'])} +- {_number(loudness['std'])}",
-                f"{_number(loudness['min'])}..{_number(loudness['max'])}", f"{_number(peak['max'])} dBFS",
-                _percent(silence["of_duration"]), f"{summary['clipping']['samples']} ({summary['clipping']['items']})",
-            )
-        else:
-            level = summary["track_rms_dbfs"]
-            table.add_row(key, str(summary["tracks"]), str(summary["frames"]),
-                          f"{_number(level['mean'])} +- {_number(level['std'])}",
-                          f"{_number(level['min'])}..{_number(level['max'])}",
-                          _percent(summary["silence_fraction"]["of_frames"]))
-    return table
+def _content_tables(content: dict) -> list[Table]:
+    sources = content["sources"]
+    if any("loudness_lufs" in summary for summary in sources.values()):
+        loudness = _table("integrated loudness (BS.1770-4), LUFS", {"source": "left", "items": "right",
+                                                                     "mean": "right", "std": "right",
+                                                                     "min": "right", "max": "right"})
+        levels = _table("levels", {"source": "left", "peak max (dBFS)": "right", "silence (% of time)": "right",
+                                   "clipped samples": "right", "clipped items": "right"})
+        for key, summary in sources.items():
+            lufs, peak, silence = summary["loudness_lufs"], summary["peak_dbfs"], summary["silence_fraction"]
+            loudness.add_row(key, str(summary["items"]), _number(lufs["mean"]), _number(lufs["std"]),
+                             _number(lufs["min"]), _number(lufs["max"]))
+            levels.add_row(key, _number(peak["max"]), _percent(silence["of_duration"]),
+                           str(summary["clipping"]["samples"]), str(summary["clipping"]["items"]))
+        return [loudness, levels]
+    levels = _table("levels from the spectrograms", {"source": "left", "tracks": "right",
+                                                      "track RMS mean (dBFS)": "right", "std (dB)": "right",
+                                                      "min (dBFS)": "right", "max (dBFS)": "right",
+                                                      "silent frames (%)": "right"})
+    for key, summary in sources.items():
+        level = summary["track_rms_dbfs"]
+        levels.add_row(key, str(summary["tracks"]), _number(level["mean"]), _number(level["std"]),
+                       _number(level["min"]), _number(level["max"]), _percent(summary["silence_fraction"]["of_frames"]))
+    return [levels]
 
 
 def _print_integrity(integrity: dict) -> None:
@@ -136,33 +173,31 @@ def _print_integrity(integrity: dict) -> None:
     leaks = integrity.get("group_leaks", [])
     if not duplicates and not leaks:
         checked = "no duplicate files, " if "duplicates" in integrity else ""  # stores keep no file hashes
-        console.print(f"integrity: {checked}no group in both splits")
+        console.print(f"integrity: {checked}no group in more than one split")
         return
     if duplicates:
-        table = Table(title=f"duplicate files ({len(duplicates)})")
-        for column in ("sha256", "kinds", "where"):
-            table.add_column(column)
+        table = _table(f"duplicate files ({len(duplicates)})", {"sha256": "left", "kinds": "left", "where": "left"})
         for finding in duplicates:
             where = "\n".join(f"{o['library']} ({o['role']}, {o['split']}): {o['path']}" for o in finding["occurrences"])
             table.add_row(finding["sha256"][:12], ", ".join(finding["kinds"]), where)
         console.print(table)
     if leaks:
-        table = Table(title=f"groups in both train and valid ({len(leaks)})")
-        for column in ("role", "group", "train", "valid"):
-            table.add_column(column)
+        splits = [split for split in SPLITS if any(split in finding["splits"] for finding in leaks)]
+        table = _table(f"groups in more than one split ({len(leaks)})",
+                       {"role": "left", "group": "left", **{split: "left" for split in splits}})
         for finding in leaks:
             cells = ["\n".join(", ".join(m["paths"]) or m["id"] for m in finding["splits"].get(split, []))
-                     for split in ("train", "valid")]
+                     for split in splits]
             table.add_row(finding["role"], finding["group"], *cells)
         console.print(table)
 
 
 def _split_cell(split: dict | None) -> str:
-    return f"{split['items']}: {split['hours']:.3f} h" if split else "0"
+    return f"{split['items']}, {split['hours']:.3f} h" if split and split["items"] else "0"
 
 
-def _counts_cell(counts: dict | None) -> str:
-    return ", ".join(f"{name}:{count}" for name, count in counts.items()) if counts else "-"
+def _counts_cell(counts: dict | None, separator: str = ":") -> str:
+    return ", ".join(f"{name}{separator}{count}" for name, count in counts.items()) if counts else "-"
 
 
 def _number(value: float | None) -> str:
@@ -170,4 +205,4 @@ def _number(value: float | None) -> str:
 
 
 def _percent(value: float | None) -> str:
-    return f"{100 * value:.1f} %" if value is not None else "-"
+    return f"{100 * value:.1f}" if value is not None else "-"

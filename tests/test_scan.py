@@ -131,7 +131,7 @@ def test_musdb_layout_sums_stems(tmp_path):
     (tmp_path / "train" / "C - Incomplete").mkdir()
     write_audio(tmp_path / "train" / "C - Incomplete" / "mixture.wav", tone(2.0), 44100)
     result = scan(tmp_path, ScanOptions(layout="musdb", group_by="artist"))
-    assert {item.split for item in result.manifest.items} == {"train", "valid"}
+    assert {item.split for item in result.manifest.items} == {"train", "test"}  # never valid: no leak
     assert [r.code for r in result.rejects] == [errors.MISSING]
     item = next(i for i in result.manifest.items if i.split == "train")
     assert item.sources["instrumental"] == ["drums", "bass", "other"] and item.group == "a"

@@ -2,25 +2,121 @@
 
 A killed job leaves either the old file or the new one, never half of one. Used by the store
 builder, the statistics and the CLIs alike.
+
+A rename replaces whatever has the target name, so it only ever replaces a regular file: a
+device, a FIFO, a directory or a symlink to one of them is refused (`--json /dev/stdout` once
+replaced the `/dev/stdout` symlink, as root, with a regular file). A symlink to a regular file
+is followed: the file it points to is replaced and the link kept. A failed write (permission,
+full disk, a parent that is a file) is a `VRDataError` naming the path, never a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import stat
+from collections.abc import Iterator
 from pathlib import Path
+
+from vr_data.errors import VRDataError
+
+UNWRITABLE = "unwritable"  # VRDataError code: an output that cannot be written
+
+
+def file_kind(mode: int) -> str:
+    """What a `st_mode` describes, in words ("regular file", "named pipe (FIFO)", ...)."""
+    if stat.S_ISREG(mode):
+        return "regular file"
+    if stat.S_ISDIR(mode):
+        return "directory"
+    if stat.S_ISCHR(mode):
+        return "character device"
+    if stat.S_ISBLK(mode):
+        return "block device"
+    if stat.S_ISFIFO(mode):
+        return "named pipe (FIFO)"
+    if stat.S_ISSOCK(mode):
+        return "socket"
+    return "special file"
+
+
+def not_regular_reason(path: str | Path) -> str | None:
+    """Why `path` (symlinks followed) is not a regular file to read, or None when it is one.
+
+    Only `stat` is used: opening a FIFO to look at it would block until a writer appears.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return "broken symbolic link" if os.path.islink(path) else "file not found"
+    except OSError as error:
+        return f"cannot stat ({os_reason(error)})"
+    if stat.S_ISREG(mode):
+        return None
+    return f"not a regular file: a {file_kind(mode)}"
+
+
+def os_reason(error: OSError) -> str:
+    """An OSError's reason in lower-case words, without the path ("permission denied")."""
+    text = error.strerror or type(error).__name__
+    return text[:1].lower() + text[1:]
+
+
+def replaceable_target(path: str | Path) -> Path:
+    """The regular file an atomic write to `path` replaces (the path itself, or the file a
+    symlink leads to), or a new file's path; refuses anything else with a VRDataError."""
+    path = Path(path)
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise VRDataError(path, "is a broken symbolic link; refusing to write through it", UNWRITABLE) from None
+        return path
+    except OSError as error:
+        raise VRDataError(path, f"cannot write ({os_reason(error)})", UNWRITABLE) from None
+    if not stat.S_ISREG(mode):
+        hint = "; use '-' for standard output" if stat.S_ISCHR(mode) or stat.S_ISFIFO(mode) else ""
+        raise VRDataError(path, f"is a {file_kind(mode)}, not a regular file: refusing to replace it{hint}",
+                          UNWRITABLE)
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
+
+
+def check_writable(path: str | Path) -> None:
+    """Fail early (before hours of work) when an atomic write to `path` would be refused: a
+    non-regular target, or a folder we cannot create or write into."""
+    target = replaceable_target(path)
+    folder = target.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise VRDataError(path, f"cannot write: {folder} is not a directory", UNWRITABLE)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise VRDataError(path, f"cannot write: no permission to write in {folder}", UNWRITABLE)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write `data` to a temporary name beside `path`, flush it to disk, then rename into place."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
+    target = replaceable_target(path)
+    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    except OSError as error:
+        try:
+            temporary.unlink(missing_ok=True)
+        except OSError:
+            pass  # the directory itself is the problem; nothing was left there
+        raise VRDataError(path, f"cannot write ({os_reason(error)})", UNWRITABLE) from None
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: Path, record: dict) -> None:
@@ -30,3 +126,52 @@ def atomic_write_json(path: Path, record: dict) -> None:
 def atomic_write_lines(path: Path, records: list[dict]) -> None:
     """JSONL: one compact sorted-key JSON object per line."""
     atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: Path, holder: str, *, subject: Path | None = None, remove: bool = True) -> Iterator[None]:
+    """Hold an exclusive advisory lock (`flock`) on the file `path` for the `with` block.
+
+    The lock file holds the holder's PID and host. A second process gets a one-line VRDataError
+    naming `subject` (default: `path`) at once ("in use by PID ... (`holder`)") instead of
+    waiting or, worse, working on the same files. The kernel drops the lock when the process dies, SIGKILL included, so a
+    stale lock file never blocks a rerun. `remove` deletes the file on release: after taking the
+    lock we check that `path` is still the file we locked, so a racing process that opened the
+    old file retries on the new one.
+    """
+    import fcntl
+    import socket
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                owner = os.read(descriptor, 200).decode(errors="replace").strip() or "another process"
+                os.close(descriptor)
+                raise VRDataError(subject or path, f"in use by {owner} ({holder}); wait for it to finish",
+                                  UNWRITABLE) from None
+            try:
+                same = os.fstat(descriptor).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(descriptor)
+    except OSError as error:
+        raise VRDataError(subject or path, f"cannot create the lock file {path.name} ({os_reason(error)})",
+                          UNWRITABLE) from None
+    try:
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, f"PID {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield
+    finally:
+        if remove:
+            try:
+                os.unlink(path)
+            except OSError:
+                pass
+        os.close(descriptor)

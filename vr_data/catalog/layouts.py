@@ -4,11 +4,15 @@
 - `musdb`: MUSDB18-HQ `train|test/<track>/{mixture,vocals,drums,bass,other}.wav`.
 - `vocals`, `instrumentals`, `pretrain`: a folder (recursive) of single tracks.
 
-Discovery only looks at names; decoding and hashing happen in `vr_data.catalog.scan`.
+Discovery only looks at names and file kinds; decoding and hashing happen in
+`vr_data.catalog.scan`. Every layout refuses, with a reject line, what it cannot safely open:
+a file or folder symlinked outside the root (`escapes_root`) and anything that is not a regular
+file (`unreadable`: a FIFO named `pipe.wav` would block the decoder forever).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from collections import defaultdict
@@ -17,7 +21,8 @@ from pathlib import Path, PurePosixPath
 
 from vr_data import errors
 from vr_data.audio import AUDIO_EXTENSIONS
-from vr_data.errors import Reject
+from vr_data.errors import Reject, VRDataError
+from vr_data.io import not_regular_reason
 
 LAYOUTS = ("pairs", "musdb", "vocals", "instrumentals", "pretrain")
 LAYOUT_ROLE = {"pairs": "pair", "musdb": "pair", "vocals": "vocal", "instrumentals": "instrumental", "pretrain": "pretrain"}
@@ -68,7 +73,7 @@ def discover(root: Path, layout: str, pair_pattern: str | None = None) -> tuple[
     """Candidates and name-level rejects (unmatched, ambiguous, escaping symlinks) under `root`."""
     root = Path(root)
     if layout == "pairs":
-        return _discover_pairs(root, re.compile(pair_pattern) if pair_pattern else None)
+        return _discover_pairs(root, compile_pair_pattern(pair_pattern) if pair_pattern else None)
     if layout == "musdb":
         return _discover_musdb(root)
     if layout in ("vocals", "instrumentals", "pretrain"):
@@ -83,26 +88,61 @@ def _single_source(role: str) -> str:
     return {"vocal": "vocal", "instrumental": "instrumental", "pretrain": "audio"}[role]
 
 
+def compile_pair_pattern(pattern: str) -> re.Pattern:
+    """`--pair-pattern`: a valid regex with a `(?P<key>...)` group, else a ConfigError."""
+    from vr_data.errors import ConfigError
+
+    try:
+        compiled = re.compile(pattern)
+    except re.error as error:
+        raise ConfigError(None, f"--pair-pattern {pattern!r} is not a valid regular expression ({error})") from None
+    if "key" not in compiled.groupindex:
+        raise ConfigError(None, f"--pair-pattern {pattern!r} needs a (?P<key>...) group: the part both names share")
+    return compiled
+
+
 def list_audio(root: Path, folder: Path, role: str | None = None) -> tuple[list[str], list[Reject]]:
     """Audio files under `folder` as sorted POSIX paths relative to `root`.
 
-    Symlinks that lead outside `root` are refused (rejected), never followed.
+    Symlinks (to files or folders) that lead outside `root` are refused, never followed; so is
+    anything that is not a regular file. Symlinked folders inside `root` are not descended:
+    their files are found under their real path.
     """
     found: list[str] = []
     rejects: list[Reject] = []
     root_resolved = root.resolve()
     for directory, subdirs, names in os.walk(folder, followlinks=False):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        kept = []
+        for name in sorted(d for d in subdirs if not d.startswith(".")):
+            path = Path(directory) / name
+            if path.is_symlink() and not path.resolve().is_relative_to(root_resolved):
+                rejects.append(Reject(path.relative_to(root).as_posix(), errors.ESCAPES_ROOT,
+                                      "symlinked folder leads outside the dataset root; not scanned", role))
+                continue
+            kept.append(name)
+        subdirs[:] = kept
         for name in sorted(names):
             if name.startswith(".") or not name.lower().endswith(AUDIO_EXTENSIONS):
                 continue
             path = Path(directory) / name
             rel = path.relative_to(root).as_posix()
-            if not path.resolve().is_relative_to(root_resolved):
-                rejects.append(Reject(rel, errors.ESCAPES_ROOT, "symlink leads outside the dataset root", role))
+            reject = file_reject(path, rel, root_resolved, role)
+            if reject is not None:
+                rejects.append(reject)
                 continue
             found.append(rel)
     return found, rejects
+
+
+def file_reject(path: Path, rel: str, root_resolved: Path, role: str | None) -> Reject | None:
+    """The reject of a listed file that escapes the root or is not a regular file, else None."""
+    if not path.resolve().is_relative_to(root_resolved):
+        return Reject(rel, errors.ESCAPES_ROOT, "symlink leads outside the dataset root", role)
+    reason = not_regular_reason(path)
+    if reason is not None:
+        code = errors.MISSING if reason in ("file not found", "broken symbolic link") else errors.UNREADABLE
+        return Reject(rel, code, reason, role)
+    return None
 
 
 def _find_dir(root: Path, names: tuple[str, ...]) -> Path | None:
@@ -117,8 +157,6 @@ def _discover_pairs(root: Path, pattern: re.Pattern | None) -> tuple[list[Candid
     mixture_dir = _find_dir(root, MIXTURE_DIRS)
     instrumental_dir = _find_dir(root, INSTRUMENTAL_DIRS)
     if mixture_dir is None or instrumental_dir is None:
-        from vr_data.errors import VRDataError
-
         raise VRDataError(root, f"pairs layout needs {MIXTURE_DIRS[0]}/ and {INSTRUMENTAL_DIRS[0]}/ folders", "layout")
     rejects: list[Reject] = []
     sides: dict[str, dict[str, list[str]]] = {}
@@ -162,29 +200,49 @@ def _discover_pairs(root: Path, pattern: re.Pattern | None) -> tuple[list[Candid
 
 
 def _discover_musdb(root: Path) -> tuple[list[Candidate], list[Reject]]:
+    """MUSDB18-HQ: each track folder of `train/` and `test/` is a pair; the official split is
+    kept (`test` songs are the `test` split, never `valid`: model selection must not see them)."""
     candidates: list[Candidate] = []
     rejects: list[Reject] = []
+    root_resolved = root.resolve()
     subsets = [s for s in ("train", "test") if (root / s).is_dir()]
     if not subsets:
-        from vr_data.errors import VRDataError
-
         raise VRDataError(root, "musdb layout needs train/ and/or test/ folders of track folders", "layout")
     for subset in subsets:
+        if not (root / subset).resolve().is_relative_to(root_resolved):
+            rejects.append(Reject(subset, errors.ESCAPES_ROOT, "symlinked folder leads outside the dataset root; "
+                                                               "not scanned", "pair"))
+            continue
         for track in sorted(p for p in (root / subset).iterdir() if p.is_dir() and not p.name.startswith(".")):
+            track_rel = track.relative_to(root).as_posix()
+            if not track.resolve().is_relative_to(root_resolved):
+                rejects.append(Reject(track_rel, errors.ESCAPES_ROOT, "symlinked track folder leads outside the "
+                                                                      "dataset root; not scanned", "pair"))
+                continue
             files: dict[str, str] = {}
+            refused: list[Reject] = []
             for stem in MUSDB_STEMS:
                 matches = sorted(p for p in track.iterdir() if p.stem == stem and p.suffix.lower() in AUDIO_EXTENSIONS)
-                if matches:
-                    files[stem] = matches[0].relative_to(root).as_posix()
+                if not matches:
+                    continue
+                rel = matches[0].relative_to(root).as_posix()
+                reject = file_reject(matches[0], rel, root_resolved, "pair")
+                if reject is not None:
+                    refused.append(reject)
+                files[stem] = rel
             missing = [s for s in MUSDB_STEMS if s not in files]
-            track_rel = track.relative_to(root).as_posix()
             if missing:
                 rejects.append(Reject(track_rel, errors.MISSING, f"track lacks stems: {', '.join(missing)}", "pair"))
+                continue
+            if refused:
+                rejects.extend(refused)
+                bad = ", ".join(PurePosixPath(r.path).name for r in refused)
+                rejects.append(Reject(track_rel, errors.PARTNER_REFUSED, f"its stems were refused ({bad})", "pair"))
                 continue
             candidates.append(Candidate(
                 name=track_rel, role="pair", files=files,
                 sources={"mixture": ["mixture"], "instrumental": ["drums", "bass", "other"], "vocal": ["vocals"]},
-                split="train" if subset == "train" else "valid", tags=[f"musdb:{subset}"],
+                split=subset, tags=[f"musdb:{subset}"],
                 group_source=track.name,
             ))
     return candidates, rejects
@@ -202,7 +260,7 @@ def group_key(name: str, group_by: str) -> str | None:
     if group_by == "folder":
         return path.parent.as_posix() if path.parent.as_posix() not in ("", ".") else None
     if group_by.startswith("regex:"):
-        pattern = re.compile(group_by[len("regex:"):])
+        pattern = compile_group_by(group_by)
         match = pattern.search(name)
         if match is None:
             return None
@@ -210,3 +268,25 @@ def group_key(name: str, group_by: str) -> str | None:
             return match.group("group")
         return match.group(1) if pattern.groups else match.group(0)
     raise ValueError(f"unknown --group-by {group_by!r}: none, artist, folder or regex:PATTERN")
+
+
+GROUP_BY = ("none", "artist", "folder", "regex:PATTERN")
+
+
+def compile_group_by(group_by: str) -> re.Pattern | None:
+    """Check `--group-by` (a ConfigError when it is wrong); its regex for `regex:PATTERN`."""
+    from vr_data.errors import ConfigError
+
+    if group_by in ("none", "artist", "folder"):
+        return None
+    if not group_by.startswith("regex:"):
+        raise ConfigError(None, f"--group-by {group_by!r} is not one of none, artist, folder, regex:PATTERN")
+    try:
+        return _compiled(group_by[len("regex:"):])
+    except re.error as error:
+        raise ConfigError(None, f"--group-by {group_by!r}: not a valid regular expression ({error})") from None
+
+
+@functools.lru_cache(maxsize=16)
+def _compiled(pattern: str) -> re.Pattern:
+    return re.compile(pattern)

@@ -10,6 +10,10 @@ new information is a new field, never a change of an old one.
 Shapes of an item's sources: `sources` maps a source name (`mixture`, `instrumental`, `vocal`,
 `audio`) to the list of file keys whose audio is summed to make it (MUSDB's instrumental is
 drums + bass + other).
+
+Splits: `train`, `valid` (selects models) and `test` (the reported numbers; MUSDB's test songs).
+Reading validates every field's type and range, so a damaged or foreign file is one
+`VRDataError` naming the file and line, never a traceback deep inside a build.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
@@ -25,10 +28,13 @@ from pathlib import Path, PurePosixPath
 
 from vr_data import __version__, errors
 from vr_data.errors import Reject, VRDataError
+from vr_data.io import atomic_write_text, not_regular_reason, os_reason
 
 SCHEMA_VERSION = 1
 ROLES = ("pair", "vocal", "instrumental", "pretrain")
-SPLITS = ("train", "valid")
+SPLITS = ("train", "valid", "test")
+REJECTS_SUFFIX = ".rejects.jsonl"
+_HEADER_LIMIT = 1 << 20  # bytes: a header line is small; an audio file given by mistake is not read whole
 _ID_UNSAFE = re.compile(r"[^a-z0-9]+")
 
 
@@ -57,7 +63,20 @@ class FileEntry:
 
     @classmethod
     def from_json(cls, record: dict) -> "FileEntry":
-        return cls(**{k: record[k] for k in cls.__dataclass_fields__})
+        """A file entry from its JSON; ValueError says which field is wrong."""
+        if not isinstance(record, dict):
+            raise ValueError("a file entry must be an object")
+        values = {name: _field(record, name) for name in cls.__dataclass_fields__}
+        for name in ("path", "sha256", "format"):
+            if not isinstance(values[name], str) or not values[name] and name == "path":
+                raise ValueError(f"file field {name!r} must be a {'non-empty ' if name == 'path' else ''}string, "
+                                 f"not {values[name]!r}")
+        for name, lowest in (("size", 0), ("mtime_ns", None), ("sample_rate", 1), ("channels", 1), ("samples", 0)):
+            value = values[name]
+            if not _is_int(value) or lowest is not None and value < lowest:
+                wanted = "an integer" if lowest is None else f"an integer >= {lowest}"
+                raise ValueError(f"file {values['path']!r}: {name!r} must be {wanted}, not {value!r}")
+        return cls(**values)
 
 
 @dataclass
@@ -97,15 +116,44 @@ class Item:
 
     @classmethod
     def from_json(cls, record: dict) -> "Item":
+        """An item from its JSON; ValueError says which field is wrong."""
+        if not isinstance(record, dict):
+            raise ValueError("an item must be a JSON object")
+        identifier, role = _field(record, "id"), _field(record, "role")
+        if not isinstance(identifier, str) or not identifier or identifier != identifier.strip():
+            raise ValueError(f"'id' must be a non-empty string without surrounding whitespace, not {identifier!r}")
+        if role not in ROLES:
+            raise ValueError(f"item {identifier}: role {role!r} is not one of {', '.join(ROLES)}")
+        split = record.get("split", "train")
+        if split not in SPLITS:
+            raise ValueError(f"item {identifier}: split {split!r} is not one of {', '.join(SPLITS)}")
+        files, sources = _field(record, "files"), _field(record, "sources")
+        if not isinstance(files, dict) or not files:
+            raise ValueError(f"item {identifier}: 'files' must be a non-empty object")
+        if not isinstance(sources, dict) or not sources:
+            raise ValueError(f"item {identifier}: 'sources' must be a non-empty object")
+        for name, keys in sources.items():
+            if not isinstance(keys, list) or not keys or not all(isinstance(key, str) for key in keys):
+                raise ValueError(f"item {identifier}: source {name!r} must be a non-empty list of file keys")
+            unknown = [key for key in keys if key not in files]
+            if unknown:
+                raise ValueError(f"item {identifier}: source {name!r} names unknown file keys {unknown}")
+        group, tags, checks = record.get("group"), record.get("tags", []), record.get("checks", {})
+        if group is not None and not isinstance(group, str):
+            raise ValueError(f"item {identifier}: 'group' must be a string or absent, not {group!r}")
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            raise ValueError(f"item {identifier}: 'tags' must be a list of strings")
+        if not isinstance(checks, dict):
+            raise ValueError(f"item {identifier}: 'checks' must be an object")
         return cls(
-            id=record["id"],
-            role=record["role"],
-            files={key: FileEntry.from_json(entry) for key, entry in record["files"].items()},
-            sources={key: list(value) for key, value in record["sources"].items()},
-            split=record.get("split", "train"),
-            group=record.get("group"),
-            tags=list(record.get("tags", [])),
-            checks=dict(record.get("checks", {})),
+            id=identifier,
+            role=role,
+            files={key: FileEntry.from_json(entry) for key, entry in files.items()},
+            sources={key: list(value) for key, value in sources.items()},
+            split=split,
+            group=group,
+            tags=list(tags),
+            checks=dict(checks),
         )
 
 
@@ -165,57 +213,129 @@ def write_manifest(path: str | Path, manifest: Manifest) -> Path:
     path = Path(path)
     lines = [json.dumps(manifest.header(), sort_keys=True)]
     lines += [json.dumps(item.to_json(), sort_keys=True) for item in sorted(manifest.items, key=lambda i: i.id)]
-    _atomic_write_text(path, "\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path
 
 
 def read_manifest(path: str | Path, root: str | Path | None = None) -> Manifest:
-    """Read a manifest; `root` overrides the header's root (the files moved machine or disk)."""
+    """Read a manifest; `root` overrides the header's root (the files moved machine or disk).
+
+    Everything is validated (see the module docstring): a file that is not a manifest, or a
+    manifest with a wrong field, raises one VRDataError naming the file (and the line).
+    """
     path = Path(path)
+    reason = not_regular_reason(path)
+    if reason is not None:
+        code = errors.MISSING if reason in ("file not found", "broken symbolic link") else errors.UNREADABLE
+        raise VRDataError(path, f"cannot read manifest ({reason})", code)
+    if path.name.endswith(REJECTS_SUFFIX):
+        with _opened(path) as handle:
+            first = handle.readline(_HEADER_LIMIT)
+        if b'"vr-manifest"' not in first:
+            raise VRDataError(path, "is the rejects file scan writes beside a manifest, not a manifest")
+    with _opened(path) as handle:
+        header = _parse_header(path, handle.readline(_HEADER_LIMIT))
+        rest = handle.read()
     try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as error:
-        raise VRDataError(path, f"cannot read manifest ({error.strerror})", errors.MISSING) from None
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
-        raise VRDataError(path, "empty manifest (no header line)")
-    try:
-        header = json.loads(lines[0])
-    except json.JSONDecodeError as error:
-        raise VRDataError(path, f"header is not JSON ({error.msg})") from None
-    if header.get("kind") != "vr-manifest":
-        raise VRDataError(path, "not a vr-manifest (first line lacks kind=vr-manifest)")
-    if int(header.get("schema", 0)) > SCHEMA_VERSION:
-        raise VRDataError(path, f"manifest schema {header['schema']} is newer than this package's {SCHEMA_VERSION}")
-    items = []
-    for number, line in enumerate(lines[1:], start=2):
+        text = rest.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise VRDataError(path, f"not UTF-8 text after the header (byte {error.start})") from None
+    if header["role"] not in ROLES:
+        raise VRDataError(path, f"header role {header['role']!r} is not one of {', '.join(ROLES)}")
+    items, seen = [], set()
+    for number, line in enumerate(text.splitlines(), start=2):
+        if not line.strip():
+            continue
         try:
-            items.append(Item.from_json(json.loads(line)))
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
+            item = Item.from_json(json.loads(line))
+        except json.JSONDecodeError as error:
+            raise VRDataError(path, f"line {number} is not JSON ({error.msg})") from None
+        except (ValueError, KeyError, TypeError) as error:
             raise VRDataError(path, f"line {number} is not a valid item ({error})") from None
+        if item.role != header["role"]:
+            raise VRDataError(path, f"line {number}: item {item.id} has role {item.role!r}, the header says "
+                                    f"{header['role']!r}")
+        if item.id in seen:
+            raise VRDataError(path, f"line {number}: item id {item.id!r} appears twice")
+        seen.add(item.id)
+        items.append(item)
+    if root is None and not isinstance(header.get("root"), str):
+        raise VRDataError(path, "header has no 'root' (pass the root: --root or M.jsonl=ROOT)")
     chosen_root = Path(root) if root is not None else Path(header["root"])
+    library = header.get("library", path.stem)
+    options = header.get("options", {})
     return Manifest(
-        library=header.get("library", path.stem),
+        library=library if isinstance(library, str) and library else path.stem,
         role=header["role"],
         root=chosen_root,
         items=items,
-        layout=header.get("layout", ""),
-        options=header.get("options", {}),
-        created=header.get("created", ""),
+        layout=str(header.get("layout", "")),
+        options=options if isinstance(options, dict) else {},
+        created=str(header.get("created", "")),
         source_path=path,
     )
+
+
+def _opened(path: Path):
+    try:
+        return open(path, "rb")
+    except OSError as error:
+        raise VRDataError(path, f"cannot read manifest ({os_reason(error)})", errors.MISSING) from None
+
+
+def _parse_header(path: Path, line: bytes) -> dict:
+    """The header line as a dict, or a VRDataError saying why the file is not a manifest."""
+    if not line.strip():
+        raise VRDataError(path, "empty manifest (no header line)")
+    try:
+        header = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise VRDataError(path, "not a vr-manifest (not UTF-8 text: an audio or binary file?)") from None
+    except json.JSONDecodeError as error:
+        raise VRDataError(path, f"not a vr-manifest (the first line is not JSON: {error.msg})") from None
+    if not isinstance(header, dict) or header.get("kind") != "vr-manifest":
+        raise VRDataError(path, "not a vr-manifest (first line lacks kind=vr-manifest)")
+    schema = header.get("schema", 0)
+    if not _is_int(schema):
+        raise VRDataError(path, f"header schema must be an integer, not {schema!r}")
+    if schema > SCHEMA_VERSION:
+        raise VRDataError(path, f"manifest schema {schema} is newer than this package's {SCHEMA_VERSION}")
+    if "role" not in header:
+        raise VRDataError(path, "header has no 'role'")
+    return header
+
+
+def split_manifest_spec(spec: str | Path) -> tuple[Path, Path | None]:
+    """`M.jsonl` -> `(M.jsonl, None)`; `M.jsonl=ROOT` -> `(M.jsonl, ROOT)` (the files moved).
+
+    A path that exists as given is never split, so a manifest whose name contains "=" works.
+    """
+    text = str(spec)
+    if "=" not in text or Path(text).exists():
+        return Path(text), None
+    path, _, root = text.partition("=")
+    if not path or not root:
+        raise VRDataError(text, "expected M.jsonl or M.jsonl=ROOT")
+    return Path(path), Path(root)
+
+
+def without_rejects_files(paths: Iterable[str | Path]) -> list[Path]:
+    """`paths` less the `M.rejects.jsonl` files of manifests `M.jsonl` also in `paths`:
+    `manifests/*.jsonl` matches the rejects files scan writes beside each manifest."""
+    given = [Path(path) for path in paths]
+    return [path for path in given if not any(rejects_path(other) == path for other in given if other != path)]
 
 
 def rejects_path(manifest_path: str | Path) -> Path:
     """`M.jsonl` -> `M.rejects.jsonl`, beside the manifest."""
     manifest_path = Path(manifest_path)
     stem = manifest_path.name[: -len(".jsonl")] if manifest_path.name.endswith(".jsonl") else manifest_path.name
-    return manifest_path.with_name(stem + ".rejects.jsonl")
+    return manifest_path.with_name(stem + REJECTS_SUFFIX)
 
 
 def write_rejects(path: str | Path, rejects: Iterable[Reject]) -> Path:
     lines = [json.dumps(r.to_json(), sort_keys=True) for r in sorted(rejects, key=lambda r: (r.path, r.code))]
-    _atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
+    atomic_write_text(Path(path), "".join(line + "\n" for line in lines))
     return Path(path)
 
 
@@ -254,11 +374,14 @@ def manifest_digest(path: str | Path) -> str:
     return file_sha256(path)
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+def _field(record: dict, name: str):
+    if name not in record:
+        raise ValueError(f"missing field {name!r}")
+    return record[name]
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _now() -> str:

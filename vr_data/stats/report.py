@@ -21,7 +21,7 @@ import numpy as np
 
 from vr_data import __version__, errors
 from vr_data.errors import VRDataError
-from vr_data.catalog.manifest import Manifest, read_manifest, rejects_path
+from vr_data.catalog.manifest import Manifest, read_manifest, split_manifest_spec, without_rejects_files
 from vr_data.parallel import map_unordered
 from vr_data.stats.content import ContentSummary, item_tasks, measure_item
 from vr_data.stats.integrity import ItemRef, duplicates, file_occurrences, group_leaks, manifest_items
@@ -50,22 +50,32 @@ _SILENT_PROGRESS = ProgressHooks(lambda description, total: None, lambda: None)
 def classify_inputs(paths: Sequence[str | Path], root: str | Path | None = None) -> tuple[list[Path], list[Path]]:
     """`(manifest files, store directories)` among `paths`, by their kind on disk (nothing is read).
 
-    Rejects files beside given manifests (`manifests/*.jsonl` matches them) are left out: they
-    are read with their manifest. `root` re-roots a single manifest.
+    A manifest may be given as `M.jsonl=ROOT` (its files moved). Rejects files beside given
+    manifests (`manifests/*.jsonl` matches them) are left out: they are read with their
+    manifest. `root` re-roots a single manifest.
     """
-    given = [Path(path) for path in paths]
-    if root is not None and (len(given) != 1 or given[0].is_dir()):
+    specs, stores = _classify(paths, root)
+    return [path for path, _ in specs], stores
+
+
+def _classify(paths: Sequence[str | Path], root: str | Path | None) -> tuple[list[tuple[Path, Path | None]], list[Path]]:
+    """`([(manifest, root or None)], stores)`: see `classify_inputs`."""
+    parsed = [split_manifest_spec(path) for path in paths]
+    if root is not None and (len(parsed) != 1 or parsed[0][0].is_dir()):
         raise VRDataError(None, "--root applies to a single manifest; give one manifest with it")
+    kept = set(without_rejects_files(path for path, _ in parsed))
     manifests, stores = [], []
-    for path in given:
-        if any(rejects_path(other) == path for other in given if other != path):
+    for path, spec_root in parsed:
+        if path not in kept:
             continue
         if path.is_dir():
+            if spec_root is not None:
+                raise VRDataError(path, "is a store: =ROOT applies to manifests only")
             if not (path / STORE_JSON).is_file():
                 raise VRDataError(path, f"neither a manifest nor a store (no {STORE_JSON})", errors.MISSING)
             stores.append(path)
         elif path.is_file():
-            manifests.append(path)
+            manifests.append((path, spec_root if spec_root is not None else (Path(root) if root is not None else None)))
         else:
             raise VRDataError(path, "no such manifest or store", errors.MISSING)
     return manifests, stores
@@ -73,8 +83,8 @@ def classify_inputs(paths: Sequence[str | Path], root: str | Path | None = None)
 
 def load_inputs(paths: Sequence[str | Path], root: str | Path | None = None) -> tuple[list[Manifest], list[Path]]:
     """Manifests (read) and store directories among `paths` (see `classify_inputs`)."""
-    manifest_paths, stores = classify_inputs(paths, root)
-    return [read_manifest(path, root=root) for path in manifest_paths], stores
+    specs, stores = _classify(paths, root)
+    return [read_manifest(path, root=spec_root) for path, spec_root in specs], stores
 
 
 def describe(

@@ -7,11 +7,19 @@ SIGKILL) skips tracks whose done-record and tars exist and redoes the rest; rewr
 own shards is safe because no other task touches them. Only when every planned track has a
 done-record are `tracks.jsonl`, `wds/index.json`, `rejects.jsonl` and finally `store.json` with
 `"complete": true` written. A file that fails at build time becomes a reject, never an abort.
+
+What is decided before anything is written: the inputs are checked (roots exist, items exist,
+every unfinished track's manifest is given) and the store is locked (`.build/lock`, one builder
+at a time), so a refused command leaves the store as it was. A source file that is missing or
+cannot be opened is a transient failure, not a reject: its track gets no done-record, the store
+stays incomplete, and the build ends with an error saying to fix the paths and rerun.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
@@ -29,13 +37,21 @@ from vr_data.catalog.sources import load_item_source
 from vr_data.parallel import map_unordered
 from vr_data.dsp.stft import StftConfig, block_stft
 from vr_data.store.arrays import ensure_array, open_array, write_group
-from vr_data.io import atomic_write_json, atomic_write_lines
+from vr_data.audio import load_audio
+from vr_data.audio.decode import UNAVAILABLE, silence_reason
+from vr_data.io import UNWRITABLE, atomic_write_json, atomic_write_lines, exclusive_lock, os_reason
 from vr_data.store.format import (
     BUILD_DIR, DONE_DIR, PLAN_JSON, REJECTS_JSONL, ROLE_SOURCES, STORE_JSON, TRACKS_JSONL, WDS_DIR, WDS_INDEX,
     ZARR_DIR, BuildReject, StoreMeta, TrackRecord, WdsShard, array_name, read_json, read_store_meta,
 )
 from vr_data.store.plan import BuildPlan, Geometry, PlannedTrack, new_plan, planned_roles
 from vr_data.store.wds import TrackTarWriter, compressed_npy, npy_parts, sample_key
+from vr_data.store.codec import compressed_bytes
+
+LOCK_FILE = "lock"  # in .build/: held by the one process building the store
+# Codes of a source that may well be there on a rerun (a wrong root, a disk not mounted, a
+# permission being fixed): not rejects, the track is retried.
+TRANSIENT_CODES = (errors.MISSING, UNAVAILABLE)
 
 STFT_BLOCK_FRAMES = 128  # frames transformed and encoded at once: cache-sized (measured 1.3x faster than 1024), and bounds the working memory whatever the track length
 # The store's default codec: the codec module's quantiser with blosc-lz4 (level 9) as the
@@ -81,12 +97,13 @@ class TrackOutcome:
 
     id: str
     role: str
-    status: str                   # "built", "skipped" (done in an earlier run) or "rejected"
+    status: str                   # "built", "skipped" (done earlier), "rejected" or "failed" (retried on a rerun)
     duration: float               # seconds of audio (the manifest's duration for rejects)
     record: TrackRecord | None = None
     reject: BuildReject | None = None
     shards: list[WdsShard] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    reason: str = ""              # why a "failed" track could not read its files
 
 
 @dataclass
@@ -107,6 +124,60 @@ class BuildResult:
     @property
     def rejects(self) -> list[BuildReject]:
         return [outcome.reject for outcome in self.outcomes if outcome.reject is not None]
+
+    def to_json(self) -> dict:
+        """A summary for `vrdata build-shards --json`."""
+        counts: dict[str, int] = {}
+        for reject in self.rejects:
+            counts[reject.code] = counts.get(reject.code, 0) + 1
+        return {
+            "store": str(self.store), "complete": True, "already_complete": self.already_complete,
+            "tracks": {status: self.count(status) for status in ("built", "skipped", "rejected")},
+            "hours": {status: self.seconds(status) / 3600.0 for status in ("built", "skipped", "rejected")},
+            "zarr_bytes": self.zarr_bytes, "wds_bytes": self.wds_bytes, "elapsed_seconds": self.elapsed,
+            "rejects": dict(sorted(counts.items())),
+        }
+
+
+@dataclass
+class DryRun:
+    """What `build_store` would do, from `plan_store`: nothing is written.
+
+    `to_build` are the planned tracks without a done-record; sizes are estimates in bytes:
+    `zarr_bytes` from encoding and compressing `sample_seconds` of audio of a few tracks with the
+    store's codec (0 when no sample could be decoded), `wds_bytes` exact for plain tars (up to
+    the json members) and scaled from the same sample for blosc-compressed ones.
+    """
+
+    store: Path
+    new_store: bool
+    to_build: list[PlannedTrack]
+    done: int
+    zarr_bytes: float
+    wds_bytes: float
+    sample_seconds: float
+    sample_tracks: int
+    frames: int
+
+    def hours(self) -> float:
+        return sum(track.duration for track in self.to_build) / 3600.0
+
+    def by_role(self) -> dict[str, dict]:
+        roles: dict[str, dict] = {}
+        for track in self.to_build:
+            role = roles.setdefault(track.role, {"tracks": 0, "hours": 0.0})
+            role["tracks"] += 1
+            role["hours"] += track.duration / 3600.0
+        return dict(sorted(roles.items()))
+
+    def to_json(self) -> dict:
+        return {
+            "store": str(self.store), "dry_run": True, "new_store": self.new_store, "done_earlier": self.done,
+            "to_build": {"tracks": len(self.to_build), "hours": self.hours(), "frames": self.frames,
+                         "by_role": self.by_role()},
+            "estimate": {"zarr_bytes": round(self.zarr_bytes), "wds_bytes": round(self.wds_bytes),
+                         "sample_seconds": self.sample_seconds, "sample_tracks": self.sample_tracks},
+        }
 
 
 def build_store(
@@ -131,19 +202,57 @@ def build_store(
     """
     started = time.perf_counter()
     out = Path(out)
+    created = not out.exists()
+    _check_out(out)
+    try:
+        with exclusive_lock(out / BUILD_DIR / LOCK_FILE, "vrdata build-shards", subject=out):
+            return _build_locked(manifests, out, stft, codec, geometry, options, executor, append, on_start,
+                                 on_track, started)
+    except BaseException:
+        if created:
+            _remove_empty_tree(out)  # a refused first build leaves no empty store directory behind
+        raise
+
+
+def _build_locked(manifests, out: Path, stft, codec, geometry, options, executor, append, on_start, on_track,
+                  started: float) -> BuildResult:
     plan, added, meta = _load_or_plan(out, manifests, stft, codec, geometry, append)
     # A plan saved by an append that was killed before it marked the store incomplete has
     # tracks without done-records: those still need building.
     if meta is not None and meta.complete and not added and all(_done_path(out, t.id).exists() for t in plan.tracks):
         outcomes = [_skipped(track, _read_done(out, track.id)) for track in plan.tracks]
         return BuildResult(out, outcomes, time.perf_counter() - started, *_sizes(out), already_complete=True)
-    out.mkdir(parents=True, exist_ok=True)
+    # Everything is validated before the first write, so a refused command (an --append without
+    # the manifests of unfinished tracks, a wrong root) leaves plan.json and the store unchanged.
+    skipped, tasks = _tasks(out, plan, manifests, options)
+    _check_roots({task.root: task.manifest_path for task in tasks})
     # The plan first (a directory with a plan is a store to resume), then the incomplete mark,
     # before any array or tar changes; until the mark, readers see the previous complete store.
     plan.save(out / PLAN_JSON)
     atomic_write_json(out / STORE_JSON, _store_meta(plan, complete=False).to_json())
     _ensure_arrays(out, plan)
     _remove_temporaries(out)
+    if on_start is not None:
+        on_start(sum(task.track.duration for task in tasks), skipped)
+    outcomes = {outcome.id: outcome for outcome in skipped}
+    for _, outcome in map_unordered(build_track, tasks, executor):
+        outcomes[outcome.id] = outcome
+        if on_track is not None:
+            on_track(outcome)
+    failed = [outcome for outcome in outcomes.values() if outcome.status == "failed"]
+    if failed:
+        raise VRDataError(out, f"{len(failed)} of {len(plan.tracks)} tracks could not read their files "
+                               f"({failed[0].reason}); the store stays incomplete: fix the paths "
+                               "(M.jsonl=ROOT) and rerun the same command")
+    finalise_store(out, plan)
+    ordered = [outcomes[track.id] for track in plan.tracks]
+    return BuildResult(out, ordered, time.perf_counter() - started, *_sizes(out))
+
+
+def _tasks(out: Path, plan: BuildPlan, manifests: list[Manifest],
+           options: BuildOptions) -> tuple[list[TrackOutcome], list[TrackTask]]:
+    """Tracks done earlier (skipped) and the tasks of the rest; refuses a track to build whose
+    manifest was not given."""
     by_id = {track_id: (manifest, item) for manifest in manifests for item in manifest.items
              for track_id, _ in planned_roles(item)}
     skipped, tasks = [], []
@@ -156,18 +265,144 @@ def build_store(
                                    "was not given; rerun with the same manifests")
         else:
             manifest, item = by_id[track.id]
-            tasks.append(TrackTask(str(out), track, str(manifest.root), str(manifest.source_path), item,
+            tasks.append(TrackTask(str(out), track, str(manifest.root), _absolute(manifest.source_path), item,
                                    plan.stft, plan.codec, plan.geometry, options))
-    if on_start is not None:
-        on_start(sum(task.track.duration for task in tasks), skipped)
-    outcomes = {outcome.id: outcome for outcome in skipped}
-    for _, outcome in map_unordered(build_track, tasks, executor):
-        outcomes[outcome.id] = outcome
-        if on_track is not None:
-            on_track(outcome)
-    finalise_store(out, plan)
-    ordered = [outcomes[track.id] for track in plan.tracks]
-    return BuildResult(out, ordered, time.perf_counter() - started, *_sizes(out))
+    return skipped, tasks
+
+
+def _check_out(out: Path) -> None:
+    """`--out` must be a store, an empty directory or nothing yet; creates it."""
+    if out.exists() and not out.is_dir():
+        raise VRDataError(out, "--out exists and is not a directory; give a store directory")
+    if out.is_dir() and any(p.name != BUILD_DIR for p in out.iterdir()) and not (out / PLAN_JSON).exists():
+        raise VRDataError(out, "exists, is not empty and is not a store (no plan.json); choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise VRDataError(out, f"cannot create the store directory ({os_reason(error)})", UNWRITABLE) from None
+
+
+def _check_roots(roots: dict[str, str]) -> None:
+    """Every manifest root with tracks to build exists: a wrong root is one clear error, not a
+    store of rejects."""
+    for root, manifest_path in roots.items():
+        if not Path(root).is_dir():
+            raise VRDataError(manifest_path, f"its root {root} does not exist here; give the right one as "
+                                             "M.jsonl=ROOT (or --root)", errors.MISSING)
+
+
+def _remove_empty_tree(path: Path) -> None:
+    """Remove `path` and its sub-folders if they hold no file (what a refused build created)."""
+    if not path.is_dir():
+        return
+    for directory in sorted((p for p in path.rglob("*") if p.is_dir()), key=lambda p: len(p.parts), reverse=True):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _absolute(path: Path | str | None) -> str:
+    """A manifest's path as the store records it: absolute, so `verify` finds it from anywhere."""
+    return os.path.abspath(path) if path is not None else ""
+
+
+def plan_store(
+    manifests: list[Manifest],
+    out: str | Path,
+    *,
+    stft: StftConfig | None = None,
+    codec: CodecConfig | None = None,
+    geometry: Geometry | None = None,
+    append: bool = False,
+    sample_tracks: int = 3,
+    sample_seconds: float = 10.0,
+) -> DryRun:
+    """What `build_store` with the same arguments would build, and its estimated size (see
+    `DryRun`); the same refusals, and nothing written.
+
+    The Zarr estimate encodes `sample_seconds` from the middle of up to `sample_tracks` tracks
+    (spread over the plan) with the store's STFT and codec, and scales their compressed bytes
+    per frame to all the frames to build.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise VRDataError(out, "--out exists and is not a directory; give a store directory")
+    plan, added, meta = _load_or_plan(out, manifests, stft, codec, geometry, append)
+    skipped, tasks = _tasks(out, plan, manifests, BuildOptions())
+    _check_roots({task.root: task.manifest_path for task in tasks})
+    frames = sum(task.track.expected_frames for task in tasks)
+    zarr_per_frame, wds_ratio, seconds, used = _sample_compression(tasks, plan, sample_tracks, sample_seconds)
+    sources = {task.track.id: len(ROLE_SOURCES[task.track.role]) for task in tasks}
+    zarr_bytes = sum(zarr_per_frame * task.track.expected_frames * sources[task.track.id] for task in tasks)
+    wds_bytes = 0.0
+    if plan.geometry.wds:
+        for task in tasks:
+            plain = _plain_tar_bytes(task.track, plan)
+            if plan.geometry.wds_compression == "none":
+                wds_bytes += plain
+            else:
+                wds_bytes += plain * wds_ratio
+    return DryRun(store=out, new_store=meta is None and not (out / PLAN_JSON).exists(),
+                  to_build=[task.track for task in tasks], done=len(skipped), zarr_bytes=zarr_bytes,
+                  wds_bytes=wds_bytes, sample_seconds=seconds, sample_tracks=used, frames=frames)
+
+
+def _plain_tar_bytes(track: PlannedTrack, plan: BuildPlan) -> int:
+    """Bytes of a track's uncompressed tars, as `TrackTarWriter` lays them out (json members
+    counted as one block each; they are about 150 bytes)."""
+    geometry = plan.geometry
+    segments = -(-track.expected_frames // geometry.segment_frames)
+    array_bytes = geometry.segment_frames * 2 * 2 * plan.stft.bins * 2 + 128  # float16 data + npy header
+    block = 512
+    member = 3 * block + -(-array_bytes // block) * block
+    sample = member * len(ROLE_SOURCES[track.role]) + 4 * block
+    total = segments * sample
+    parts = max(1, math.ceil(total / geometry.wds_shard_bytes))
+    return total + parts * 10240  # end-of-archive blocks and record padding, about one record per tar
+
+
+def _sample_compression(tasks: list[TrackTask], plan: BuildPlan, count: int,
+                        seconds: float) -> tuple[float, float, float, int]:
+    """Compressed Zarr bytes per stored frame and source, the blosc/plain ratio of WebDataset
+    members, seconds sampled and tracks used, from a few decoded excerpts (0, 1, 0, 0 if none)."""
+    if not tasks or count <= 0:
+        return 0.0, 1.0, 0.0, 0
+    step = max(1, len(tasks) // count)
+    compressed = frames = plain = packed = 0
+    sampled, used = 0.0, 0
+    for task in tasks[::step][:count]:
+        manifest = Manifest(library=task.track.library, role=task.track.role, root=Path(task.root), items=[],
+                            source_path=Path(task.manifest_path))
+        source = ROLE_SOURCES[task.track.role][0]
+        start = max(0.0, task.track.duration / 2 - seconds / 2)
+        try:
+            paths = manifest.source_paths(task.item, source)
+            audio = None
+            for path in paths:
+                part = load_audio(path, plan.stft.sample_rate, silence_dbfs=None, start_seconds=start,
+                                  max_seconds=seconds, downmix=True)
+                audio = part if audio is None else audio[:, :part.shape[1]] + part[:, :audio.shape[1]]
+        except VRDataError:
+            continue  # an unreadable sample track: estimate from the others
+        stored_frames = plan.stft.frames_for(audio.shape[1])
+        shard = _encoded_shard(audio, plan.stft, plan.codec, 0, stored_frames, stored_frames, {"stft": 0.0, "encode": 0.0})
+        compressed += compressed_bytes(shard, plan.codec, plan.geometry.chunk_frames)
+        frames += stored_frames
+        if plan.geometry.wds and plan.geometry.wds_compression != "none":
+            for first in range(0, stored_frames, plan.geometry.segment_frames):
+                segment = shard[first:first + plan.geometry.segment_frames]
+                plain += segment.nbytes
+                packed += len(compressed_npy(segment))
+        sampled += audio.shape[1] / plan.stft.sample_rate
+        used += 1
+    if not frames:
+        return 0.0, 1.0, 0.0, 0
+    return compressed / frames, (packed / plain if plain else 1.0), sampled, used
 
 
 def existing_configs(out: str | Path) -> tuple[StftConfig, CodecConfig, Geometry] | None:
@@ -182,7 +417,7 @@ def existing_configs(out: str | Path) -> tuple[StftConfig, CodecConfig, Geometry
 def _load_or_plan(out: Path, manifests: list[Manifest], stft, codec, geometry, append: bool):
     """The plan (existing or new, extended with new items), the new tracks, and store.json if any."""
     plan_path = out / PLAN_JSON
-    meta = read_store_meta(out)
+    meta = read_store_meta(out) if out.is_dir() else None
     if plan_path.exists():
         plan = BuildPlan.load(plan_path)
         _check_same(out, "STFT config", plan.stft, stft)
@@ -193,10 +428,12 @@ def _load_or_plan(out: Path, manifests: list[Manifest], stft, codec, geometry, a
             raise VRDataError(out, f"{len(added)} items of the given manifests are not in this store; "
                                    "pass --append to add them (or build into a new --out)")
         return plan, added, meta
-    if out.exists() and any(out.iterdir()):
+    if out.is_dir() and any(p.name != BUILD_DIR for p in out.iterdir()):
         raise VRDataError(out, "exists, is not empty and is not a store (no plan.json); choose another --out")
     plan = new_plan(stft or StftConfig(), codec or DEFAULT_CODEC, geometry or Geometry())
     added = plan.extend(manifests)
+    if not plan.tracks:
+        raise VRDataError(out, "the manifests have no items: nothing to build")
     return plan, added, meta
 
 
@@ -315,20 +552,47 @@ def build_track(task: TrackTask) -> TrackOutcome:
         stats["decode"] = time.perf_counter() - begin
         record, shards = _write_track(task, audio, stats)
     except VRDataError as error:
+        if error.code == UNWRITABLE:
+            raise
+        reason = error.reason if error.path is None else f"{Path(error.path).name}: {error.reason}"
+        if error.code in TRANSIENT_CODES:
+            # No done-record: the store stays incomplete and a rerun retries this track.
+            return TrackOutcome(track.id, track.role, "failed", track.duration, stats=stats, reason=reason)
         reject = BuildReject(
             id=track.id, role=track.role, library=track.library, manifest=task.manifest_path,
             paths=tuple(entry.path for entry in task.item.files.values()), code=error.code,
-            reason=error.reason if error.path is None else f"{Path(error.path).name}: {error.reason}",
-            duration=track.duration,
+            reason=reason, duration=track.duration,
         )
         atomic_write_json(_done_path(Path(task.store), track.id), {"status": "rejected", "reject": reject.to_json()})
         return TrackOutcome(track.id, track.role, "rejected", track.duration, reject=reject, stats=stats)
+    except (OSError, ValueError, RuntimeError) as error:
+        problem = _write_failure(error)
+        if problem is None:
+            raise  # not a file-system refusal: a bug
+        raise VRDataError(task.store, f"cannot write the store ({problem})", UNWRITABLE) from None
     del audio
     done = {"status": "built", "track": record.to_json(), "wds": [shard.to_json() for shard in shards]}
     atomic_write_json(_done_path(Path(task.store), track.id), done)
     if task.options.measure_memory:
         stats["peak_rss_kb"] = _status_kb("VmHWM")
     return TrackOutcome(track.id, track.role, "built", record.duration, record=record, shards=shards, stats=stats)
+
+
+# What the file system says when it refuses a write, in Python's OSError and in tensorstore's
+# error text (tensorstore raises ValueError with the OS message inside).
+_WRITE_FAILURES = ("No space left on device", "Disk quota exceeded", "Read-only file system", "Permission denied",
+                   "File too large")
+
+
+def _write_failure(error: Exception) -> str | None:
+    """The reason of a write the file system refused, lower-case, or None for any other error."""
+    if isinstance(error, OSError):
+        return os_reason(error)
+    text = str(error)
+    for failure in _WRITE_FAILURES:
+        if failure in text:
+            return failure[:1].lower() + failure[1:]
+    return None
 
 
 def _decode_sources(task: TrackTask) -> dict[str, np.ndarray]:
@@ -345,10 +609,11 @@ def _decode_sources(task: TrackTask) -> dict[str, np.ndarray]:
     if seconds < task.options.min_seconds:
         raise VRDataError(None, f"{seconds:.2f} s is shorter than the minimum {task.options.min_seconds:g} s",
                           errors.TOO_SHORT)
-    threshold = 10.0 ** (task.options.silence_dbfs / 20.0)
     for source, signal in audio.items():
-        if max(float(signal[:, :samples].max()), -float(signal[:, :samples].min())) <= threshold:
-            raise VRDataError(None, f"{source} is silent (peak <= {task.options.silence_dbfs:g} dBFS)", errors.SILENT)
+        peak = max(float(signal[:, :samples].max()), -float(signal[:, :samples].min()))
+        reason = silence_reason(peak, task.options.silence_dbfs)
+        if reason is not None:
+            raise VRDataError(None, f"{source} is {reason}", errors.SILENT)
     return {source: signal[:, :samples] for source, signal in audio.items()}
 
 
@@ -456,5 +721,5 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_CODEC", "BuildOptions", "BuildResult", "TrackOutcome", "build_store", "build_track",
-           "existing_configs", "finalise_store"]
+__all__ = ["DEFAULT_CODEC", "BuildOptions", "BuildResult", "DryRun", "TrackOutcome", "build_store", "build_track",
+           "existing_configs", "finalise_store", "plan_store"]

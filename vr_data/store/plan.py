@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import math
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,8 +31,8 @@ PLAN_FORMAT = "vr-store-plan"
 # suffix; scanned item ids never contain "_", so it cannot collide with an item.
 DERIVED_VOCAL_SUFFIX = "_vocal"
 # Track ids become file names and WebDataset keys: no dots (WebDataset splits names at the first
-# dot), no path separators.
-TRACK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+# dot), no path separators. Matched with fullmatch: `$` alone would let a trailing newline in.
+TRACK_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 MARGIN_FRAMES = 2  # reserve beyond the predicted frames, for headers that undercount by a few samples
 
 
@@ -61,7 +62,8 @@ class PlannedTrack:
 
 @dataclass(frozen=True)
 class ManifestRef:
-    """A manifest that fed the store: `path` as given, sha256 of its bytes."""
+    """A manifest that fed the store: its absolute `path` (so `verify` finds it from any working
+    directory), sha256 of its bytes."""
 
     path: str
     sha256: str
@@ -105,11 +107,11 @@ class BuildPlan:
         for manifest in manifests:
             digest = _manifest_sha(manifest)
             if digest not in known_manifests:
-                self.manifests.append(ManifestRef(str(manifest.source_path), digest, manifest.library,
+                self.manifests.append(ManifestRef(os.path.abspath(manifest.source_path), digest, manifest.library,
                                                   manifest.role, len(manifest.items)))
                 known_manifests.add(digest)
             for item in sorted(manifest.items, key=lambda i: i.id):
-                if not TRACK_ID.match(item.id):
+                if not TRACK_ID.fullmatch(item.id):
                     raise VRDataError(manifest.source_path, f"item id {item.id!r} is not usable as a store key "
                                                             "(letters, digits, '-' and '_' only: no dots or slashes)")
                 if item.role not in ROLE_SOURCES:

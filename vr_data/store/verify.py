@@ -48,6 +48,12 @@ class VerifyReport:
     def ok(self) -> bool:
         return not self.damages
 
+    def to_json(self) -> dict:
+        """For `vrdata verify --json`."""
+        return {"ok": self.ok, "tracks": self.tracks, "frames": self.frames, "shards": self.shards,
+                "damages": [{"kind": d.kind, "name": d.name, "reason": d.reason} for d in self.damages],
+                "notes": list(self.notes)}
+
 
 def verify_store(
     path: str | Path, executor: Executor | None = None,
@@ -182,6 +188,17 @@ def _same_bits(left: np.ndarray, right: np.ndarray) -> bool:
         np.ascontiguousarray(left).view(np.uint16), np.ascontiguousarray(right).view(np.uint16))
 
 
+def _manifest_location(store_path: Path, recorded: str) -> Path:
+    """Where a recorded manifest is: stores record absolute paths; stores built before that
+    recorded the path as given, relative to the build's working directory, which is tried
+    first and then the store's parent folder."""
+    path = Path(recorded)
+    if path.is_absolute() or path.is_file():
+        return path
+    beside = Path(store_path).resolve().parent / path
+    return beside if beside.is_file() else path
+
+
 def _check_frame_counts(store: Store, report: VerifyReport) -> None:
     """Frames of each track vs its manifest; tracks a manifest has that the store lacks."""
     by_manifest: dict[str, list[TrackRecord]] = {}
@@ -192,7 +209,7 @@ def _check_frame_counts(store: Store, report: VerifyReport) -> None:
                                                             f"gives {track.expected_frames}"))
     accounted = {reject.id for reject in store.rejects()} | {track.id for track in store.tracks}
     for ref in store.meta.manifests:
-        path = Path(ref["path"])
+        path = _manifest_location(store.path, ref["path"])
         if not path.is_file() or file_sha256(path) != ref["sha256"]:
             report.notes.append(f"manifest {path} is gone or changed since the build: checked frame counts "
                                 "against the values recorded at build time")
