@@ -16,7 +16,7 @@ from pipelines.common import console, err_console, progress, user_errors
 from pipelines.vrtrain import app
 from vr_data.audio import AUDIO_EXTENSIONS
 from vr_data.errors import VRDataError
-from vr_model.separate import SUBTYPES, SeparationOptions, Separator, check_output_format
+from vr_model.separate import DEFAULT_OVERLAP, SUBTYPES, SeparationOptions, Separator, check_output_format
 
 _CHECKPOINT_HELP = "Checkpoint directory (or a run directory: its best checkpoint)."
 
@@ -52,7 +52,7 @@ def separate_command(
                                         "through onnxruntime instead of a checkpoint."),
     format: str = typer.Option("wav", "--format", help="Output format: wav or flac."),
     subtype: str = typer.Option("PCM_24", help=f"Output samples: {', '.join(SUBTYPES)} (flac: PCM only)."),
-    overlap: float = typer.Option(0.5, help="Fraction of a crop shared with the next, in [0, 1)."),
+    overlap: float = typer.Option(DEFAULT_OVERLAP, help="Fraction of a crop shared with the next, in [0, 1)."),
     batch_size: int = typer.Option(4, help="Crops per network call."),
     crop_frames: Optional[int] = typer.Option(None, help="Frames per crop (default: the model's max_frames)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),
@@ -173,7 +173,7 @@ def eval_command(
     root: Optional[Path] = typer.Option(None, help="Where the manifest's files are, if they moved."),
     split: str = typer.Option("valid", help="Split to evaluate (valid selects models; test is for reporting)."),
     limit: Optional[int] = typer.Option(None, help="Evaluate the first N tracks (by id) only."),
-    overlap: float = typer.Option(0.5, help="Fraction of a crop shared with the next, in [0, 1)."),
+    overlap: float = typer.Option(DEFAULT_OVERLAP, help="Fraction of a crop shared with the next, in [0, 1)."),
     batch_size: int = typer.Option(4, help="Crops per network call."),
     crop_frames: Optional[int] = typer.Option(None, help="Frames per crop (default: the model's max_frames)."),
     device: str = typer.Option("cpu", help="cpu or cuda."),

@@ -34,6 +34,7 @@ import numpy as np
 
 from vr_data.dsp import StftConfig, istft, stft
 from vr_data.errors import VRDataError
+from vr_model.separate import DEFAULT_OVERLAP
 
 MDX_DELTA = 1e-7          # the MDX/SDX challenges' epsilon, added to both energies
 BSSEVAL_WINDOW_SECONDS = 1.0
@@ -377,7 +378,7 @@ def validation_songs(store, k: int, split: str = "valid") -> list:
 
 
 def validation_sdr(model, normalisation, store, k: int, *, split: str = "valid", crop_frames: int | None = None,
-                   overlap: float = 0.5, batch_size: int = 4) -> ValidationSdr | None:
+                   overlap: float = DEFAULT_OVERLAP, batch_size: int = 4) -> ValidationSdr | None:
     """The trainer's validation metric, from the store's spectrograms (no audio decoding).
 
     For each of `validation_songs(store, k, split)`: the model masks the stored mixture

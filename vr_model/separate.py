@@ -18,7 +18,8 @@ Conventions (docs/separation.md):
   aligned to the song's end (full context, no padding) and a song shorter than one crop is one
   shorter crop. Masks are cross-faded with Hann ramps, normalised by the summed weights.
 - `tta`: a second crop grid shifted by half a hop, and a left/right-swapped pass; the passes'
-  masks are averaged.
+  masks are averaged. (Half a hop, not half a crop: at an overlap of 0.5 a half-crop shift
+  lands on the first grid's own crop positions.)
 - Mono songs are duplicated to the stereo model input; the two instrumental channels are
   averaged back to mono.
 - The vocals are the song minus the instrumental, in the time domain at the song's own rate,
@@ -50,6 +51,10 @@ from vr_model.inference import crossfade_window
 from vr_model.normalisation import InputNormalisation
 
 BLOCK_SAMPLES = 1 << 18          # decoded samples per block (about 6 s at 44.1 kHz)
+# A quarter of a crop cross-fades with the next (demucs' default): every frame is computed
+# 1.33 times instead of twice at 0.5, and a 1024-frame crop still fades over 6 s.
+DEFAULT_OVERLAP = 0.25
+_CHUNK_FRAMES = 256              # frames per step of the mask/inverse-STFT work on emitted frames
 FORMATS = {"wav": "WAV", "flac": "FLAC"}
 SUBTYPES = ("PCM_16", "PCM_24", "FLOAT")
 ProgressCallback = Callable[[int], None]  # called with the song's samples written so far
@@ -281,7 +286,7 @@ class CropMasker:
     """
 
     def __init__(self, network: MaskNetwork, normalisation: InputNormalisation, crop_frames: int | None = None,
-                 overlap: float = 0.5, batch_size: int = 4, tta: bool = False, swap_channels: bool = True):
+                 overlap: float = DEFAULT_OVERLAP, batch_size: int = 4, tta: bool = False, swap_channels: bool = True):
         crop_frames = crop_frames or network.max_frames
         if not 1 <= crop_frames <= network.max_frames:
             raise VRDataError(None, f"crop_frames must be in 1..{network.max_frames}, got {crop_frames}")
@@ -376,10 +381,9 @@ class CropMasker:
                 self._run_batch(crops[first: first + self.batch_size], length)
 
     def _run_batch(self, crops: list[tuple[_Pass, int, int, int]], length: int) -> None:
-        magnitude = np.stack([
-            np.abs(self._spec[::-1 if grid.swap else 1, :, first - self._base: stop - self._base])
-            for grid, _, first, stop in crops
-        ])                                                                          # (B, C, bins, T)
+        magnitude = np.empty((len(crops), *self._spec.shape[:2], length), np.float32)   # (B, C, bins, T)
+        for row, (grid, _, first, stop) in zip(magnitude, crops):
+            np.abs(self._spec[::-1 if grid.swap else 1, :, first - self._base: stop - self._base], out=row)
         scaled = self.normalisation.apply(torch.from_numpy(magnitude))
         masks = self.network(scaled).numpy()                                         # (B, C, bins, T)
         if masks.shape != magnitude.shape:
@@ -405,9 +409,12 @@ class CropMasker:
         count = limit - self.emitted
         if count == 0:
             return np.zeros((*self._spec.shape[:2], 0), np.complex64)
-        mask = sum(grid.mask_sum[..., :count] / grid.weight_sum[:count] for grid in self.passes)
-        mask /= len(self.passes)
-        instrumental = (mask * self._spec[..., :count]).astype(np.complex64)
+        instrumental = np.empty((*self._spec.shape[:2], count), np.complex64)
+        for at in range(0, count, _CHUNK_FRAMES):   # chunks keep the temporaries small
+            until = min(at + _CHUNK_FRAMES, count)
+            mask = sum(grid.mask_sum[..., at:until] / grid.weight_sum[at:until] for grid in self.passes)
+            mask /= len(self.passes)
+            np.multiply(mask, self._spec[..., at:until], out=instrumental[..., at:until])
         self._spec = self._spec[..., count:]
         for grid in self.passes:
             grid.mask_sum = grid.mask_sum[..., count:]
@@ -427,7 +434,7 @@ class SeparationOptions:
     per network call; `tta`: add the shifted and the left/right-swapped passes."""
 
     crop_frames: int | None = None
-    overlap: float = 0.5
+    overlap: float = DEFAULT_OVERLAP
     batch_size: int = 4
     tta: bool = False
 
@@ -490,7 +497,7 @@ class Separator:
             resampled = to_model(block)
             model_samples += resampled.shape[1]
             frames = analysis.push(_to_channels(resampled, model_channels))
-            instrumental = back_to_song(synthesis.push(masker.push(frames)))
+            instrumental = back_to_song(_synthesise(synthesis, masker.push(frames)))
             if instrumental.shape[1]:
                 yield song.take(instrumental.shape[1]), instrumental
         if channels is None or song.total == 0:
@@ -500,7 +507,7 @@ class Separator:
         frames = analysis.push(_to_channels(resampled, model_channels)) if resampled.shape[1] else None
         tail = [masker.push(frames)] if frames is not None else []
         tail += [masker.push(analysis.finish()), masker.finish()]
-        model_tail = [synthesis.push(spec) for spec in tail] + [synthesis.finish(model_samples)]
+        model_tail = [_synthesise(synthesis, spec) for spec in tail] + [synthesis.finish(model_samples)]
         instrumental = back_to_song(np.concatenate(model_tail, axis=1), last=True)
         # The resampler's output count can differ from the song's by a sample: cut or pad to it.
         remaining = song.total - song.taken
@@ -571,6 +578,14 @@ class SeparatedSong:
     @property
     def seconds(self) -> float:
         return self.samples / self.sample_rate
+
+
+def _synthesise(synthesis: StreamingIstft, spec: np.ndarray) -> np.ndarray:
+    """Inverse STFT of many frames a chunk at a time: the per-frame buffers stay small."""
+    parts = [synthesis.push(spec[..., at: at + _CHUNK_FRAMES]) for at in range(0, spec.shape[-1], _CHUNK_FRAMES)]
+    if not parts:
+        return synthesis.push(spec)
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 def _to_channels(audio: np.ndarray, channels: int) -> np.ndarray:
