@@ -35,4 +35,15 @@ echo "== 5. listen to what the mixer feeds the model: pairs and random vocal/ins
 echo "== 6. the model presets"
 "$BIN/vrtrain" presets
 
-echo "== done: manifests in $DIR/manifests, store in $DIR/store, stats in $DIR/stats.json and $DIR/plots, previews in $DIR/preview"
+echo "== 7. denoising pretraining of tiny on the store's pretrain role (a few steps: the mechanics, not a model)"
+# The noise goes into each crop's standardised log magnitude; the linear head predicts it (docs/training.md).
+SHORT=(--set model.preset=tiny --set 'curriculum=[{crop_frames=64, batch_size=2, accumulation=1, steps=4}]'
+  --set train.warmup_steps=1 --set train.lr=1e-3 --set data.workers=0 --set log.every=2
+  --set checkpoint.every=4 --set validation.every=0 --set log.tensorboard=false)
+"$BIN/vrtrain" run --store "$DIR/store" --out "$DIR/pretrain-run" --objective denoise "${SHORT[@]}"
+
+echo "== 8. finetune it on the pairs with the encoders frozen (the head starts new: linear -> mask)"
+"$BIN/vrtrain" run --store "$DIR/store" --out "$DIR/finetune-run" --init "$DIR/pretrain-run" --init-partial \
+  --freeze encoders --set 'mixer.proportions={pair = 1.0, augmented = 0.0, pretrain = 0.0}' "${SHORT[@]}"
+
+echo "== done: manifests in $DIR/manifests, store in $DIR/store, stats in $DIR/stats.json and $DIR/plots, previews in $DIR/preview, runs in $DIR/pretrain-run and $DIR/finetune-run"
