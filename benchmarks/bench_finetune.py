@@ -3,8 +3,9 @@
     .venv/bin/python benchmarks/bench_finetune.py [--preset tiny] [--crop 256] [--batch 2]
         [--steps 4] [--rounds 3] [--threads 1] [--no-activations]
 
-One training step = forward + L1 mask loss over valid frames + backward + AdamW update (the
-optimizer holds only the trainable parameters). On CPU each (mode, round) runs in a fresh
+One training step = the trainer's step (`vr_model.train`): forward + the supervised L1 loss
+over valid frames + backward + gradient clipping + AdamW update (the optimizer holds only the
+trainable parameters); one micro-batch, no EMA. On CPU each (mode, round) runs in a fresh
 process, alternating full / frozen, so each peak RSS (`ru_maxrss`) is that run's alone and both
 modes see the same load; "over model" is the peak minus the RSS after building the model and
 the optimizer. The figure is the median over rounds of each run's mean step time (after one
@@ -41,28 +42,39 @@ def _rss_mb() -> float:
 
 
 def make_run(preset: str, mode: str, device: str = "cpu"):
-    """(model, optimizer, step) for `mode`; `step(mixture, target, valid)` returns the loss."""
+    """(model, optimizer, step) for `mode`, from the trainer's own pieces: its model builder, freeze
+    plan, optimizer (AdamW over the trainable parameters, decayed and not), supervised objective
+    and gradient clipping; `step(mixture, target, valid)` is one optimizer step of the loop (one
+    micro-batch, no EMA) and returns the loss."""
+    import math
+
     import torch
 
-    from vr_model import build_model
-    from vr_model.freeze import freeze, trainable_parameters
+    from vr_model.freeze import FreezePlan, apply_plan
+    from vr_model.presets import get_config
+    from vr_model.train import load_config
+    from vr_model.train.build import build_model, make_optimizer
+    from vr_model.train.objectives import OBJECTIVES, StepContext
 
-    torch.manual_seed(0)
-    model = build_model(preset).to(device).train()
-    if mode == "frozen":
-        freeze(model, "encoders")
-    optimizer = torch.optim.AdamW(trainable_parameters(model), lr=1e-4)
+    config = load_config(None, [f"model.preset={preset}", f"train.freeze={'encoders' if mode == 'frozen' else 'none'}"])
+    model = build_model(get_config(preset), seed=0).to(device).train()
+    plan = FreezePlan(config.train.freeze)
+    apply_plan(model, plan, 0)
+    optimizer = make_optimizer(model, config.train, torch.device(device), plan, 0)
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    objective = OBJECTIVES["supervised"]
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
 
     def step(mixture, target, valid):
+        batch = {"mixture": mixture, "target": target, "valid": valid}
         if autocast is not None:
             with autocast:
-                mask = model(mixture, ~valid)
+                terms = objective(model, batch, config, StepContext(1, 0, 0, 1))
         else:
-            mask = model(mixture, ~valid)
-        keep = valid[:, None, None, :].float()
-        loss = ((mask.float() * mixture - target).abs() * keep).sum() / (keep.sum() * mixture.shape[1] * mixture.shape[2])
+            terms = objective(model, batch, config, StepContext(1, 0, 0, 1))
+        loss = terms.error_sum / terms.count
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, config.train.grad_clip or math.inf)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return loss
@@ -201,7 +213,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} threads, {os.cpu_count()} CPUs, load average at start "
           f"{os.getloadavg()[0]:.1f} (other processes share these CPUs)")
     print(f"\n{args.preset} on CPU: crop {args.crop} frames, batch {args.batch}, median over {args.rounds} "
-          f"alternating runs of the mean of {args.steps} steps (fwd + bwd + AdamW)")
+          f"alternating runs of the mean of {args.steps} steps (the trainer's step)")
     rows: dict[str, list[dict]] = {mode: [] for mode in MODES}
     for _ in range(args.rounds):
         for mode in MODES:
