@@ -110,9 +110,9 @@ def apply_plan(model: nn.Module, plan: FreezePlan, step: int) -> ParameterCounts
 
 
 def optimizer_param_groups(model: nn.Module, plan: FreezePlan, step: int) -> list[list[nn.Parameter]]:
-    """The optimizer's parameter groups at `step`: the always-trainable parameters, then - once
-    the plan has unfrozen its part - the part's parameters. The model must be in the plan's
-    state for `step` (`apply_plan`) only as far as `requires_grad` goes; this reads the plan."""
+    """The optimizer's parameter lists at 0-based `step`: the always-trainable parameters, then -
+    once the plan has unfrozen its part - the part's parameters (what `unfreeze_into` appends to
+    a running optimizer). Read from the plan, not from `requires_grad`."""
     if plan.part == "none":
         return [list(model.parameters())]
     part = {id(p) for module in part_modules(model, plan.part) for p in module.parameters()}
