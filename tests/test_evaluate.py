@@ -213,7 +213,8 @@ def test_the_trainers_sdr_hook_logs_model_floor_and_ceiling(built_store):  # noq
     config = SMALL.replace(bins=STORE_STFT.bins - 1)
     model = random_model(2, config)
     fields = trainer_hook(model, built_store, 1, InputNormalisation(), torch.device("cpu"))
-    assert set(fields) == {"valid_sdr", "valid_sdr_floor", "valid_sdr_ceiling"}   # the store has a valid pair
+    assert set(fields) == {"valid_sdr", "valid_sdr_floor", "valid_sdr_ceiling", "valid_sdr_songs"}
+    assert fields["valid_sdr_songs"] == 1   # the store has one valid pair
     assert all(math.isfinite(value) for value in fields.values())
     assert fields["valid_sdr_floor"] < fields["valid_sdr_ceiling"]
     assert trainer_hook(model, built_store, 0, InputNormalisation(), torch.device("cpu")) is None

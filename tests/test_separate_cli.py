@@ -97,3 +97,28 @@ def test_eval_writes_the_table_json_and_a_plot_per_track(checkpoint, corpus, tmp
     missing = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--manifest", str(corpus["pairs"]),
                                   "--split", "test", "--out", str(out)])
     assert missing.exit_code == 2 and "no pairs in split 'test'" in missing.output
+
+
+def test_a_training_run_logs_validation_sdr_and_eval_of_the_run_agrees(built_store, corpus, tmp_path):  # noqa: F811
+    """`vrtrain run` with validation.sdr_songs logs the store-side SDR; `vrtrain eval` of the run
+    directory (its best checkpoint) decodes the same valid song and finds the same number, up
+    to the store codec's error."""
+    from vr_model.train.runlog import read_metrics
+
+    settings = ["model.preset=tiny", "model.overrides.bins=256", "model.overrides.channels=[4, 4, 6, 6, 8]",
+                "train.threads=1", "data.workers=0", "log.tensorboard=false", "train.warmup_steps=1",
+                "validation.every=2", "validation.sdr_songs=1", "checkpoint.every=1000",
+                "curriculum=[{crop_frames=32, batch_size=2, accumulation=1, steps=2}]"]
+    run = runner.invoke(app, ["run", "--store", str(built_store), "--out", str(tmp_path / "run"),
+                              *[item for value in settings for item in ("--set", value)]])
+    assert run.exit_code == 0, run.output
+    assert "SDR" in run.output and "(floor" in run.output
+    valid = [record for record in read_metrics(tmp_path / "run") if record.get("kind") == "valid"][-1]
+    assert valid["valid_sdr_songs"] == 1 and valid["valid_sdr_floor"] < valid["valid_sdr_ceiling"]
+    result = runner.invoke(app, ["eval", "--checkpoint", str(tmp_path / "run"), "--manifest", str(corpus["pairs"]),
+                                 "--split", "valid", "--out", str(tmp_path / "eval"), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    median = json.loads((tmp_path / "eval" / "eval.json").read_text())["median"]
+    assert median["model"]["instrumental"]["sdr"] == pytest.approx(valid["valid_sdr"], abs=0.05)
+    assert median["floor"]["instrumental"]["sdr"] == pytest.approx(valid["valid_sdr_floor"], abs=0.05)
+    assert median["ceiling"]["instrumental"]["sdr"] == pytest.approx(valid["valid_sdr_ceiling"], abs=0.05)

@@ -419,12 +419,13 @@ def validation_sdr(model, normalisation, store, k: int, *, split: str = "valid",
 
 def valid_sdr(model, store_path, *, songs: int, normalisation, device=None) -> dict | None:
     """The trainer's SDR hook (`vr_model.train.validation`, `validation.sdr_songs`): the fields
-    `valid_sdr`, `valid_sdr_floor` and `valid_sdr_ceiling` (dB, medians over `songs` valid
-    songs), logged beside `valid_loss`; None when the store has no valid pairs. `model` already
-    sits on `device`."""
+    `valid_sdr`, `valid_sdr_floor` and `valid_sdr_ceiling` (dB, medians over up to `songs` valid
+    songs) and `valid_sdr_songs` (how many), logged beside `valid_loss`; None when the store has
+    no valid pairs. `model` already sits on `device`."""
     from vr_data.store import open_store
 
     result = validation_sdr(model, normalisation, open_store(store_path), songs)
     if result is None:
         return None
-    return {"valid_sdr": result.sdr, "valid_sdr_floor": result.floor, "valid_sdr_ceiling": result.ceiling}
+    return {"valid_sdr": result.sdr, "valid_sdr_floor": result.floor, "valid_sdr_ceiling": result.ceiling,
+            "valid_sdr_songs": len(result.tracks)}
