@@ -1,4 +1,9 @@
-"""Shared test fixtures: small synthetic audio written in the formats users have."""
+"""Shared test fixtures: small synthetic audio written in the formats users have, and the small
+stores built from it that several test modules read (`corpus`, `built_store`, `mixer_store`).
+
+Fixtures live here rather than in a test module: a fixture imported into another module is a
+second fixture, built once more for that module.
+"""
 
 from __future__ import annotations
 
@@ -39,6 +44,19 @@ def write_pair(root: Path, mixture_name: str, instrumental_name: str, seconds: f
     return mixture_path, instrumental_path
 
 
+def pytest_configure(config):
+    """Run the suite under the fast allocator, as `vrtrain` runs (pipelines/allocator.py).
+
+    The first pytest process re-executes itself once with tcmalloc preloaded (or glibc's
+    tunables); captured output is handed back first so the new process writes to the terminal.
+    VR_MALLOC=system keeps glibc's defaults.
+    """
+    from pipelines.allocator import ensure_fast_allocator
+
+    capture = config.pluginmanager.getplugin("capturemanager")
+    ensure_fast_allocator(before_exec=capture.stop_global_capturing if capture is not None else None)
+
+
 @pytest.fixture
 def audio_dir(tmp_path: Path) -> Path:
     return tmp_path
@@ -59,3 +77,43 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory) -> dict[str, Path]:
+    """Manifest paths by layout of a corpus written once per test session (do not modify); 40% of
+    the items in valid."""
+    from test_build_support import scan_corpus, write_corpus
+
+    directory = tmp_path_factory.mktemp("corpus")
+    return scan_corpus(write_corpus(directory / "audio"), directory / "manifests")
+
+
+@pytest.fixture(scope="session")
+def built_store(corpus, tmp_path_factory) -> Path:
+    """A store of the whole `corpus`, built once per session (read only)."""
+    from test_build_support import GEOMETRY, STFT, load
+    from vr_data.store.build import build_store
+
+    out = tmp_path_factory.mktemp("store") / "store"
+    build_store(load(corpus), out, stft=STFT, geometry=GEOMETRY)
+    return out
+
+
+@pytest.fixture(scope="session")
+def mixer_store(tmp_path_factory) -> Path:
+    """A store with every item in train: 3 pairs, 3 vocals, 2 instrumentals, 1 pretraining
+    track (the mixer tests; read only)."""
+    from test_build_support import GEOMETRY, STFT, write_corpus
+    from vr_data.catalog.manifest import read_manifest, write_manifest
+    from vr_data.catalog.scan import ScanOptions, scan
+    from vr_data.store.build import build_store
+
+    directory = tmp_path_factory.mktemp("mixer")
+    roots = write_corpus(directory / "audio")
+    manifests = []
+    for layout, root in roots.items():
+        path = write_manifest(directory / f"{layout}.jsonl", scan(root, ScanOptions(layout=layout, valid_fraction=0.0)).manifest)
+        manifests.append(read_manifest(path))
+    build_store(manifests, directory / "store", stft=STFT, geometry=GEOMETRY)
+    return directory / "store"

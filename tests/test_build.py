@@ -10,7 +10,7 @@ import pytest
 import soundfile as sf
 import soxr
 
-from test_build_support import GEOMETRY, STFT, assert_same_contents, corpus, built_store, load, store_contents  # noqa: F401
+from test_build_support import GEOMETRY, STFT, assert_same_contents, load, store_contents
 from vr_data import errors
 from vr_data.audio import write_audio
 from vr_data.dsp.stft import block_stft

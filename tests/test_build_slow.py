@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from test_build_support import GEOMETRY, STFT, assert_same_contents, corpus, built_store, load, store_contents  # noqa: F401
+from test_build_support import GEOMETRY, STFT, assert_same_contents, load, store_contents
 from pipelines.common import dask_executor
 from vr_data.store.build import build_store
 from vr_data.store import open_store

@@ -1,19 +1,18 @@
-"""Shared fixtures for the store tests: a tiny multi-format corpus, its manifests, small configs.
-
-Imported by tests/test_build*.py and tests/test_store*.py; holds no tests itself.
+"""Helpers for the store tests: a tiny multi-format corpus, its manifests, small configs, and
+store comparisons. Imported by test modules and by conftest.py (whose `corpus`, `built_store`
+and `mixer_store` fixtures use them); holds no tests and no fixtures.
 """
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
 import numpy as np
-import pytest
 import tensorstore as ts
 
 from vr_data.audio import write_audio
-from vr_data.store.build import build_store
 from vr_data.testing.demo import instrumental_track, vocal_track
 from vr_data.catalog.manifest import read_manifest, write_manifest
 from vr_data.catalog.scan import ScanOptions, scan
@@ -57,21 +56,6 @@ def scan_corpus(roots: dict[str, Path], manifests: Path) -> dict[str, Path]:
     return paths
 
 
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory) -> dict[str, Path]:
-    """Manifest paths by layout of a corpus written once per test session (do not modify)."""
-    directory = tmp_path_factory.mktemp("corpus")
-    return scan_corpus(write_corpus(directory / "audio"), directory / "manifests")
-
-
-@pytest.fixture(scope="session")
-def built_store(corpus, tmp_path_factory) -> Path:
-    """A store of the whole corpus, built once per session in this process (read only)."""
-    out = tmp_path_factory.mktemp("store") / "store"
-    build_store(load(corpus), out, stft=STFT, geometry=GEOMETRY)
-    return out
-
-
 def load(corpus: dict[str, Path], layouts=("pairs", "vocals", "instrumentals", "pretrain")):
     return [read_manifest(corpus[layout]) for layout in layouts]
 
@@ -102,3 +86,57 @@ def assert_same_contents(left: dict, right: dict) -> None:
             assert np.array_equal(left[key].view(np.uint16), right[key].view(np.uint16)), key
         else:
             assert left[key] == right[key], key
+
+
+# ---------------------------------------------------------------------------- damaging stores
+
+
+def chunk_spans(shard: Path, chunks: int = GEOMETRY.shard_frames // GEOMETRY.chunk_frames) -> list[tuple[int, int]]:
+    """(offset, bytes) of every stored inner chunk of a Zarr shard file of `chunks` inner chunks,
+    from its index (at the end: one little-endian (offset, nbytes) uint64 pair per chunk, then a
+    4-byte crc32c)."""
+    data = Path(shard).read_bytes()
+    index = np.frombuffer(data[-(16 * chunks + 4):-4], "<u8").reshape(chunks, 2)
+    return [(int(offset), int(size)) for offset, size in index if offset != np.iinfo(np.uint64).max]
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(Path(path).read_bytes())
+    data[offset] ^= 0x01
+    Path(path).write_bytes(bytes(data))
+
+
+def tar_member_data(tar: Path, suffix: str) -> tuple[str, int, int]:
+    """(name, data offset, size) of the first member of `tar` whose name ends with `suffix`."""
+    import tarfile
+
+    with tarfile.open(tar) as archive:
+        for member in archive:
+            if member.name.endswith(suffix):
+                return member.name, member.offset_data, member.size
+    raise AssertionError(f"no member *{suffix} in {tar}")
+
+
+def as_built_before_checksums(store: Path) -> None:
+    """Rewrite a store as the builder wrote it before integrity checks: Zarr chunks without a
+    crc32c and all-zero chunks not stored, tar members without checksum headers."""
+    import shutil
+    import tarfile
+
+    for array_dir in sorted(p for p in (store / "zarr").iterdir() if p.is_dir()):
+        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(array_dir)}}
+        values = ts.open(spec).result().read().result()
+        metadata = json.loads((array_dir / "zarr.json").read_text())
+        sharding = metadata["codecs"][0]["configuration"]
+        sharding["codecs"] = [codec for codec in sharding["codecs"] if codec["name"] != "crc32c"]
+        metadata.pop("attributes", None)
+        metadata = {k: v for k, v in metadata.items() if k not in ("zarr_format", "node_type", "storage_transformers")}
+        shutil.rmtree(array_dir)
+        ts.open({**spec, "metadata": metadata}, create=True).result().write(values).result()
+    for tar in sorted((store / "wds").rglob("*.tar")):
+        with tarfile.open(tar) as archive:
+            members = [(member, archive.extractfile(member).read()) for member in archive]
+        with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as archive:
+            for member, data in members:
+                member.pax_headers = {}
+                archive.addfile(member, io.BytesIO(data))

@@ -12,7 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from test_build_support import GEOMETRY, STFT, write_corpus
+from test_build_support import GEOMETRY, STFT, chunk_spans, flip_byte, write_corpus
 from vr_data.store.build import build_store
 from vr_data.errors import VRDataError
 from vr_data.catalog.manifest import read_manifest, write_manifest
@@ -27,17 +27,11 @@ from vr_data.catalog.scan import ScanOptions, scan
 CROP = 32
 
 
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    """Every item in train: 3 pairs, 3 vocals, 2 instrumentals, 1 pretraining track."""
-    directory = tmp_path_factory.mktemp("mixer")
-    roots = write_corpus(directory / "audio")
-    manifests = []
-    for layout, root in roots.items():
-        path = write_manifest(directory / f"{layout}.jsonl", scan(root, ScanOptions(layout=layout, valid_fraction=0.0)).manifest)
-        manifests.append(read_manifest(path))
-    build_store(manifests, directory / "store", stft=STFT, geometry=GEOMETRY)
-    return directory / "store"
+@pytest.fixture
+def store(mixer_store) -> Path:
+    """The session's mixer store (tests/conftest.py): 3 pairs, 3 vocals, 2 instrumentals, 1
+    pretraining track, all in train."""
+    return mixer_store
 
 
 def _config(**overrides) -> MixerConfig:
@@ -198,15 +192,45 @@ def test_wds_resume_with_workers(store):
     _same(first[3:], _batches(resumed))
 
 
-def test_both_backends_give_the_same_format_and_recipes(store):
-    config = _config()
-    zarr_batch = next(iter(MixerLoader(ZarrMixerDataset(store, config))))
-    wds_batch = next(iter(MixerLoader(WdsMixerDataset(store, config))))
-    for key in ("mixture", "target", "valid", "kind", "index", "scale"):
-        assert zarr_batch[key].shape == wds_batch[key].shape and zarr_batch[key].dtype == wds_batch[key].dtype
-    assert torch.equal(zarr_batch["kind"], wds_batch["kind"]) and torch.equal(zarr_batch["index"], wds_batch["index"])
-    for name in ("mixture", "target"):
-        assert float(wds_batch[name].max()) <= 1.0 and float(wds_batch[name].max()) > 0
+def _recording(backend):
+    """`backend` that records each example's random choices (its recipe without the crops) as it
+    finishes a batch."""
+
+    class Recording(backend):
+        def finish_batch(self, buffers, recipes, indices, epoch, k):
+            for index, recipe in zip(indices, recipes):
+                self.choices[int(index)] = (recipe.kind, recipe.swap_main, recipe.mono, recipe.instrumental_only,
+                                            recipe.has_vocal, recipe.swap_vocal, recipe.vocal_gain)
+            return super().finish_batch(buffers, recipes, indices, epoch, k)
+
+    return Recording
+
+
+def test_both_backends_give_the_same_format_kinds_and_recipes(store):
+    """Same batch format, kinds and example indices, and every example's random choices (swaps,
+    mono, instrumental-only, vocal or not, vocal gains) are the same in both backends; only the
+    crops differ."""
+    config = _config(mono_probability=0.3, vocal_probability=0.5, instrumental_only_probability=0.2)
+    datasets = {backend: _recording(backend)(store, config) for backend in (ZarrMixerDataset, WdsMixerDataset)}
+    batches = {}
+    for backend, dataset in datasets.items():
+        dataset.choices = {}
+        batches[backend] = _batches(MixerLoader(dataset))
+    zarr_batches, wds_batches = batches[ZarrMixerDataset], batches[WdsMixerDataset]
+    assert len(zarr_batches) == len(wds_batches) == 12
+    for zarr_batch, wds_batch in zip(zarr_batches, wds_batches):
+        for key in ("mixture", "target", "valid", "kind", "index", "scale"):
+            assert zarr_batch[key].shape == wds_batch[key].shape and zarr_batch[key].dtype == wds_batch[key].dtype
+        assert torch.equal(zarr_batch["kind"], wds_batch["kind"]) and torch.equal(zarr_batch["index"], wds_batch["index"])
+        for name in ("mixture", "target"):
+            assert 0 < float(wds_batch[name].max()) <= 1.0
+    zarr_choices, wds_choices = datasets[ZarrMixerDataset].choices, datasets[WdsMixerDataset].choices
+    assert sorted(zarr_choices) == list(range(48))
+    assert zarr_choices == wds_choices
+    # the comparison covers both outcomes of every choice
+    for field in range(1, 5):
+        assert {choice[field] for choice in zarr_choices.values()} == {False, True}
+    assert {choice[0] for choice in zarr_choices.values()} == {"pair", "augmented"}
 
 
 @pytest.mark.parametrize("backend", [ZarrMixerDataset, WdsMixerDataset])
@@ -241,20 +265,27 @@ def test_silence_rule_resample_reduces_silent_vocals(store):
     assert still_silent < counted
 
 
-def test_corrupt_zarr_shard_names_the_track(store, tmp_path):
+def test_zarr_mixer_raises_naming_the_damaged_track_and_shard(store, tmp_path):
+    """One flipped byte in every stored vocal chunk: the first batch with a vocal raises a
+    VRDataError naming a vocal track and the shard file of that track that failed its checksum."""
     damaged = tmp_path / "store"
     shutil.copytree(store, damaged)
     shards = sorted((damaged / "zarr" / "vocal").rglob("c/*/*/*/*"))
     assert shards
     for shard in shards:
-        data = bytearray(shard.read_bytes())
-        data[len(data) // 2: len(data) // 2 + 64] = b"\xff" * 64
-        shard.write_bytes(bytes(data))
+        for offset, size in chunk_spans(shard):
+            flip_byte(shard, offset + size // 2)
     dataset = ZarrMixerDataset(damaged, _config(proportions={"augmented": 1.0}, vocal_probability=1.0,
                                                 instrumental_only_probability=0.0))
-    with pytest.raises(VRDataError, match="vocal"):
+    with pytest.raises(VRDataError, match="checksum") as raised:
         for batch in MixerLoader(dataset):
             pass
+    message = str(raised.value)
+    named = [t for t in dataset.store.tracks_by_role("vocal") if f"track {t.id} " in message]
+    assert len(named) == 1
+    track = named[0]
+    owned = range(track.zarr_start // GEOMETRY.shard_frames, (track.zarr_start + track.frames - 1) // GEOMETRY.shard_frames + 1)
+    assert any(message.startswith(str(damaged / "zarr" / "vocal" / "c" / str(index) / "0" / "0" / "0")) for index in owned)
 
 
 def test_corrupt_tar_names_the_shard(store, tmp_path):
@@ -287,14 +318,21 @@ def test_preview_mix_cli_writes_wavs_and_a_sheet(store, tmp_path):
     assert kinds <= set(KINDS)
 
 
-def test_reused_outputs_give_the_same_batches(store):
+@pytest.mark.parametrize("workers", [0, 2])
+def test_reused_outputs_give_the_same_batches(store, workers):
+    """`reuse_outputs=True` (with workers: the setting the benchmarks recommend): a consumer that is
+    done with each batch before asking for the next gets exactly the batches of fresh outputs."""
     config = _config()
     fresh = [{k: v.clone() if torch.is_tensor(v) else v for k, v in b.items()}
              for b in MixerLoader(ZarrMixerDataset(store, config))]
     reused = []
-    for batch in MixerLoader(ZarrMixerDataset(store, config), reuse_outputs=True):
-        reused.append({k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()})  # done before the next
-    _same(fresh, reused)
+    loader = MixerLoader(ZarrMixerDataset(store, config), num_workers=workers, reuse_outputs=True)
+    for _ in range(2):  # two epochs on the same workers: the ring wraps many times
+        for batch in loader:
+            reused.append({k: v.clone() if torch.is_tensor(v) else v for k, v in batch.items()})  # done before the next
+    assert len(reused) == 2 * len(fresh)
+    _same(fresh, reused[: len(fresh)])
+    assert not torch.equal(reused[0]["mixture"], reused[len(fresh)]["mixture"])  # epoch 1 is another epoch
 
 
 def test_zarr_only_store(tmp_path):

@@ -13,11 +13,12 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
-from test_build_support import GEOMETRY, STFT, corpus, built_store, load  # noqa: F401
+from test_build_support import GEOMETRY, STFT, as_built_before_checksums, chunk_spans, flip_byte, load, tar_member_data
 from pipelines.vrdata import app
 from vr_data.store.build import build_store
 from vr_data.errors import VRDataError
 from vr_data.store import iter_wds_samples, open_store
+from vr_data.store.reader import StoreIntegrityWarning
 from vr_data.store.verify import verify_store
 from vr_data.store.wds import iter_tar_samples
 
@@ -225,3 +226,112 @@ def test_read_many_into_fills_caller_buffers(built_store):
     store.read_many_into(requests, outs)
     for got, want in zip(outs, expected):
         np.testing.assert_array_equal(got, want)
+
+
+def _shard_of(store_path, track, source, frame=0):
+    name = track.arrays[source]
+    index = (track.zarr_start + frame) // GEOMETRY.shard_frames
+    return store_path / "zarr" / name / "c" / str(index) / "0" / "0" / "0", f"zarr/{name}/c/{index}/0/0/0"
+
+
+def test_a_flipped_byte_in_a_zarr_chunk_raises_naming_the_track_and_the_shard(built_store, tmp_path):
+    """The chunk's crc32c catches one flipped bit of its compressed bytes: the read raises
+    (VRDataError naming the track and the shard file) instead of returning changed values, and the
+    other chunks of the same shard still read."""
+    out = tmp_path / "store"
+    shutil.copytree(built_store, out)
+    store = open_store(out)
+    assert store.chunk_checksums
+    track = max(store.tracks_by_role("vocal"), key=lambda t: t.frames)
+    assert track.frames > 2 * GEOMETRY.chunk_frames
+    intact = store.read_frames(track, "vocal", GEOMETRY.chunk_frames, 2 * GEOMETRY.chunk_frames)
+    path, relative = _shard_of(out, track, "vocal")
+    offset, size = chunk_spans(path)[0]  # the first inner chunk: frames [0, chunk_frames) of the track
+    flip_byte(path, offset + size // 2)
+    damaged = open_store(out)
+    with pytest.raises(VRDataError, match=f"track {track.id}") as raised:
+        damaged.read_frames(track, "vocal", 0, 8)
+    assert relative in str(raised.value) and "checksum" in str(raised.value)
+    with pytest.raises(VRDataError, match=f"track {track.id}"):
+        damaged.read_many_into([(track, "vocal", 4, 20)], [np.zeros((16, 2, 2, STFT.bins), np.float16)])
+    np.testing.assert_array_equal(damaged.read_frames(track, "vocal", GEOMETRY.chunk_frames, 2 * GEOMETRY.chunk_frames), intact)
+
+
+def test_a_deleted_zarr_shard_raises_instead_of_reading_silence(built_store, tmp_path):
+    out = tmp_path / "store"
+    shutil.copytree(built_store, out)
+    track = max(open_store(out).tracks_by_role("pair"), key=lambda t: t.frames)
+    assert track.frames > GEOMETRY.shard_frames  # its second shard holds frames too
+    path, relative = _shard_of(out, track, "instrumental", GEOMETRY.shard_frames)
+    path.unlink()
+    store = open_store(out)
+    store.read_frames(track, "instrumental", 0, 16)  # the first shard is intact
+    with pytest.raises(VRDataError, match=f"shard missing \\(track {track.id}") as raised:
+        store.read_frames(track, "instrumental", GEOMETRY.shard_frames - 8, GEOMETRY.shard_frames + 8)
+    assert relative in str(raised.value)
+
+
+def test_every_shard_of_a_track_is_stored_even_when_silent(tmp_path):
+    """A shard of digital silence inside a track is written too (its chunks are all zeros), so a
+    missing shard file is known to be damage, not silence."""
+    from vr_data.store.arrays import array_integrity, ensure_array, open_array
+    from vr_data.store.codec import CodecConfig
+
+    path = tmp_path / "array"
+    ensure_array(path, 3 * GEOMETRY.shard_frames, STFT.bins, GEOMETRY.chunk_frames, GEOMETRY.shard_frames, CodecConfig())
+    array = open_array(path)
+    values = np.zeros((3 * GEOMETRY.shard_frames, 2, 2, STFT.bins), np.float16)
+    values[5] = 1.0  # shards 0 and 2 hold sound, shard 1 is all zeros
+    values[2 * GEOMETRY.shard_frames + 5] = 1.0
+    for shard in range(3):
+        frames = slice(shard * GEOMETRY.shard_frames, (shard + 1) * GEOMETRY.shard_frames)
+        array[frames].write(values[frames]).result()
+    assert [(path / "c" / str(shard) / "0" / "0" / "0").is_file() for shard in range(3)] == [True, True, True]
+    assert array_integrity(path).every_chunk_stored and array_integrity(path).chunk_checksums
+    assert np.array_equal(open_array(path, read_only=True).read().result(), values)
+
+
+def test_a_flipped_byte_in_a_tar_member_raises_naming_the_member_and_track(built_store, tmp_path):
+    out = tmp_path / "store"
+    shutil.copytree(built_store, out)
+    store = open_store(out)
+    track = store.tracks_by_role("vocal")[0]
+    tar = out / "wds" / track.wds_shards[0]
+    name, offset, size = tar_member_data(tar, ".vocal.npy")
+    flip_byte(tar, offset + size - 100)  # inside the float16 data: np.load would not notice
+    with pytest.raises(VRDataError, match=f"member {name} \\(track {track.id}\\) fails its crc32c") as raised:
+        list(iter_tar_samples(tar))
+    assert str(tar) in str(raised.value)
+    # the json member is covered too
+    other = out / "wds" / store.tracks_by_role("vocal")[1].wds_shards[0]
+    name, offset, size = tar_member_data(other, ".json")
+    flip_byte(other, offset + size // 2)
+    with pytest.raises(VRDataError, match=f"member {name}"):
+        list(iter_tar_samples(other))
+
+
+def test_tar_members_record_their_crc32c_in_pax_headers(built_store):
+    import google_crc32c
+
+    tar = next((built_store / "wds").rglob("*.tar"))
+    with tarfile.open(tar) as archive:
+        members = [(member, archive.extractfile(member).read()) for member in archive]
+    assert members and all(member.pax_headers["VRDATA.crc32c"] == f"{google_crc32c.value(data):08x}"
+                           for member, data in members)
+
+
+def test_a_store_built_before_checksums_reads_with_a_notice(built_store, tmp_path):
+    out = tmp_path / "store"
+    shutil.copytree(built_store, out)
+    expected = {track.id: open_store(out).read_frames(track, track.sources[0]) for track in open_store(out).tracks}
+    samples = {s["__key__"]: s["vocal"] for s in iter_wds_samples(open_store(out), "vocal")}
+    as_built_before_checksums(out)
+    with pytest.warns(StoreIntegrityWarning, match="before chunk checksums"):
+        store = open_store(out)
+    assert not store.chunk_checksums
+    for track in store.tracks:
+        np.testing.assert_array_equal(store.read_frames(track, track.sources[0]), expected[track.id])
+    old = {s["__key__"]: s["vocal"] for s in iter_wds_samples(store, "vocal")}
+    assert old.keys() == samples.keys() and all(np.array_equal(old[key], samples[key]) for key in samples)
+    with tarfile.open(next((out / "wds").rglob("*.tar"))) as archive:
+        assert not any(member.pax_headers for member in archive)

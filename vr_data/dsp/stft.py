@@ -17,8 +17,10 @@ import functools
 from dataclasses import asdict, dataclass, fields, replace
 
 import numpy as np
-import scipy.fft
-import scipy.signal
+
+# scipy.fft and scipy.signal are imported where they are used: `import scipy.signal` alone takes
+# about 2.3 s, and every spawned DataLoader worker of the mixer imports this module (for
+# StftConfig) without computing a transform (measured: docs/performance.md, worker start-up).
 
 from vr_data.errors import VRDataError
 
@@ -108,6 +110,8 @@ class StftConfig:
 @functools.lru_cache(maxsize=16)
 def window_array(config: StftConfig) -> np.ndarray:
     """The analysis/synthesis window, float64 `(n_fft,)`, periodic as librosa's `fftbins=True`."""
+    import scipy.signal
+
     window = scipy.signal.get_window(config.window, config.n_fft, fftbins=True).astype(np.float64)
     window.setflags(write=False)
     return window
@@ -146,6 +150,8 @@ def stft_frames_major(audio: np.ndarray, config: StftConfig = StftConfig()) -> n
     # (channels, frames, n_fft) view without copying; the window product makes the one copy.
     framed = np.lib.stride_tricks.sliding_window_view(audio, config.n_fft, axis=-1)[:, :: config.hop_length]
     framed = framed[:, :frames] * window_array(config).astype(np.float32)
+    import scipy.fft
+
     return scipy.fft.rfft(framed, axis=-1, workers=_workers()).astype(np.complex64, copy=False)
 
 
@@ -171,6 +177,8 @@ def istft_frames_major(spec: np.ndarray, config: StftConfig = StftConfig(), leng
     channels, frames, bins = spec.shape
     n_fft, hop = config.n_fft, config.hop_length
     window = window_array(config).astype(np.float32)
+    import scipy.fft
+
     framed = scipy.fft.irfft(spec.astype(np.complex64, copy=False), n=n_fft, axis=-1, workers=_workers())
     framed *= window  # (channels, frames, n_fft) float32
     signal = _overlap_add(framed, hop)  # (channels, n_fft + hop * (frames - 1))

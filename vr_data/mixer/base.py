@@ -20,7 +20,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from vr_data.errors import VRDataError
 from vr_data.mixer.config import CropBuffers, MixerConfig, Recipe, draw_recipe
 from vr_data.mixer.kernels import crop_level_dbfs, mix_magnitudes
-from vr_data.mixer.sampling import KINDS, CropCells, crop_cells, plan_epoch
+from vr_data.mixer.sampling import KINDS, CropCells, crop_cells, nominal_cells, plan_epoch, track_phases
+
+# Salts of each library's per-epoch track phases (the grid of crop cells).
+_PHASE_SALT = {"pair": 1, "augmented": 2, "pretrain": 3, "vocal": 4}
 
 
 @dataclass
@@ -30,8 +33,8 @@ class Library:
     entries: list
     frames: np.ndarray
 
-    def cells(self, crop_frames: int) -> CropCells:
-        return crop_cells(self.frames, crop_frames)
+    def cells(self, crop_frames: int, phases: np.ndarray | None = None) -> CropCells:
+        return crop_cells(self.frames, crop_frames, phases)
 
 
 def build_libraries(tracks, config: MixerConfig) -> dict[str, Library]:
@@ -74,7 +77,7 @@ class MixerBase(IterableDataset):
         self.libraries = build_libraries(self.store.tracks, config)
         if config.proportions.get("augmented", 0) > 0 and config.vocal_probability > 0 and not self.libraries["vocal"].entries:
             raise VRDataError(self.store_path, f"augmented mixes need vocals, but the store has no {config.split} vocal tracks")
-        self._cells: dict[int, dict[str, CropCells]] = {}
+        self._cells: dict[tuple[int, int], dict[str, CropCells]] = {}  # (crop, epoch) -> cells
         self.output_ring = 0  # > 0: reuse that many output buffers (MixerLoader(reuse_outputs=True))
         self.bin_scale = None
         if config.normalisation == "stats":
@@ -95,18 +98,31 @@ class MixerBase(IterableDataset):
         """Change the crop length (curriculum stage); nothing is rebuilt, only the plan."""
         self.config = replace(self.config, crop_frames=int(crop_frames))
 
-    def cells(self) -> dict[str, CropCells]:
-        crop = self.config.crop_frames
-        if crop not in self._cells:
-            self._cells[crop] = {kind: self.libraries[kind].cells(crop) for kind in KINDS}
-        return self._cells[crop]
+    def cells(self, epoch: int = 0) -> dict[str, CropCells]:
+        """Each library's crop cells in `epoch`: every track tiled at its own phase of that epoch,
+        a pure function of (seed, epoch, library, track) (`sampling.crop_cells`)."""
+        crop, seed = self.config.crop_frames, self.config.seed
+        key = (crop, int(epoch))
+        if key not in self._cells:
+            if len(self._cells) >= 4:  # a worker moves forward through epochs; keep a few
+                self._cells.pop(next(iter(self._cells)))
+            self._cells[key] = {
+                kind: self.libraries[kind].cells(crop, track_phases(seed, int(epoch), _PHASE_SALT[kind],
+                                                                    len(self.libraries[kind].entries), crop))
+                for kind in KINDS
+            }
+        return self._cells[key]
 
     def examples_per_epoch(self) -> int:
-        """Configured, else enough that every crop cell of the most-used library comes up once."""
+        """Configured, else enough that every crop cell of the most-used library comes up once
+        (cells counted at phase 0, so every epoch has the same length). Proportions are weights:
+        {pair .5, augmented .5}, {1, 1} and {5, 5} give the same epoch."""
         if self.config.examples_per_epoch:
             return int(self.config.examples_per_epoch)
-        cells = self.cells()
-        counts = [len(cells[k]) / p for k, p in self.config.proportions.items() if p > 0 and len(cells[k])]
+        shares = normalised_proportions(self.config.proportions)
+        crop = self.config.crop_frames
+        counts = [nominal_cells(self.libraries[kind].frames, crop) / share for kind, share in shares.items()
+                  if share > 0 and len(self.libraries[kind].entries)]
         return max(int(np.ceil(max(counts))) if counts else 0, self.config.batch_size * self.world_size)
 
     def batches_per_rank(self) -> int:
@@ -116,7 +132,7 @@ class MixerBase(IterableDataset):
         return self.batches_per_rank()
 
     def plan(self, epoch: int):
-        cells = self.cells()
+        cells = self.cells(epoch)
         return plan_epoch(
             self.config.seed, epoch, self.config.proportions, {k: len(v) for k, v in cells.items()},
             self.examples_per_epoch(), self.config.batch_size, self.world_size,
@@ -203,6 +219,13 @@ class MixerBase(IterableDataset):
     def is_silent(self, stored: np.ndarray) -> bool:
         """Whether a stored crop is under `silence_dbfs` (level estimated from every 8th frame)."""
         return crop_level_dbfs(stored, self.window_energy, frame_step=8) < self.config.silence_dbfs
+
+
+def normalised_proportions(proportions: dict[str, float]) -> dict[str, float]:
+    """Each kind's share of an epoch: the (non-negative) weights divided by their sum."""
+    weights = {kind: max(0.0, float(weight)) for kind, weight in proportions.items()}
+    total = sum(weights.values())
+    return {kind: weight / total for kind, weight in weights.items()} if total > 0 else weights
 
 
 def rank_and_world(rank: int | None, world_size: int | None) -> tuple[int, int]:

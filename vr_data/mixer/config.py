@@ -27,7 +27,9 @@ class MixerConfig:
     Probabilities are per example; `vocal_gain_db` is a uniform range in dB applied to the vocal;
     `silence_dbfs` is the RMS level (dBFS, estimated from the STFT) under which a crop is
     near-silent; `silence_rule` says what happens then: `resample` (draw another crop, up to
-    `max_resamples` times), `count` (keep it, count it) or `keep`.
+    `max_resamples` times), `count` (keep it, count it) or `keep`. `proportions` are weights (only
+    their ratios matter). `vocal_offset_step`: vocal crops start at multiples of this many frames
+    (None: at any frame).
     """
 
     crop_frames: int = 256
@@ -62,6 +64,8 @@ class MixerConfig:
         unknown = set(self.proportions) - set(KINDS)
         if unknown:
             raise VRDataError(None, f"unknown example kinds {sorted(unknown)}; kinds are {', '.join(KINDS)}")
+        if self.vocal_offset_step is not None and self.vocal_offset_step < 1:
+            raise VRDataError(None, f"vocal_offset_step must be positive or None, not {self.vocal_offset_step}")
         unknown = set(self.pretrain_sources) - set(PRETRAIN_SOURCES)
         if unknown or not self.pretrain_sources:
             raise VRDataError(None, f"pretrain_sources must name some of {', '.join(PRETRAIN_SOURCES)}, "
@@ -81,6 +85,32 @@ class MixerConfig:
             if key in values:
                 values[key] = tuple(values[key])
         return cls(**{k: v for k, v in values.items() if k in cls.__dataclass_fields__})
+
+
+# What may change between a saved loader state and the run that resumes it: the curriculum
+# changes the crop length. Every other field defines which examples the stream holds.
+RESUMABLE_CHANGES = ("crop_frames",)
+
+
+def data_differences(saved: MixerConfig, current: MixerConfig) -> dict[str, tuple]:
+    """Fields (other than `RESUMABLE_CHANGES`) whose values differ: `{name: (saved, current)}`.
+    Proportions are compared as shares ({1, 1} equals {.5, .5}; a kind of weight 0 is absent)."""
+    differences = {}
+    for name in MixerConfig.__dataclass_fields__:
+        if name in RESUMABLE_CHANGES:
+            continue
+        before, now = getattr(saved, name), getattr(current, name)
+        if name == "proportions":
+            before, now = _shares(before), _shares(now)
+        if before != now:
+            differences[name] = (before, now)
+    return differences
+
+
+def _shares(proportions: dict) -> dict:
+    weights = {kind: float(weight) for kind, weight in proportions.items() if float(weight) > 0}
+    total = sum(weights.values())
+    return {kind: round(weight / total, 12) for kind, weight in sorted(weights.items())} if total else {}
 
 
 @dataclass

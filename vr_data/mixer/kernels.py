@@ -68,11 +68,13 @@ def _mix_magnitudes(main, target, vocal, has_vocal, target_is_main, main_map, ta
 
 @njit(cache=True, fastmath=True, boundscheck=False, nogil=True)
 def _scale_in_place(mixture, target, factor):
-    """mixture *= factor; target = min(target * factor, 1): one pass over both."""
+    """mixture = min(mixture * factor, 1); target = min(target * factor, 1): one pass over both.
+
+    The mixture's own clip only catches rounding: peak * (1 / peak) can be 1 + 1 ulp in float32."""
     flat_mixture = mixture.reshape(-1)
     flat_target = target.reshape(-1)
     for position in range(flat_mixture.size):
-        flat_mixture[position] *= factor
+        flat_mixture[position] = min(flat_mixture[position] * factor, np.float32(1.0))
         flat_target[position] = min(flat_target[position] * factor, np.float32(1.0))
 
 

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader
 
 from vr_data.errors import VRDataError
 from vr_data.mixer.base import MixerBase
-from vr_data.mixer.config import MixerConfig
+from vr_data.mixer.config import RESUMABLE_CHANGES, MixerConfig, data_differences
 
 
 class MixerLoader:
@@ -69,16 +69,32 @@ class MixerLoader:
         self._batches = None
 
     def state_dict(self) -> dict:
+        """Where the loader is, and what defines its data (JSON-serialisable)."""
         return {"epoch": self.epoch, "batch": self.batch, "config": self.dataset.config.to_dict(),
+                "store_id": self.dataset.store.identity(), "backend": type(self.dataset).__name__,
                 "rank": self.dataset.rank, "world_size": self.dataset.world_size}
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("world_size", self.dataset.world_size) != self.dataset.world_size:
-            raise VRDataError(None, f"loader state was saved with world size {state['world_size']}, "
-                                    f"this run has {self.dataset.world_size}")
+        """Continue where `state` left off. A state from another data definition is refused
+        (VRDataError naming every differing key): another store, world size or backend, or a
+        config that differs in anything but the crop length (which the curriculum changes; the
+        saved one is taken). Keys absent from `state` are not checked."""
+        differences = {}
+        if "world_size" in state and state["world_size"] != self.dataset.world_size:
+            differences["world_size"] = (state["world_size"], self.dataset.world_size)
+        if "store_id" in state and state["store_id"] != self.dataset.store.identity():
+            differences["store_id"] = (state["store_id"], self.dataset.store.identity())
+        if "backend" in state and state["backend"] != type(self.dataset).__name__:
+            differences["backend"] = (state["backend"], type(self.dataset).__name__)
+        saved = MixerConfig.from_dict(state["config"]) if "config" in state else self.dataset.config
+        differences.update(data_differences(saved, self.dataset.config))
+        if differences:
+            listed = "; ".join(f"{key}: saved {before!r}, now {now!r}" for key, (before, now) in differences.items())
+            raise VRDataError(None, f"loader state is from another data definition ({listed}); exact resume "
+                                    f"needs the same store and mixer settings (only {', '.join(RESUMABLE_CHANGES)} "
+                                    "may change)")
         self.close()
         self.epoch, self.batch = int(state["epoch"]), int(state["batch"])
-        saved = MixerConfig.from_dict(state["config"]) if "config" in state else self.dataset.config
         if saved.crop_frames != self.dataset.config.crop_frames:
             self.dataset.set_crop_frames(saved.crop_frames)
 

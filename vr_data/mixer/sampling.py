@@ -9,6 +9,10 @@ never hangs at an epoch end). Rank `r` takes global batches `g = k * world_size 
 `i = g * batch_size + j`. Within an epoch each example index is unique, and crops of the pair,
 instrumental and pretraining libraries are drawn from a permutation of all crop cells, so no two
 examples of an epoch (on any rank or worker) use the same cell.
+
+Crop cells tile each track at a phase drawn per (seed, epoch, library, track): crop boundaries
+move from epoch to epoch, so over epochs a track is cut at every offset, while within an epoch
+the cells still cover the whole track with little overlap (`crop_cells`).
 """
 
 from __future__ import annotations
@@ -31,19 +35,45 @@ class CropCells:
         return int(self.track.size)
 
 
-def crop_cells(track_frames: np.ndarray, crop_frames: int) -> CropCells:
-    """Tile each track into ceil(frames / crop_frames) cells.
+def crop_cells(track_frames: np.ndarray, crop_frames: int, phases: np.ndarray | None = None) -> CropCells:
+    """Tile each track into crop cells, the grid shifted by the track's phase.
 
-    The last cell of a track is moved back to end at the track end when the track is at least one
-    crop long (no padding needed); shorter tracks get one cell starting at 0 (padded by readers).
+    A track of `frames > crop_frames` with phase `o` (in `[0, crop_frames)`) gets the cells
+    starting at `o, o + crop, o + 2 crop, ...` that fit in it, plus a cell at 0 when `o > 0` (the
+    head before the grid) and one ending at the track end when the grid leaves a tail: every
+    frame is in some cell, cells overlap only at the two ends, and a track has `ceil(frames /
+    crop)` or one more cells. Shorter tracks get one cell at 0 (padded by readers). Without
+    `phases` (all 0) the grid is `0, crop, ...` with the last cell moved back to end at the track
+    end.
     """
     track_frames = np.asarray(track_frames, np.int64)
-    counts = np.maximum(1, -(-track_frames // crop_frames))
+    phases = np.zeros(track_frames.size, np.int64) if phases is None else np.asarray(phases, np.int64)
+    if phases.shape != track_frames.shape or (phases.size and (phases.min() < 0 or phases.max() >= crop_frames)):
+        raise ValueError(f"phases must be one per track, in [0, {crop_frames})")
+    long = track_frames > crop_frames
+    phases = np.where(long, phases, 0)
+    grid = np.where(long, (track_frames - phases) // crop_frames, 0)       # cells on the shifted grid
+    head = long & (phases > 0)                                              # frames [0, o) before it
+    tail = long & (phases + grid * crop_frames < track_frames)              # frames after its last cell
+    counts = np.where(long, grid + head + tail, 1)
     track = np.repeat(np.arange(track_frames.size, dtype=np.int64), counts)
-    first = np.cumsum(counts) - counts
-    start = (np.arange(track.size, dtype=np.int64) - np.repeat(first, counts)) * crop_frames
-    end_limit = np.maximum(track_frames[track] - crop_frames, 0)
-    return CropCells(track=track, start=np.minimum(start, end_limit))
+    local = np.arange(track.size, dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    head_t, tail_t = head[track], tail[track]
+    start = phases[track] + (local - head_t) * crop_frames
+    start = np.where(head_t & (local == 0), 0, start)
+    start = np.where(tail_t & (local == counts[track] - 1), track_frames[track] - crop_frames, start)
+    return CropCells(track=track, start=np.where(long[track], start, 0))
+
+
+def nominal_cells(track_frames: np.ndarray, crop_frames: int) -> int:
+    """Cells of a library at phase 0 (`sum ceil(frames / crop)`): what sizes an epoch, so the
+    epoch length does not change with the phases."""
+    return int(np.maximum(1, -(-np.asarray(track_frames, np.int64) // crop_frames)).sum())
+
+
+def track_phases(seed: int, epoch: int, salt: int, tracks: int, crop_frames: int) -> np.ndarray:
+    """The grid phase of each track of one library in one epoch, uniform in `[0, crop_frames)`."""
+    return np.random.default_rng([seed, epoch, salt, 0xCE11]).integers(0, crop_frames, size=tracks, dtype=np.int64)
 
 
 def example_rng(seed: int, epoch: int, index: int, salt: int = 0) -> np.random.Generator:
@@ -86,7 +116,8 @@ def plan_epoch(
     """Assign each of `examples` indices a kind (by `proportions`) and a distinct cell of its library.
 
     `examples` is rounded down to a multiple of `batch_size * world_size`. A kind whose library has
-    fewer cells than examples of that kind cycles through a fresh permutation again.
+    fewer cells than examples of that kind cycles through a fresh permutation again. Proportions
+    are weights: only their ratios matter.
     """
     rng = np.random.default_rng([seed, epoch, 0x5EED])
     step = batch_size * world_size

@@ -42,7 +42,7 @@ class ZarrMixerDataset(MixerBase):
         """Read the stored crops of batch `k` into `buffers`; returns each example's recipe and
         its index in the epoch."""
         indices = list(plan.example_indices(self.rank, k))
-        cells = self.cells()
+        cells = self.cells(plan.epoch)
         recipes, resample_rngs, vocal_rngs = [], [], []
         for index in indices:
             kind = KINDS[int(plan.kinds[index])]
@@ -57,7 +57,7 @@ class ZarrMixerDataset(MixerBase):
             vocal_rngs.append(vocal_rng)
             recipes.append(recipe)
         self._read_batch(recipes, range(len(recipes)), buffers, main=True, vocal=True)
-        self._apply_silence_rule(recipes, buffers, resample_rngs, vocal_rngs)
+        self._apply_silence_rule(recipes, buffers, resample_rngs, vocal_rngs, plan.epoch)
         for j, recipe in enumerate(recipes):
             if recipe.kind == "pair" and recipe.instrumental_only:
                 buffers.main[j] = buffers.instrumental[j]
@@ -67,9 +67,12 @@ class ZarrMixerDataset(MixerBase):
         return recipes, indices
 
     def _pick_vocal(self, rng: np.random.Generator) -> tuple[int, int]:
+        """A vocal track (weighted by length) and a first frame anywhere in it (multiples of
+        `vocal_offset_step` if set). An offset off the chunk grid decodes two chunks instead of
+        one; docs/performance.md measures what that costs."""
         library = self.libraries["vocal"]
         track_index = int(rng.choice(len(library.entries), p=library.frames / library.frames.sum()))
-        step = self.config.vocal_offset_step or self.store.geometry.chunk_frames
+        step = self.config.vocal_offset_step or 1
         last = max(int(library.frames[track_index]) - self.config.crop_frames, 0)
         return track_index, step * int(rng.integers(0, last // step + 1))
 
@@ -101,7 +104,8 @@ class ZarrMixerDataset(MixerBase):
         for out, (_, _, start, stop) in zip(targets, requests):
             out[stop - start:] = 0
 
-    def _apply_silence_rule(self, recipes: list[Recipe], buffers: CropBuffers, resample_rngs, vocal_rngs) -> None:
+    def _apply_silence_rule(self, recipes: list[Recipe], buffers: CropBuffers, resample_rngs, vocal_rngs,
+                            epoch: int) -> None:
         """Count near-silent crops; with `resample`, redraw them (up to `max_resamples` rounds,
         each round re-checking only the crops it redrew)."""
         rule = self.config.silence_rule
@@ -118,7 +122,7 @@ class ZarrMixerDataset(MixerBase):
             if rule == "count" or attempt == self.config.max_resamples or not (silent_main or silent_vocal):
                 return
             for j in silent_main:
-                cells = self.cells()[recipes[j].kind]
+                cells = self.cells(epoch)[recipes[j].kind]
                 cell = int(resample_rngs[j].integers(0, len(cells)))
                 recipes[j].main = (int(cells.track[cell]), int(cells.start[cell]))
             for j in silent_vocal:

@@ -3,23 +3,52 @@
 Each array is float16 `(frames, channels=2, re/im=2, bins)`, chunked by `chunk_frames` frames
 inside shards of `shard_frames` frames; the other axes are whole in every chunk. Writes always
 cover whole shards (a partial shard write is a read-modify-write that races with other writers
-and silently corrupts sharded Zarr, zarr-python #3682), and all-zero inner chunks are not
-stored, so the zero padding after a track costs nothing. zarr-python reads these arrays too.
+and silently corrupts sharded Zarr, zarr-python #3682). zarr-python reads these arrays too.
+
+Integrity: every inner chunk carries a crc32c checksum (`vr_data.store.codec.zarr_codecs_json`),
+and every chunk is stored, zeros included (`store_data_equal_to_fill_value`), so every shard of
+a track exists on disk: a missing shard file is damage (a deleted file), not silence. An array
+says so in its `zarr.json` attributes (`{"vr_store": {"every_chunk_stored": true}}`); arrays of
+stores built before have neither guarantee (`ArrayIntegrity`). The zero padding after a track
+costs a few hundred bytes per chunk.
 """
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import tensorstore as ts
 
-from vr_data.store.codec import CodecConfig, zarr_codecs_json
+from vr_data.store.codec import CodecConfig, has_chunk_checksums, zarr_codecs_json
 from vr_data.errors import VRDataError
 from vr_data.io import atomic_write_json
 from vr_data.store.format import CHANNELS, REIM
 
 DIMENSION_NAMES = ["frames", "channel", "reim", "bins"]
+# zarr.json attributes of arrays written with every chunk stored (missing shard = damage).
+INTEGRITY_ATTRIBUTES = {"vr_store": {"every_chunk_stored": True}}
+
+
+@dataclass(frozen=True)
+class ArrayIntegrity:
+    """What a reader can check of an array: `chunk_checksums` (a crc32c per inner chunk) and
+    `every_chunk_stored` (so a missing shard file within a track is damage)."""
+
+    chunk_checksums: bool
+    every_chunk_stored: bool
+
+
+def array_integrity(path: Path) -> ArrayIntegrity:
+    """The integrity guarantees of the array at `path`, from its `zarr.json`."""
+    try:
+        metadata = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as error:
+        raise VRDataError(Path(path) / "zarr.json", f"cannot read array metadata ({_first_line(error)})") from None
+    stored = bool(metadata.get("attributes", {}).get("vr_store", {}).get("every_chunk_stored", False))
+    return ArrayIntegrity(chunk_checksums=has_chunk_checksums(metadata.get("codecs", [])), every_chunk_stored=stored)
 
 
 def write_group(zarr_dir: Path) -> None:
@@ -39,6 +68,7 @@ def array_metadata(frames: int, bins: int, chunk_frames: int, shard_frames: int,
         "fill_value": 0.0,
         "codecs": zarr_codecs_json(codec, (int(chunk_frames), CHANNELS, REIM, int(bins))),
         "dimension_names": DIMENSION_NAMES,
+        "attributes": INTEGRITY_ATTRIBUTES,
     }
 
 
@@ -73,6 +103,9 @@ def open_array(path: Path, context: ts.Context | None = None, read_only: bool = 
     spec = _spec(path)
     if read_only:
         spec["recheck_cached_data"] = "open"
+    else:
+        # Zeros too: then every shard of a track exists, and a missing one is known to be damage.
+        spec["store_data_equal_to_fill_value"] = True
     try:
         kwargs = {"context": context} if context is not None else {}
         return ts.open(spec, read=True, write=not read_only, **kwargs).result()

@@ -4,7 +4,8 @@ Stored layout is frames-major float16 `(frames, channels, 2, bins)` with `[re, i
 so a crop of frames is one contiguous run of a Zarr chunk. Every codec's output is plain
 float16: whatever quantisation happened at encode time, a reader (zarr-python, tensorstore, a
 GPU kernel) only casts float16 to float32. The lossless stage is a standard Zarr v3 codec
-(blosc with byte shuffle and lz4hc by default, or zstd), given by `zarr_codecs`/`zarr_codecs_json`.
+(blosc with byte shuffle and lz4hc by default, or zstd) followed by a crc32c checksum per
+chunk, given by `zarr_codecs`/`zarr_codecs_json`.
 
 Codecs (`CodecConfig.name`):
 - "f16"      float16 cast only: lossless w.r.t. float16, about 1.1x compression.
@@ -41,6 +42,7 @@ FLOAT16_MAX_F32 = np.float32(FLOAT16_MAX)
 MIN_STEP_EXPONENT = -24  # 2**-24 is the smallest float16 subnormal
 _SHUFFLES = ("noshuffle", "shuffle", "bitshuffle")
 _COMPRESSORS = ("blosc-zstd", "blosc-lz4hc", "blosc-lz4", "zstd")
+CHUNK_CHECKSUM_JSON = {"name": "crc32c"}  # the Zarr v3 checksum codec, last in every chunk's chain
 
 
 @dataclass(frozen=True)
@@ -352,8 +354,13 @@ def zarr_codecs_json(codec: CodecConfig = CodecConfig(), inner_chunk_shape: tupl
     zarr-python. With `inner_chunk_shape`, the list is one `sharding_indexed` codec whose inner
     chunks use the codec (the array's chunk shape is then the shard shape); its index codecs
     are zarr-python's defaults, so both libraries write the same kind of shard.
+
+    Every chunk ends with a `crc32c` checksum of its compressed bytes, checked on every read (by
+    tensorstore and zarr-python alike): a flipped bit in a chunk is a read error, never changed
+    values. The shard index has its own (zarr-python's default). The cost is 4 bytes per chunk
+    and a hardware CRC over the compressed bytes (measured in docs/performance.md).
     """
-    inner = [{"name": "bytes", "configuration": {"endian": "little"}}, _compressor_json(codec)]
+    inner = [{"name": "bytes", "configuration": {"endian": "little"}}, _compressor_json(codec), CHUNK_CHECKSUM_JSON]
     if inner_chunk_shape is None:
         return inner
     return [
@@ -374,13 +381,27 @@ def zarr_codecs(codec: CodecConfig = CodecConfig()) -> dict:
 
     zarr-python applies them to the inner chunks when `shards=` is also given.
     """
-    from zarr.codecs import BloscCodec, BytesCodec, ZstdCodec
+    from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ZstdCodec
 
     if codec.compressor == "zstd":
         compressor = ZstdCodec(level=codec.level)
     else:
         compressor = BloscCodec(cname=_blosc_cname(codec), clevel=codec.level, shuffle=codec.shuffle, typesize=2, blocksize=0)
-    return {"serializer": BytesCodec(endian="little"), "compressors": (compressor,)}
+    return {"serializer": BytesCodec(endian="little"), "compressors": (compressor, Crc32cCodec())}
+
+
+def has_chunk_checksums(codecs: list[dict]) -> bool:
+    """Whether a Zarr v3 `codecs` list (an array's `zarr.json`) checksums every (inner) chunk.
+
+    Stores built before chunk checksums existed have a checksum on the shard index only: their
+    chunks' damaged bytes decode to wrong values without an error.
+    """
+    for codec in codecs:
+        if codec.get("name") == "sharding_indexed":
+            return has_chunk_checksums(codec.get("configuration", {}).get("codecs", []))
+        if codec.get("name") == CHUNK_CHECKSUM_JSON["name"]:
+            return True
+    return False
 
 
 def compressed_bytes(stored: np.ndarray, codec: CodecConfig = CodecConfig(), chunk_frames: int = 256) -> int:

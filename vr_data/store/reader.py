@@ -7,14 +7,22 @@ zarr-python per crop); each process opens each array once and reuses it, with a 
 cache, and `read_many` keeps many crops in flight at once. `iter_wds_samples` streams the
 WebDataset shards of a role, validating every member.
 
+Integrity: a read that meets a damaged Zarr chunk (its crc32c), a damaged shard index or a
+missing shard file raises `VRDataError` naming the shard file and the track; so does a tar
+member whose bytes differ from the checksum in its header. Stores built before these checksums
+open with a `StoreIntegrityWarning` and are read without them.
+
 Shapes: stored frames are float16 `(frames, channels=2, re/im=2, bins)`; spectrograms are
 complex64 `(channels=2, bins, frames)` as `vr_data.dsp.stft.stft` returns them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -25,7 +33,7 @@ from vr_data.store.codec import CodecConfig, decode
 from vr_data.errors import VRDataError
 from vr_data.catalog.manifest import resolve_under
 from vr_data.dsp.stft import StftConfig
-from vr_data.store.arrays import open_array, read_region
+from vr_data.store.arrays import ArrayIntegrity, array_integrity, open_array, shard_key
 from vr_data.store.format import (
     REJECTS_JSONL, STORE_JSON, TRACKS_JSONL, WDS_DIR, WDS_INDEX, ZARR_DIR, BuildReject, StoreMeta, TrackRecord,
     WdsShard, read_json, read_store_meta,
@@ -37,6 +45,19 @@ DEFAULT_CACHE_BYTES = 64 * 2**20
 
 # A frame range of a track's source: (track or track id, source, start frame, stop frame).
 FrameRequest = tuple["TrackRecord | str", str, int, int]
+
+
+class StoreIntegrityWarning(UserWarning):
+    """A store built before chunk and member checksums: readable, but damage may go unnoticed."""
+
+
+class _Region:
+    """Frames `[first, last)` of array `name` (absolute frame indexes) for `track`."""
+
+    __slots__ = ("array", "first", "last", "name", "track")
+
+    def __init__(self, array, first: int, last: int, name: str, track: TrackRecord):
+        self.array, self.first, self.last, self.name, self.track = array, first, last, name, track
 
 
 class Store:
@@ -54,6 +75,9 @@ class Store:
         self._arrays: dict[str, ts.TensorStore] = {}
         self._pid = os.getpid()
         self._context: ts.Context | None = None
+        self.integrity = {name: array_integrity(self.path / ZARR_DIR / name) for name in meta.arrays}
+        self._present_shards: set[tuple[str, int]] = set()  # shard files seen on disk (this process)
+        self._identity: str | None = None
 
     @property
     def segment_frames(self) -> int:
@@ -78,6 +102,22 @@ class Store:
     def hours(self, role: str | None = None) -> float:
         return sum(t.duration for t in self.tracks if role is None or t.role == role) / 3600.0
 
+    @property
+    def chunk_checksums(self) -> bool:
+        """Whether every Zarr array checksums its chunks (False: a store built before)."""
+        return all(integrity.chunk_checksums for integrity in self.integrity.values())
+
+    def identity(self) -> str:
+        """A content id: STFT, codec, geometry, source manifests and tracks (id, role, split,
+        frames). Two stores built from the same manifests with the same settings share it; a
+        loader state or a checkpoint records it to refuse resuming on another store."""
+        if self._identity is None:
+            meta = self.meta
+            record = {"stft": meta.stft, "codec": meta.codec, "geometry": meta.geometry, "manifests": meta.manifests,
+                      "tracks": sorted((t.id, t.role, t.split, t.frames) for t in self.tracks)}
+            self._identity = hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return self._identity
+
     # ------------------------------------------------------------------------ Zarr random access
 
     def array(self, name: str) -> ts.TensorStore:
@@ -92,7 +132,7 @@ class Store:
             self._arrays[name] = open_array(self.path / ZARR_DIR / name, self._context, read_only=True)
         return self._arrays[name]
 
-    def _region(self, track: TrackRecord | str, source: str, start: int, stop: int | None):
+    def _region(self, track: TrackRecord | str, source: str, start: int, stop: int | None) -> _Region:
         track = self.track(track)
         if source not in track.arrays:
             raise VRDataError(self.path, f"track {track.id} ({track.role}) has no source {source!r} "
@@ -101,7 +141,38 @@ class Store:
         if not 0 <= start <= stop <= track.frames:
             raise ValueError(f"frames {start}:{stop} are outside track {track.id} (0:{track.frames})")
         name = track.arrays[source]
-        return self.array(name), track.zarr_start + start, track.zarr_start + stop, f"{name} (track {track.id})"
+        region = _Region(self.array(name), track.zarr_start + start, track.zarr_start + stop, name, track)
+        if self.integrity[name].every_chunk_stored:
+            self._check_shards_exist(region)
+        return region
+
+    def _shard_files(self, region: _Region) -> list[tuple[int, Path]]:
+        """(shard index, file) of every shard the region touches."""
+        shard_frames = int(self.meta.arrays[region.name].get("shard_frames", self.geometry.shard_frames))
+        last = max(region.last, region.first + 1)
+        return [(index, shard_key(self.path / ZARR_DIR / region.name, index))
+                for index in range(region.first // shard_frames, (last - 1) // shard_frames + 1)]
+
+    def _check_shards_exist(self, region: _Region) -> None:
+        """Every chunk of these arrays is stored, so an absent shard file under a track was
+        deleted: without this check it would read as silence (the fill value). One stat per
+        shard per process."""
+        for index, path in self._shard_files(region):
+            if (region.name, index) in self._present_shards:
+                continue
+            if not path.is_file():
+                raise VRDataError(path, f"Zarr shard missing (track {region.track.id}, array {region.name}, "
+                                        f"frames {region.first}:{region.last}); the store is damaged: run vrdata verify")
+            self._present_shards.add((region.name, index))
+
+    def _read_error(self, region: _Region, error: Exception) -> VRDataError:
+        """A failed read as a one-line VRDataError naming the shard file and the track."""
+        detail = _first_line(error)
+        named = re.search(r'local file "([^"]+)"', str(error))
+        path = named.group(1) if named else ", ".join(str(path) for _, path in self._shard_files(region))
+        what = "damaged Zarr chunk (checksum mismatch)" if "igest mismatch" in str(error) else "unreadable Zarr data"
+        return VRDataError(path, f"{what} in track {region.track.id} (array {region.name}, frames "
+                                 f"{region.first}:{region.last}): {detail}")
 
     def read_frames(self, track: TrackRecord | str, source: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Stored float16 `(stop - start, 2, 2, bins)` of one source of a track.
@@ -109,20 +180,19 @@ class Store:
         Frames are indexed from the track's first frame; a range outside `[0, track.frames]` is
         refused (ValueError) rather than clipped, so a caller never trains on padding unknowingly.
         """
-        array, first, last, name = self._region(track, source, start, stop)
-        return read_region(array, first, last, name)
+        return self.read_many([(track, source, start, stop)])[0]
 
     def read_many(self, requests: Iterable[FrameRequest]) -> list[np.ndarray]:
         """`read_frames` of many `(track, source, start, stop)` at once: all reads are issued
         before any is awaited, so tensorstore overlaps their I/O and decompression."""
         regions = [self._region(*request) for request in requests]
-        futures = [array[first:last].read() for array, first, last, _ in regions]
+        futures = [region.array[region.first:region.last].read() for region in regions]
         out = []
-        for future, (_, first, last, name) in zip(futures, regions):
+        for future, region in zip(futures, regions):
             try:
                 out.append(future.result())
             except (ValueError, RuntimeError) as error:
-                raise VRDataError(name, f"cannot read frames {first}:{last} ({str(error).splitlines()[0][:200]})") from None
+                raise self._read_error(region, error) from None
         return out
 
     def read_many_into(self, requests: Iterable[FrameRequest], outs: Sequence[np.ndarray]) -> None:
@@ -130,13 +200,13 @@ class Store:
         shape `(stop - start, 2, 2, bins)`, e.g. slices of a batch buffer): no array per read and
         no copy afterwards. All reads are in flight at once."""
         regions = [self._region(*request) for request in requests]
-        futures = [ts.array(out, copy=False, write=True).write(array[first:last])
-                   for (array, first, last, _), out in zip(regions, outs)]
-        for future, (_, first, last, name) in zip(futures, regions):
+        futures = [ts.array(out, copy=False, write=True).write(region.array[region.first:region.last])
+                   for region, out in zip(regions, outs)]
+        for future, region in zip(futures, regions):
             try:
                 future.result()
             except (ValueError, RuntimeError) as error:
-                raise VRDataError(name, f"cannot read frames {first}:{last} ({str(error).splitlines()[0][:200]})") from None
+                raise self._read_error(region, error) from None
 
     def read_spectrogram(self, track: TrackRecord | str, source: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Complex64 `(2, bins, frames)` of frames `[start, stop)` (a view of a frames-major buffer)."""
@@ -171,7 +241,12 @@ def open_store(path: str | Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Stor
         raise VRDataError(path, "store is incomplete (a build is running, was interrupted or is appending); "
                                 "rerun the same vrdata build-shards command to finish it")
     tracks = [TrackRecord.from_json(record) for record in _read_jsonl(path / TRACKS_JSONL)]
-    return Store(path, meta, tracks, cache_bytes)
+    store = Store(path, meta, tracks, cache_bytes)
+    if not store.chunk_checksums:
+        warnings.warn(f"{path}: store built before chunk checksums: a damaged Zarr chunk or tar member can be "
+                      "read as wrong values, and a deleted Zarr shard as silence, without an error; run "
+                      "`vrdata verify` to check it, or rebuild it into a new --out", StoreIntegrityWarning, stacklevel=2)
+    return store
 
 
 def iter_wds_samples(store: Store, role: str, shards: Sequence[WdsShard | str] | None = None) -> Iterator[dict]:
@@ -184,6 +259,11 @@ def iter_wds_samples(store: Store, role: str, shards: Sequence[WdsShard | str] |
     for shard in chosen:
         relative = shard.path if isinstance(shard, WdsShard) else shard
         yield from iter_tar_samples(resolve_under(store.path / WDS_DIR, relative))
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0][:240] if text else type(error).__name__
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -199,4 +279,4 @@ def _read_jsonl(path: Path) -> list[dict]:
     return records
 
 
-__all__ = ["Store", "TrackRecord", "open_store", "iter_wds_samples", "FrameRequest"]
+__all__ = ["FrameRequest", "Store", "StoreIntegrityWarning", "TrackRecord", "iter_wds_samples", "open_store"]

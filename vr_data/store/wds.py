@@ -7,6 +7,12 @@ A sample is one segment of `segment_frames` frames of one track, key `{track_id}
 `{key}.json` (track, role, split, segment, start_frame, frames = valid frames; the last
 segment of a track is zero-padded). Tar headers are fixed (mtime 0, uid/gid 0, no names), so
 the same samples always give the same bytes and a resumed build writes identical tars.
+
+Every member's header carries the crc32c of its bytes (a pax record `VRDATA.crc32c`, eight hex
+digits; tar readers ignore records they do not know), and `iter_tar_samples` checks it on read:
+a damaged member raises instead of loading changed values. A whole-file sha256 (`index.json`)
+would need the whole tar read before its first sample could be trusted; crc32c runs at about
+8 GB/s, a quarter of a millisecond per 2 MB member.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import tarfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import google_crc32c
 import numpy as np
 
 from vr_data.errors import VRDataError
@@ -30,6 +37,16 @@ _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 _BLOCK = tarfile.BLOCKSIZE
 _SOURCES = ("mixture", "instrumental", "vocal", "audio")
 _EXTENSIONS = {"json"} | {f"{source}.npy" for source in _SOURCES} | {f"{source}.npy.blosc" for source in _SOURCES}
+MEMBER_CHECKSUM = "VRDATA.crc32c"  # pax header record: crc32c of the member's bytes, 8 hex digits
+
+
+def member_checksum(pieces: Sequence[bytes | memoryview]) -> str:
+    """crc32c of the concatenated pieces, as written in a member's header."""
+    crc = 0
+    for piece in pieces:
+        # google_crc32c takes bytes only; the copy of a 2 MB member costs about 0.1 ms.
+        crc = google_crc32c.extend(crc, piece if isinstance(piece, bytes) else bytes(piece))
+    return f"{crc:08x}"
 
 
 def sample_key(track_id: str, segment: int) -> str:
@@ -89,7 +106,8 @@ class TrackTarWriter:
     def add(self, key: str, members: dict[str, Sequence[bytes | memoryview]]) -> None:
         """One sample: `members` maps extension (`json`, `mixture.npy`...) to the member's bytes,
         given as consecutive pieces."""
-        size = sum(_BLOCK + _padded(sum(len(piece) for piece in pieces)) for pieces in members.values())
+        # Per member: the pax header with its checksum (2 blocks), the header, the padded data.
+        size = sum(3 * _BLOCK + _padded(sum(len(piece) for piece in pieces)) for pieces in members.values())
         if self._handle is None or (self._samples > 0 and self._size + size > self.target_bytes):
             self._next_part()
         for extension, pieces in members.items():
@@ -99,6 +117,7 @@ class TrackTarWriter:
             info.mode = 0o644
             info.uid = info.gid = 0
             info.uname = info.gname = ""
+            info.pax_headers = {MEMBER_CHECKSUM: member_checksum(pieces)}
             self._write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
             for piece in pieces:
                 self._write(piece)
@@ -154,10 +173,14 @@ def iter_tar_samples(path: Path) -> Iterator[dict]:
 
     Refuses (VRDataError naming the tar) members that are not plain files, names with a
     directory part, absolute or `..` paths, unknown extensions, and unreadable arrays; arrays
-    are loaded with `allow_pickle=False`.
+    are loaded with `allow_pickle=False`. A member whose bytes differ from the crc32c in its
+    header is damage (VRDataError naming the tar, the member and its track); in a tar whose first
+    member has a checksum, every member must have one. Tars of stores built before member
+    checksums have none and are read unchecked.
     """
     path = Path(path)
     current: dict | None = None
+    checksummed: bool | None = None  # decided by the first member
     try:
         with tarfile.open(path, mode="r:") as archive:
             for member in archive:
@@ -168,6 +191,13 @@ def iter_tar_samples(path: Path) -> Iterator[dict]:
                 if current is None:
                     current = {"__key__": key}
                 data = archive.extractfile(member).read()
+                recorded = member.pax_headers.get(MEMBER_CHECKSUM)
+                if checksummed is None:
+                    checksummed = recorded is not None
+                if checksummed and recorded != f"{google_crc32c.value(data):08x}":
+                    problem = "has no checksum in its header" if recorded is None else "fails its crc32c checksum"
+                    raise VRDataError(path, f"damaged WebDataset shard: member {member.name} (track "
+                                            f"{key.rpartition('_')[0]}) {problem}")
                 if extension == "json":
                     current["json"] = json.loads(data)
                 else:
