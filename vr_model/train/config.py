@@ -106,7 +106,7 @@ class TrainSection:
     device: str = _key("auto", "auto (cuda if present, else cpu), cpu, cuda, cuda:N")
     precision: str = _key("auto", "auto (bf16 on CUDA, fp32 on CPU), fp32, bf16, fp16", ("auto", "fp32", "bf16", "fp16"))
     max_nonfinite: int = _key(8, "stop (after saving) when this many steps in a row have a non-finite loss or gradient")
-    threads: int = _key(0, "torch CPU threads (0: torch's default)")
+    threads: int = _key(0, "torch CPU threads (0: on the CPU, the cores per rank minus its loader workers)")
     freeze: str = _key("none", "frozen part while finetuning: none or encoders (no gradients, eval mode)",
                        ("none", "encoders"))
     unfreeze_after: int = _key(0, "train the frozen part again after this many steps (0: frozen for the whole run)")

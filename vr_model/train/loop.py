@@ -108,8 +108,9 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
     writer = rank == 0
     checkpoints_dir = run_dir / CHECKPOINTS
     train_cfg = config.train
-    if train_cfg.threads > 0:
-        torch.set_num_threads(train_cfg.threads)
+    threads = train_cfg.threads or (cpu_threads(world_size, config.data.workers) if device.type == "cpu" else 0)
+    if threads > 0:
+        torch.set_num_threads(threads)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[
         train_cfg.precision if train_cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")]
     if autocast_dtype is not None and device.type != "cuda":
@@ -348,10 +349,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
                 record = validator.run(weights)
                 valid_loss = record["valid_loss"]
                 log.record({"kind": "valid", "step": step, "stage": stage_index, **record})
-                sdr = (f", SDR {record['valid_sdr']:.2f} dB (floor {record['valid_sdr_floor']:.2f}, ceiling "
-                       f"{record['valid_sdr_ceiling']:.2f}) on {record['valid_sdr_songs']} song(s)"
-                       if "valid_sdr" in record else "")   # vr_model.evaluate.valid_sdr, validation.sdr_songs > 0
-                log.line(f"step {step}: valid loss {valid_loss:.5f}{sdr}")
+                log.line(f"step {step}: valid loss {valid_loss:.5f}")
             valid_loss = _broadcast(valid_loss, world_size)
         improved = valid_loss is not None and (counters["best_valid_loss"] is None
                                                or valid_loss < counters["best_valid_loss"])
@@ -417,6 +415,20 @@ def setup_distributed(device_choice: str) -> tuple[int, int, torch.device]:
     if world_size > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return rank, world_size, device
+
+
+def cpu_threads(world_size: int, loader_workers: int) -> int:
+    """`train.threads = 0` on the CPU: the cores each rank has left after its loader workers.
+
+    torch's default (every core) makes OpenMP threads compete with the loader worker for a core;
+    they spin-wait and get preempted. Measured on this project's 2-core machine (load average
+    11-12): `tiny`, 256 frames, batch 2, 1 worker: 27-48 s per step with 2 threads, 9-10 s
+    with 1 (the run's steps 2-4)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, world_size) - loader_workers)
 
 
 def check_store_matches_model(store, model_config, store_path) -> None:
