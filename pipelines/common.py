@@ -59,18 +59,18 @@ def user_errors(function: Callable) -> Callable:
             err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
-            err_console.print("interrupted: rerun the same command to resume (finished work is kept)",
-                              highlight=False, soft_wrap=True)
+            err_console.print("interrupted: rerun the same command to resume", highlight=False, soft_wrap=True)
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
 
 
-def run_app(app: typer.Typer) -> None:
-    """Run a Typer app as a console script; an unexpected exception (a bug) prints its traceback
-    and exits 70, so it is never mistaken for `verify`'s "damage found" (1)."""
+def run_app(app: typer.Typer, args: list[str] | None = None) -> None:
+    """Run a Typer app as a console script (`args` default: `sys.argv[1:]`); an unexpected
+    exception (a bug) prints its traceback and exits 70, so it is never mistaken for `verify`'s
+    "damage found" (1)."""
     try:
-        app(standalone_mode=True)
+        app(args=args, standalone_mode=True)
     except SystemExit:
         raise
     except KeyboardInterrupt:  # outside a command (while parsing): same line as inside one
@@ -283,17 +283,37 @@ def dask_executor(workers: int, scheduler: str | None) -> Iterator[Executor | No
             )
         client = Client(cluster)
     failed = True
+    executor = client.get_executor(pure=False)
     try:
-        yield client.get_executor(pure=False)
+        yield executor
         failed = False
     finally:
         if failed:
-            # Ctrl-C or an error: the shutdown of running tasks logs worker tracebacks that say
-            # nothing more than the one line the command prints.
-            logging.getLogger("distributed").setLevel(logging.CRITICAL + 1)
+            # Ctrl-C or an error: closing the client under running tasks makes dask and tornado
+            # log a traceback per pending future (66 lines for one Ctrl-C), which say nothing
+            # more than the one line the command prints.
+            # dask's logging config gives sub-loggers (tornado.application...) their own levels.
+            for name in [*logging.root.manager.loggerDict, "distributed", "tornado"]:
+                if name.split(".")[0] in ("distributed", "tornado"):
+                    logging.getLogger(name).setLevel(logging.CRITICAL + 1)
+            executor.shutdown(wait=False)
         client.close()
         if cluster is not None:
+            if failed:
+                _kill_workers(cluster)
             cluster.close()
+
+
+def _kill_workers(cluster) -> None:
+    """SIGKILL a local cluster's worker processes: after Ctrl-C there is nothing to save (every
+    task's output is atomic and rerun-safe), and a worker busy with a long track would otherwise
+    hold the shutdown, then log heartbeat failures."""
+    for nanny in list(getattr(cluster, "workers", {}).values()):
+        process = getattr(getattr(nanny, "process", None), "process", None)
+        pid = getattr(process, "pid", None)
+        if pid:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
 
 
 @contextlib.contextmanager

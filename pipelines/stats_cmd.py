@@ -108,12 +108,14 @@ def print_section(title: str, section: dict) -> None:
     _print_integrity(section["integrity"])
 
 
-def _table(title: str, columns: dict[str, str]) -> Table:
+def _table(title: str, columns: dict[str, str], keep_first: bool = False) -> Table:
     """A table whose cells wrap (or fold) when narrow: never an ellipsis. `columns` maps each
-    header to its justification."""
+    header to its justification; `keep_first` never wraps the first column (for names of
+    bounded length, like `instrumental/instrumental`), so the headers of the numbers wrap
+    instead."""
     table = Table(title=title)
-    for header, justify in columns.items():
-        table.add_column(header, justify=justify, overflow="fold")
+    for index, (header, justify) in enumerate(columns.items()):
+        table.add_column(header, justify=justify, overflow="fold", no_wrap=keep_first and index == 0)
     return table
 
 
@@ -147,9 +149,9 @@ def _content_tables(content: dict) -> list[Table]:
     if any("loudness_lufs" in summary for summary in sources.values()):
         loudness = _table("integrated loudness (BS.1770-4), LUFS", {"source": "left", "items": "right",
                                                                      "mean": "right", "std": "right",
-                                                                     "min": "right", "max": "right"})
-        levels = _table("levels", {"source": "left", "peak max (dBFS)": "right", "silence (% of time)": "right",
-                                   "clipped samples": "right", "clipped items": "right"})
+                                                                     "min": "right", "max": "right"}, True)
+        levels = _table("levels", {"source": "left", "peak max (dBFS)": "right", "silent (% of time)": "right",
+                                   "clipped samples": "right", "clipped items": "right"}, True)
         for key, summary in sources.items():
             lufs, peak, silence = summary["loudness_lufs"], summary["peak_dbfs"], summary["silence_fraction"]
             loudness.add_row(key, str(summary["items"]), _number(lufs["mean"]), _number(lufs["std"]),
@@ -157,10 +159,9 @@ def _content_tables(content: dict) -> list[Table]:
             levels.add_row(key, _number(peak["max"]), _percent(silence["of_duration"]),
                            str(summary["clipping"]["samples"]), str(summary["clipping"]["items"]))
         return [loudness, levels]
-    levels = _table("levels from the spectrograms", {"source": "left", "tracks": "right",
-                                                      "track RMS mean (dBFS)": "right", "std (dB)": "right",
-                                                      "min (dBFS)": "right", "max (dBFS)": "right",
-                                                      "silent frames (%)": "right"})
+    levels = _table("levels from the spectrograms: track RMS, dBFS", {"source": "left", "tracks": "right",
+                                                                      "mean": "right", "std": "right", "min": "right",
+                                                                      "max": "right", "silent frames %": "right"}, True)
     for key, summary in sources.items():
         level = summary["track_rms_dbfs"]
         levels.add_row(key, str(summary["tracks"]), _number(level["mean"]), _number(level["std"]),

@@ -12,8 +12,14 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and run frame-primer vocal removers.")
 
 
+def _version_option():
+    from pipelines.common import version_option
+
+    return version_option("vrtrain")
+
+
 @app.callback()
-def cli() -> None:
+def cli(version: bool = _version_option()) -> None:
     """Train and run frame-primer vocal removers."""
     # A callback keeps `vrtrain` a command group whatever the number of commands.
 
@@ -26,23 +32,25 @@ def presets() -> None:
     from pipelines.common import console
     from vr_model.presets import DESCRIPTIONS, PRESETS, SEED_PARAMETERS, count_parameters
 
-    table = Table(title="model presets")
-    for column in ("preset", "parameters", "vs seed 108,229,338", "channels", "primers enc/dec", "heads", "max frames", "about"):
-        table.add_column(column, justify="right" if column in ("parameters", "vs seed 108,229,338", "heads", "max frames") else "left")
+    # Readable at 80 columns: the numbers in one narrow table, the longer facts (channels,
+    # primers, description) as wrapped lines under it, never cut to "...".
+    table = Table(title="model presets", caption=f"vs seed: parameters relative to the seed model's {SEED_PARAMETERS:,}")
+    for column in ("preset", "parameters", "vs seed", "heads", "max frames"):
+        table.add_column(column, justify="left" if column == "preset" else "right", no_wrap=True)
+    details = Table.grid(padding=(0, 2))
+    details.add_column(no_wrap=True)
+    details.add_column(overflow="fold")
     for name, config in PRESETS.items():
         parameters = count_parameters(config)
         ratio = parameters / SEED_PARAMETERS - 1
-        table.add_row(
-            name,
-            f"{parameters:,}",
-            f"{ratio * 100:+.2f}%" if abs(ratio) < 0.1 else "-",
-            " ".join(str(width) for width in config.channels),
-            f"{'/'.join(map(str, config.encoder_primers))} | {'/'.join(map(str, config.decoder_primers))}",
-            str(config.num_heads),
-            str(config.max_frames),
-            DESCRIPTIONS.get(name, ""),
-        )
+        table.add_row(name, f"{parameters:,}", f"{ratio * 100:+.2f}%" if abs(ratio) < 0.1 else "-",
+                      str(config.num_heads), str(config.max_frames))
+        details.add_row(name, DESCRIPTIONS.get(name, ""))
+        details.add_row("", f"channels {' '.join(str(width) for width in config.channels)}; frame primers per "
+                            f"level: encoder {'/'.join(map(str, config.encoder_primers))}, decoder "
+                            f"{'/'.join(map(str, config.decoder_primers))}")
     console.print(table)
+    console.print(details)
 
 
 # Command modules register themselves on `app` when imported; a failing import is an error.
@@ -52,6 +60,9 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
+    from pipelines.allocator import ensure_fast_allocator
+
+    ensure_fast_allocator()  # once, before any work: tcmalloc or glibc tunables (pipelines/allocator.py)
     app()
 
 
