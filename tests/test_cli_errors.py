@@ -249,3 +249,36 @@ def test_ctrl_c_during_a_dask_scan_is_one_line(tmp_path):
     assert lines == ["interrupted: rerun the same command to resume"], stderr
     journal = tmp_path / ".m.jsonl.journal"
     assert journal.exists() and len(journal.read_text().splitlines()) >= 2  # finished work kept for the rerun
+
+
+def test_an_interrupted_scan_command_resumes_and_cleans_up(tmp_path, monkeypatch):
+    for index in range(3):
+        write_audio(tmp_path / "lib" / f"take {index}.wav", tone(1.2, seed=index), 44100)
+    from vr_data.catalog import scan as scan_module
+
+    def stop_after_one(*args, on_item=None, **kwargs):
+        def on_item_then_stop(item, rejects):
+            on_item(item, rejects)
+            raise KeyboardInterrupt
+
+        return scan_module.scan(*args, on_item=on_item_then_stop, **kwargs)
+
+    command = ["scan", str(tmp_path / "lib"), "--layout", "vocals", "--out", str(tmp_path / "m.jsonl"), "--workers", "0"]
+    monkeypatch.setattr("pipelines.scan_cmd.scan", stop_after_one)
+    assert runner.invoke(app, command).exit_code == 130
+    assert (tmp_path / ".m.jsonl.journal").exists() and not (tmp_path / "m.jsonl").exists()
+    monkeypatch.undo()
+    resumed = runner.invoke(app, command)
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed an interrupted scan: 1 candidates were already done" in resumed.stdout
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lib", "m.jsonl", "m.rejects.jsonl"]  # no journal, no lock
+
+
+def test_a_second_scan_of_the_same_out_is_refused(tmp_path):
+    from vr_data.io import exclusive_lock
+
+    write_audio(tmp_path / "lib" / "a.wav", tone(1.2), 44100)
+    with exclusive_lock(tmp_path / ".m.jsonl.lock", "vrdata scan", subject=tmp_path / "m.jsonl"):
+        result = runner.invoke(app, ["scan", str(tmp_path / "lib"), "--layout", "vocals", "--out",
+                                     str(tmp_path / "m.jsonl"), "--workers", "0"])
+    _one_line_error(result, "m.jsonl: in use by PID", "(vrdata scan)")

@@ -118,11 +118,12 @@ def test_every_command_taking_manifests_accepts_m_equals_root(manifests, tmp_pat
 def test_json_never_replaces_a_device_or_a_symlink_to_one(manifests, tmp_path):
     link = tmp_path / "null-link"
     os.symlink("/dev/null", link)
-    for target in ("/dev/null", str(link)):
+    for target, words in (("/dev/stdout", "names a device or a descriptor"), ("/dev/null", "names a device"),
+                          (str(link), "character device, not a regular file")):
         result = runner.invoke(app, ["stats", str(manifests / "vocals.jsonl"), "--no-content", "--json", target])
-        assert result.exit_code == 2 and "character device, not a regular file" in result.stderr
+        assert result.exit_code == 2 and words in result.stderr, result.stderr
         assert "use '-' for standard output" in result.stderr
-    assert link.is_symlink() and Path("/dev/null").is_char_device()
+    assert link.is_symlink() and Path("/dev/null").is_char_device() and Path("/dev/stdout").is_symlink()
 
 
 def test_atomic_writes_refuse_what_is_not_a_regular_file(tmp_path):

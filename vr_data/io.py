@@ -67,6 +67,12 @@ def replaceable_target(path: str | Path) -> Path:
     """The regular file an atomic write to `path` replaces (the path itself, or the file a
     symlink leads to), or a new file's path; refuses anything else with a VRDataError."""
     path = Path(path)
+    absolute = os.path.abspath(path)
+    if absolute.startswith(("/dev/", "/proc/")) and not absolute.startswith("/dev/shm/"):
+        # /dev/stdout, /dev/fd/1, /proc/self/fd/1 name a descriptor: replacing what it leads to
+        # (a redirected file) would not even reach the descriptor.
+        raise VRDataError(path, "names a device or a descriptor, not a file: refusing to replace it; use '-' "
+                                "for standard output", UNWRITABLE)
     try:
         mode = os.stat(path).st_mode
     except FileNotFoundError:
