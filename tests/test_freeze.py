@@ -98,6 +98,8 @@ def test_no_autograd_graph_is_recorded_in_a_frozen_encoder():
     assert all(output.grad_fn is None and not output.requires_grad for output in encoder_outputs)
     assert prediction.grad_fn is not None  # the decoder still trains
     prediction.mean().backward()
+    for hook in hooks:
+        hook.remove()
     assert all(p.grad is None for p in model.encoder.parameters())
     assert all(p.grad is not None for p in model.decoder.parameters())
 

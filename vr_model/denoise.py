@@ -101,7 +101,7 @@ class DenoiseConfig:
         return record
 
     @classmethod
-    def from_dict(cls, record: dict[str, Any]) -> "DenoiseConfig":
+    def from_dict(cls, record: dict[str, Any]) -> DenoiseConfig:
         unknown = set(record) - set(cls.__dataclass_fields__)
         if unknown:
             raise VRDataError(None, f"unknown denoising config keys: {', '.join(sorted(unknown))}")
