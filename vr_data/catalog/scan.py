@@ -191,10 +191,13 @@ def previous_manifest(out: str | Path, root: Path, options: ScanOptions, force: 
         raise VRDataError(out, f"exists and is not a readable manifest ({error.reason}); pass --force to "
                                "replace it") from None
     library = options.library or root.name
-    if (previous.library, previous.layout) != (library, options.layout) and not force:
-        raise VRDataError(out, f"holds the manifest of library {previous.library!r} (layout {previous.layout}), "
-                               f"not {library!r} (layout {options.layout}); choose another --out or pass --force")
-    return None if force and (previous.library, previous.layout) != (library, options.layout) else previous
+    same = previous.library == library and previous.layout in ("", options.layout)
+    if same:
+        return previous
+    if force:
+        return None  # replaced whole: nothing of another library is reused
+    raise VRDataError(out, f"holds the manifest of library {previous.library!r} (layout {previous.layout}), "
+                           f"not {library!r} (layout {options.layout}); choose another --out or pass --force")
 
 
 def scan(
@@ -230,10 +233,13 @@ def scan(
     items: list[Item] = []
     hashed = reused = resumed = 0
     tasks, kept = [], []
+    stamps: dict[str, dict | None] = {}  # taken before analysis: a file changed meanwhile is redone on resume
     for candidate in candidates:
         record = journalled.get(candidate.name)
         outcome = _journalled_outcome(root, candidate, record) if record is not None else None
         if outcome is None:
+            if journal is not None:
+                stamps[candidate.name] = _stamps(root, candidate)
             tasks.append((root, candidate, options, {rel: reusable.get(rel) for rel in candidate.files.values()},
                           previous_checks.get(item_id(candidate.id_source or candidate.name))))
             continue
@@ -256,7 +262,7 @@ def scan(
             if item is not None:
                 items.append(item)
             if journal is not None:
-                journal.add(_journal_record(root, task[1], item, item_rejects))
+                journal.add(_journal_record(task[1], stamps[task[1].name], item, item_rejects))
             if on_item is not None:
                 on_item(item, item_rejects)
     finally:
@@ -298,8 +304,8 @@ def _stamps(root: Path, candidate: Candidate) -> dict[str, list[int]] | None:
     return stamps
 
 
-def _journal_record(root: Path, candidate: Candidate, item: Item | None, rejects: list[Reject]) -> dict:
-    return {"name": candidate.name, "stamps": _stamps(root, candidate),
+def _journal_record(candidate: Candidate, stamps: dict | None, item: Item | None, rejects: list[Reject]) -> dict:
+    return {"name": candidate.name, "stamps": stamps,
             "item": item.to_json() if item is not None else None, "rejects": [r.to_json() for r in rejects]}
 
 

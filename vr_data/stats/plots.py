@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-SPLIT_COLOURS = {"train": "#4477aa", "valid": "#ee6677"}
+SPLIT_COLOURS = {"train": "#4477aa", "valid": "#ee6677", "test": "#228833"}
 
 
 def write_plots(report: dict, directory: str | Path) -> list[Path]:

@@ -204,14 +204,21 @@ def build_store(
     out = Path(out)
     created = not out.exists()
     _check_out(out)
+    refused = False
     try:
         with exclusive_lock(out / BUILD_DIR / LOCK_FILE, "vrdata build-shards", subject=out):
-            return _build_locked(manifests, out, stft, codec, geometry, options, executor, append, on_start,
-                                 on_track, started)
-    except BaseException:
-        if created:
-            _remove_empty_tree(out)  # a refused first build leaves no empty store directory behind
-        raise
+            try:
+                return _build_locked(manifests, out, stft, codec, geometry, options, executor, append, on_start,
+                                     on_track, started)
+            except BaseException:
+                # Refused before its plan was written, a first build leaves no empty store
+                # directory behind. Only the lock holder tidies: a builder refused because
+                # the store is in use must not touch a live build's folders.
+                refused = created and not (out / PLAN_JSON).exists()
+                raise
+    finally:
+        if refused:
+            _remove_empty_tree(out)
 
 
 def _build_locked(manifests, out: Path, stft, codec, geometry, options, executor, append, on_start, on_track,
