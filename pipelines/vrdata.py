@@ -28,6 +28,9 @@ for _name in _COMMAND_MODULES:
 
 
 def main() -> None:
+    from pipelines.allocator import ensure_fast_allocator
+
+    ensure_fast_allocator()  # once, before any work: tcmalloc or glibc tunables (pipelines/allocator.py)
     run_app(app)
 
 
