@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from vr_model.layers import FrameConv, FrameNorm, ResidualBlock, _FrameNormFunction
+from vr_model.layers import FrameConv, FrameNorm, ResidualBlock, _FrameNormFunction, _ShippedFrameNormFunction
 
 
 def test_frame_norm_matches_layer_norm_over_channels_and_bins():
@@ -25,6 +25,23 @@ def test_frame_norm_backward_passes_gradcheck():
     weight = torch.randn(3, 4, 1, dtype=torch.double, requires_grad=True)
     bias = torch.randn(3, 4, 1, dtype=torch.double, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, w, b: _FrameNormFunction.apply(x, w, b, 1e-5), (features, weight, bias))
+
+
+def test_frame_norm_fast_statistics_match_the_shipped_welford_ones():
+    """Two-pass sums instead of var_mean: outputs and all three gradients agree to round-off,
+    also where the mean is 1000 standard deviations away from zero (cancellation)."""
+    torch.manual_seed(0)
+    for offset in (0.0, 1000.0):
+        features = torch.randn(2, 3, 16, 7) + offset
+        weight, bias, grad = torch.randn(3, 16, 1), torch.randn(3, 16, 1), torch.randn(2, 3, 16, 7)
+        results = []
+        for function in (_FrameNormFunction, _ShippedFrameNormFunction):
+            inputs = [tensor.clone().requires_grad_() for tensor in (features, weight, bias)]
+            out = function.apply(*inputs, 1e-5)
+            out.backward(grad)
+            results.append([out.detach()] + [tensor.grad for tensor in inputs])
+        for fast, shipped in zip(*results):
+            torch.testing.assert_close(fast, shipped, rtol=1e-4, atol=1e-4)
 
 
 def test_frame_norm_keeps_low_precision_inputs_low_precision():
