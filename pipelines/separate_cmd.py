@@ -124,39 +124,23 @@ def _find_songs(paths: list[Path]) -> tuple[list[tuple[Path, Path]], list[Path]]
 
 
 def _separate_one(separator: Separator, path: Path, target_dir: Path, name: str, format: str, subtype: str):
+    """One song with its progress (a bar on a terminal, plain lines otherwise: pipelines.common)."""
     from vr_model.separate import open_audio_blocks
 
     header = open_audio_blocks(path)   # fail early with the decoder's reason; the blocks are not read
-    total = header.samples
     rate = header.sample_rate
-    label = f"{path.name} ({header.seconds / 60:.1f} min, {rate / 1000:g} kHz, " \
-            f"{'mono' if header.channels == 1 else 'stereo'})"
+    layout = "mono" if header.channels == 1 else "stereo"
     started = time.perf_counter()
-    if console.is_terminal:
-        with progress("min") as bar:
-            task = bar.add_task(path.name[:40], total=total / rate / 60, rate="")
-
-            def on_progress(written: int) -> None:
-                speed = written / rate / max(time.perf_counter() - started, 1e-9)
-                bar.update(task, completed=written / rate / 60, rate=f"{speed:.1f}x realtime")
-
-            song = separator.separate_file(path, target_dir, format=format, subtype=subtype, name=name,
-                                           on_progress=on_progress)
-    else:
-        console.print(f"separating {label}", highlight=False, soft_wrap=True)
-        shown = [0]
+    with progress("min") as bar:
+        task = bar.add_task(f"{path.name[:40]} ({rate / 1000:g} kHz {layout})", total=header.seconds / 60, rate="")
 
         def on_progress(written: int) -> None:
-            percent = int(100 * written / max(total, 1))
-            if percent >= shown[0] + 25 and written < total:
-                shown[0] = percent - percent % 25
-                console.print(f"  {path.name}: {shown[0]}%", highlight=False)
+            speed = written / rate / max(time.perf_counter() - started, 1e-9)
+            bar.update(task, completed=written / rate / 60, rate=f"{speed:.2f}x realtime")
 
         song = separator.separate_file(path, target_dir, format=format, subtype=subtype, name=name,
                                        on_progress=on_progress)
-    speed = song.seconds / max(time.perf_counter() - started, 1e-9)
-    console.print(f"  {song.instrumental.name}, {song.vocals.name} ({speed:.1f}x realtime)", highlight=False,
-                  soft_wrap=True)
+    console.print(f"  -> {song.instrumental.name}, {song.vocals.name}", highlight=False, soft_wrap=True)
     return song
 
 
