@@ -391,6 +391,7 @@ def _sample_compression(tasks: list[TrackTask], plan: BuildPlan, count: int,
             paths = manifest.source_paths(task.item, source)
             audio = None
             for path in paths:
+                # Checks off (silence, channels): a sample only measures how well audio compresses.
                 part = load_audio(path, plan.stft.sample_rate, silence_dbfs=None, start_seconds=start,
                                   max_seconds=seconds, downmix=True)
                 audio = part if audio is None else audio[:, :part.shape[1]] + part[:, :audio.shape[1]]
