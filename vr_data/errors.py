@@ -26,6 +26,8 @@ OFFSET = "offset"                # pair members are shifted in time beyond the t
 ESCAPES_ROOT = "escapes_root"    # a path outside the dataset root
 MISSING = "missing"              # a file named by a manifest is not there
 HASH_MISMATCH = "hash_mismatch"  # a file's sha256 no longer matches its manifest
+TRUNCATED = "truncated"          # decodes to fewer samples than its header declares
+UNAVAILABLE = "unavailable"      # exists but cannot be opened (permission denied, I/O error): may pass on a retry
 
 
 class VRDataError(Exception):

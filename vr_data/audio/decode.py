@@ -33,8 +33,7 @@ _FFMPEG_EXTENSIONS = (".m4a", ".mp4", ".aac")
 DEFAULT_SAMPLE_RATE = 44100
 DEFAULT_SILENCE_DBFS = -60.0
 # Reject codes beside those of vr_data.errors.
-TRUNCATED = "truncated"      # decodes to fewer samples than its header declares
-UNAVAILABLE = "unavailable"  # exists but cannot be opened (permission denied, I/O error): may pass on a retry
+TRUNCATED, UNAVAILABLE = errors.TRUNCATED, errors.UNAVAILABLE  # defined with the other reject codes
 # mp3 headers without an exact sample count (no Xing/LAME frame) only estimate the length from the
 # bitrate: allow two frames of 1152 samples or 0.5 % before calling the file truncated.
 _MP3_FRAME = 1152

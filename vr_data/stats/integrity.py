@@ -1,9 +1,9 @@
-"""Integrity findings: exact duplicate files and groups leaking across the train/valid split.
+"""Integrity findings: exact duplicate files and groups leaking across the train/valid/test splits.
 
 Duplicates are files with the same sha256 named more than once by the given manifests: twice in
 one library, in two libraries or roles (a pair's instrumental also in the instrumental library,
 the same vocal twice), or, worst, on both sides of the split. Group leakage is one group key
-(an artist, an album folder...) with items in both `train` and `valid` among the manifests (or
+(an artist, an album folder...) with items in more than one split (`train`, `valid`, `test`) among the manifests (or
 store tracks) of one role: validation would then measure memorisation of that group.
 """
 
@@ -68,7 +68,7 @@ def duplicates(occurrences: Iterable[FileOccurrence]) -> list[dict]:
     """Groups of occurrences sharing a sha256, with what they span.
 
     `kinds` holds `within_library` (two in one library), `across_libraries`, `across_roles`
-    and `across_splits` (the same audio in train and valid), as they apply.
+    and `across_splits` (the same audio in two splits), as they apply.
     """
     by_hash: dict[str, list[FileOccurrence]] = defaultdict(list)
     for occurrence in occurrences:
