@@ -26,6 +26,11 @@ def test_onnx_matches_torch_within_1e_4_for_every_frame_count(exported):
     model, path = exported
     # 1 frame, an odd count, the traced count, and the longest crop the model takes.
     assert max_abs_difference(model, path, frames=(1, 7, 32, SMALL.max_frames), batch=3) <= 1e-4
+    # The export traced FrameNorm as plain operations and gave the model its own forward back.
+    from vr_model.layers import FrameNorm
+
+    norms = [module for module in model.modules() if isinstance(module, FrameNorm)]
+    assert norms and not any("forward" in vars(module) for module in norms)
 
 
 def test_onnx_carries_the_contract_and_refuses_too_many_frames(exported):

@@ -14,6 +14,8 @@ at several frame counts against torch).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import os
 import tempfile
@@ -52,7 +54,7 @@ def export_onnx(model: torch.nn.Module, path: str | Path, normalisation: InputNo
     descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(descriptor)
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        with warnings.catch_warnings(), torch.no_grad(), _plain_frame_norms(model):
             # Tracer warnings name the shape checks in forward(), which the trace freezes as
             # constants; the dynamic axes are verified by the parity test instead.
             warnings.simplefilter("ignore")
@@ -79,6 +81,38 @@ def export_onnx(model: torch.nn.Module, path: str | Path, normalisation: InputNo
     finally:
         model.train(was_training)
     return path
+
+
+@contextlib.contextmanager
+def _plain_frame_norms(model: torch.nn.Module):
+    """Trace each `FrameNorm` as plain tensor operations.
+
+    `FrameNorm` runs a custom autograd function for speed on the CPU (statistics by dot products
+    along frame rows, outputs written in place), which the TorchScript exporter cannot express
+    in ONNX (`linalg_vecdot`). During the export each FrameNorm computes the same per-frame
+    statistics with mean/rsqrt instead; the parity check measures the difference (round-off).
+    """
+    from vr_model.layers import FrameNorm
+
+    norms = [module for module in model.modules() if isinstance(module, FrameNorm)]
+    for module in norms:
+        module.forward = functools.partial(_plain_frame_norm, module)   # shadows the class method
+    try:
+        yield
+    finally:
+        for module in norms:
+            del module.forward
+
+
+def _plain_frame_norm(norm, features: torch.Tensor) -> torch.Tensor:
+    """`FrameNorm.forward` in plain operations: `(B, C, F, T)` normalised over C x F per frame."""
+    batch, channels, bins, frames = features.shape
+    flat = features.reshape(batch, channels * bins, frames)                   # (B, C*F, T)
+    mean = flat.mean(dim=1, keepdim=True)                                     # (B, 1, T)
+    centered = flat - mean
+    rstd = torch.rsqrt(centered.square().mean(dim=1, keepdim=True) + norm.eps)
+    normalised = (centered * rstd).reshape(batch, channels, bins, frames)
+    return normalised * norm.weight + norm.bias
 
 
 class OnnxMaskNetwork:
