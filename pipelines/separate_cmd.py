@@ -150,7 +150,7 @@ def _separate_one(separator: Separator, path: Path, target_dir: Path, name: str,
 @app.command("eval")
 @user_errors
 def eval_command(
-    manifest: Path = typer.Option(..., "--manifest", help="Pair manifest (pairs or MUSDB layout)."),
+    manifest: str = typer.Option(..., "--manifest", help="Pair manifest (pairs or MUSDB layout); M.jsonl=ROOT re-roots it."),
     out: Path = typer.Option(..., "--out", help="Folder for eval.json and plots/."),
     checkpoint: Optional[Path] = typer.Option(None, help=_CHECKPOINT_HELP),
     onnx: Optional[Path] = typer.Option(None, "--onnx", help="Evaluate an exported network instead."),
@@ -166,11 +166,13 @@ def eval_command(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="A bar chart per track in OUT/plots."),
 ) -> None:
     """SDR of every pair of a split (global MDX SDR and BSSEval v4), beside floor and ceiling."""
+    from pipelines.common import parse_manifest_spec
     from vr_data.catalog import read_manifest
     from vr_data.io import atomic_write_json
     from vr_model.evaluate import eval_tracks, evaluate_tracks, plot_track
 
-    tracks = eval_tracks(read_manifest(manifest, root=root), split, limit)
+    manifest_path, root = parse_manifest_spec(manifest, root)
+    tracks = eval_tracks(read_manifest(manifest_path, root=root), split, limit)
     separator = _separator(checkpoint, onnx, device, weights, _options(crop_frames, overlap, batch_size, tta))
     out.mkdir(parents=True, exist_ok=True)
 
@@ -188,7 +190,7 @@ def eval_command(
     document = report.to_json()
     document["checkpoint"] = str(checkpoint) if checkpoint is not None else None
     document["onnx"] = str(onnx) if onnx is not None else None
-    document["manifest"], document["split"] = str(manifest), split
+    document["manifest"], document["split"] = str(manifest_path), split
     atomic_write_json(out / "eval.json", document)
     for metric, title in (("sdr", "global SDR (MDX), dB"), ("bsseval_sdr", "BSSEval v4 SDR, dB")):
         console.print(_table(report, metric, title))

@@ -62,8 +62,10 @@ for _name in _COMMAND_MODULES:
 def main() -> None:
     from pipelines.allocator import ensure_fast_allocator
 
+    from pipelines.common import run_app
+
     ensure_fast_allocator()  # once, before any work: tcmalloc or glibc tunables (pipelines/allocator.py)
-    app()
+    run_app(app)  # a bug exits 70 with its traceback, never 1 (docs/cli.md)
 
 
 if __name__ == "__main__":
