@@ -46,11 +46,18 @@ echo "== 8. finetune it on the pairs with the encoders frozen (the head starts n
 "$BIN/vrtrain" run --store "$DIR/store" --out "$DIR/finetune-run" --init "$DIR/pretrain-run" --init-partial \
   --freeze encoders --set 'mixer.proportions={pair = 1.0, augmented = 0.0, pretrain = 0.0}' "${SHORT[@]}"
 
-echo "== 10. train tiny from scratch on the store for a short budget (supervised; the loss falls)"
+echo "== 9. train tiny from scratch on the store for a short budget (supervised; the loss falls)"
 # The real loop: curriculum, EMA, checkpoints, metrics.jsonl, TensorBoard, loss.png (docs/training.md).
 "$BIN/vrtrain" run --store "$DIR/store" --out "$DIR/train-run" --set model.preset=tiny \
   --set 'curriculum=[{crop_frames=128, batch_size=4, accumulation=1, steps=40}]' --set train.warmup_steps=5 \
   --set train.lr=1e-3 --set log.every=5 --set checkpoint.every=20 --set validation.every=20
 ls "$DIR/train-run" "$DIR/train-run/checkpoints"
 
-echo "== done: manifests in $DIR/manifests, store in $DIR/store, stats in $DIR/stats.json and $DIR/plots, previews in $DIR/preview, runs in $DIR/pretrain-run and $DIR/finetune-run"
+echo "== 10. separate a demo song with that run's checkpoint; its SDR beside the floor and the ceiling"
+# 40 steps of tiny: the numbers show the mechanics and the bounds, not a good model (docs/separation.md).
+"$BIN/vrtrain" separate "$DIR/corpus/pairs/mixtures/Aurora Lane - Glass Harbour (Mix).flac" \
+  --checkpoint "$DIR/train-run" --out "$DIR/separated"
+"$BIN/vrtrain" eval --checkpoint "$DIR/train-run" --manifest "$DIR/manifests/pairs.jsonl" --split train \
+  --limit 1 --out "$DIR/eval"
+
+echo "== done: manifests in $DIR/manifests, store in $DIR/store, stats in $DIR/stats.json and $DIR/plots, previews in $DIR/preview, runs in $DIR/pretrain-run, $DIR/finetune-run and $DIR/train-run, separated song in $DIR/separated, SDR in $DIR/eval"
