@@ -18,16 +18,30 @@ this run on this machine:
   `reuse_outputs=True`, and the WebDataset backend on a store whose tar members are
   blosc-compressed: examples/s delivered as batches ready for the model (crop 256 frames,
   stereo, 1025 bins, float32 magnitudes, crop-max normalised);
+- what the integrity checks and the crop variety cost, in the same run: the Zarr backend with
+  vocal offsets on the chunk grid (`vocal_offset_step=256`, one chunk decoded per vocal crop,
+  the old default) against any frame (the default: usually two chunks), and both backends on a
+  copy of the store without checksums (Zarr chunks without crc32c, tar members without their
+  checksum headers, as stores built before them); plus single-process reads of 256-frame vocal
+  crops (chunk-aligned and unaligned starts, with and without chunk checksums) in CPU ms per crop;
+- the CPU time per example of every path (this process and its workers): on a shared machine the
+  rates move with the other jobs, the CPU cost much less; `(a)/CPU` is baseline (a)'s CPU time
+  per example over the path's;
 - the peak RSS (VmHWM) of each DataLoader worker process.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import json
 import os
+import shutil
 import sys
+import tarfile
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +71,7 @@ def write_corpus(directory: Path, tracks: int, seconds: float) -> dict[str, Path
 
 
 def baseline_on_the_fly(roots: dict[str, Path], examples: int, seed: int = 0) -> tuple[float, float]:
-    """(a) decode + STFT per crop from WAV; returns (examples/s, crops/s), one process."""
+    """(a) decode + STFT per crop from WAV; returns (examples/s, crops/s, CPU ms per example), one process."""
     import librosa
     import soundfile as sf
 
@@ -65,7 +79,7 @@ def baseline_on_the_fly(roots: dict[str, Path], examples: int, seed: int = 0) ->
     instrumentals = sorted(roots["instrumentals"].glob("*.wav"))
     vocals = sorted(roots["vocals"].glob("*.wav"))
     samples = (CROP - 1) * HOP
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for _ in range(examples):
         crops = []
         for files in (instrumentals, vocals):
@@ -77,11 +91,11 @@ def baseline_on_the_fly(roots: dict[str, Path], examples: int, seed: int = 0) ->
         magnitude = np.abs(crops[0] + 0.7 * crops[1])
         magnitude /= magnitude.max()
     seconds = time.perf_counter() - started
-    return examples / seconds, 2 * examples / seconds
+    return examples / seconds, 2 * examples / seconds, 1000 * (time.process_time() - cpu_started) / examples
 
 
 def baseline_zarr_python(store: Path, examples: int, seed: int = 0) -> tuple[float, float]:
-    """(b) naive random crop reads through zarr-python; returns (examples/s, crops/s), one process."""
+    """(b) naive random crop reads through zarr-python; returns (examples/s, crops/s, CPU ms per example), one process."""
     import json
 
     import zarr
@@ -92,7 +106,7 @@ def baseline_zarr_python(store: Path, examples: int, seed: int = 0) -> tuple[flo
     tracks = [json.loads(line) for line in (store / "tracks.jsonl").read_text().splitlines()]
     arrays = {name: zarr.open_array(store / "zarr" / name, mode="r") for name in ("instrumental", "vocal")}
     by_role = {role: [t for t in tracks if t["role"] == role] for role in ("instrumental", "vocal")}
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     for _ in range(examples):
         crops = []
         for role in ("instrumental", "vocal"):
@@ -102,16 +116,75 @@ def baseline_zarr_python(store: Path, examples: int, seed: int = 0) -> tuple[flo
         magnitude = np.abs(crops[0] + 0.7 * crops[1])
         magnitude /= magnitude.max()
     seconds = time.perf_counter() - started
-    return examples / seconds, 2 * examples / seconds
+    return examples / seconds, 2 * examples / seconds, 1000 * (time.process_time() - cpu_started) / examples
 
 
-def measure_loader(dataset, workers: int, batches: int, reuse: bool) -> tuple[float, list[int]]:
-    """Examples/s over `batches` batches after the first (worker start-up excluded), and the peak
-    RSS in kB of each worker process."""
+def without_checksums(store: Path, out: Path) -> Path:
+    """A copy of `store` as built before integrity checksums: Zarr chunks without crc32c (zero
+    chunks not stored) and tar members without checksum headers. Same values, same samples."""
+    import tensorstore as ts
+
+    shutil.copytree(store, out)
+    for array_dir in sorted(p for p in (out / "zarr").iterdir() if p.is_dir()):
+        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(array_dir)}}
+        values = ts.open(spec).result().read().result()
+        metadata = json.loads((array_dir / "zarr.json").read_text())
+        sharding = metadata["codecs"][0]["configuration"]
+        sharding["codecs"] = [codec for codec in sharding["codecs"] if codec["name"] != "crc32c"]
+        metadata = {k: v for k, v in metadata.items() if k not in ("zarr_format", "node_type", "attributes")}
+        shutil.rmtree(array_dir)
+        ts.open({**spec, "metadata": metadata}, create=True).result().write(values).result()
+    for tar in sorted((out / "wds").rglob("*.tar")):
+        with tarfile.open(tar) as archive:
+            members = [(member, archive.extractfile(member).read()) for member in archive]
+        with tarfile.open(tar, "w", format=tarfile.USTAR_FORMAT) as archive:
+            for member, data in members:
+                member.pax_headers = {}
+                archive.addfile(member, io.BytesIO(data))
+    return out
+
+
+def read_costs(store_path: Path, plain_path: Path, crops: int, seed: int = 0) -> dict[str, float]:
+    """CPU ms per 256-frame vocal crop read through `Store.read_many` (batches of 16, one process):
+    chunk-aligned starts (one chunk decoded), unaligned starts (two), unaligned without chunk
+    checksums. Each pattern is read three times, alternating, and the fastest pass is kept."""
+    from vr_data.store import open_store
+
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stores = {"with": open_store(store_path, cache_bytes=0), "without": open_store(plain_path, cache_bytes=0)}
+    tracks = stores["with"].tracks_by_role("vocal")
+    chunk = stores["with"].geometry.chunk_frames
+    picks = [(tracks[int(rng.integers(0, len(tracks)))], int(rng.integers(0, 10**9))) for _ in range(crops)]
+    aligned = [(t, chunk * (o % ((t.frames - CROP) // chunk + 1))) for t, o in picks]
+    unaligned = [(t, 1 + o % (t.frames - CROP - 1)) for t, o in picks]
+    patterns = {
+        "aligned": ("with", aligned), "unaligned": ("with", unaligned),
+        "aligned, no checksums": ("without", aligned), "unaligned, no checksums": ("without", unaligned),
+    }
+    best = {name: float("inf") for name in patterns}
+    for _ in range(3):
+        for name, (which, starts) in patterns.items():
+            store = stores[which]
+            requests = [(t.id, "vocal", start, start + CROP) for t, start in starts]
+            began = time.process_time()  # CPU time of all threads: steadier than wall time on a busy machine
+            for first in range(0, len(requests), 16):
+                store.read_many(requests[first:first + 16])
+            best[name] = min(best[name], (time.process_time() - began) * 1000 / len(requests))
+    return best
+
+
+def measure_loader(dataset, workers: int, batches: int, reuse: bool) -> tuple[float, list[int], float]:
+    """Examples/s over `batches` batches after the first (worker start-up excluded), the peak
+    RSS in kB of each worker process, and the CPU ms per example of this process and its workers
+    together (what the machine's other jobs do not inflate as much as the rate)."""
     loader = MixerLoader(dataset, num_workers=workers, prefetch_factor=2, reuse_outputs=reuse)
     iterator = iter(loader)
     first = next(iterator)
     batch_size = first["mixture"].shape[0]
+    workers_pids = [pid for pid in _children(os.getpid()) if _is_worker(pid)]
+    cpu_started = time.process_time() + sum(_cpu_seconds(pid) for pid in workers_pids)
     started = time.perf_counter()
     delivered = 0
     while delivered < batches:
@@ -123,9 +196,17 @@ def measure_loader(dataset, workers: int, batches: int, reuse: bool) -> tuple[fl
         assert batch["mixture"].shape[-1] == CROP
         delivered += 1
     seconds = time.perf_counter() - started
-    memory = [_peak_rss_kb(pid) for pid in _children(os.getpid())]
+    cpu = time.process_time() + sum(_cpu_seconds(pid) for pid in workers_pids) - cpu_started
+    memory = [_peak_rss_kb(pid) for pid in workers_pids]
     loader.close()
-    return delivered * batch_size / seconds, memory
+    examples = delivered * batch_size
+    return examples / seconds, memory, 1000 * cpu / examples
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _children(pid: int) -> list[int]:
@@ -139,6 +220,14 @@ def _children(pid: int) -> list[int]:
             if int(fields[1]) == pid:
                 children.append(int(entry.name))
     return children
+
+
+def _is_worker(pid: int) -> bool:
+    """A spawned DataLoader worker (not multiprocessing's resource tracker)."""
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
 
 
 def _peak_rss_kb(pid: int) -> int:
@@ -172,35 +261,47 @@ def main() -> None:
         build_store(manifests, store)
         packed = directory / "store_packed"  # the same, WebDataset members blosc-compressed
         build_store(manifests, packed, geometry=Geometry(wds_compression="blosc-lz4"))
+        plain = without_checksums(store, directory / "store_plain")  # as built before checksums
         wds_gb = {path.name: sum(f.stat().st_size for f in (path / "wds").rglob("*.tar")) / 1e9
                   for path in (store, packed)}
         print(f"corpus: {args.tracks} instrumentals + {args.tracks} vocals x {args.seconds:g} s; store built; "
               f"crop {CROP} frames, batch {args.batch_size}, {os.cpu_count()} cores")
 
-        a_examples, a_crops = baseline_on_the_fly(roots, args.baseline_examples)
-        b_examples, b_crops = baseline_zarr_python(store, args.baseline_examples)
+        a_examples, _, a_cpu = baseline_on_the_fly(roots, args.baseline_examples)
+        b_examples, _, b_cpu = baseline_zarr_python(store, args.baseline_examples)
         config = MixerConfig(crop_frames=CROP, batch_size=args.batch_size, seed=0,
                              proportions={"augmented": 1.0}, examples_per_epoch=args.batch_size * 400)
+        aligned = MixerConfig(**{**config.to_dict(), "vocal_offset_step": 256})
         rows = [
-            ("(a) on-the-fly decode + STFT (1 process)", a_examples, a_crops, []),
-            ("(b) zarr-python random crops (1 process)", b_examples, b_crops, []),
+            ("(a) on-the-fly decode + STFT (1 process)", a_examples, a_cpu, []),
+            ("(b) zarr-python random crops (1 process)", b_examples, b_cpu, []),
         ]
-        for label, backend, workers, reuse in (
-            ("mixer, Zarr/tensorstore, in-process", ZarrMixerDataset, 0, False),
-            (f"mixer, Zarr/tensorstore, {args.workers} workers", ZarrMixerDataset, args.workers, False),
-            (f"mixer, Zarr, {args.workers} workers, reused outputs", ZarrMixerDataset, args.workers, True),
-            (f"mixer, WebDataset, {args.workers} workers", WdsMixerDataset, args.workers, False),
-            (f"mixer, WebDataset, {args.workers} w., reused outputs", WdsMixerDataset, args.workers, True),
-            (f"mixer, WebDataset blosc, {args.workers} w., reused", WdsMixerDataset, args.workers, True),
+        w = args.workers
+        for label, backend, source, mixer_config, workers, reuse in (
+            ("mixer, Zarr/tensorstore, in-process", ZarrMixerDataset, store, config, 0, False),
+            (f"mixer, Zarr/tensorstore, {w} workers", ZarrMixerDataset, store, config, w, False),
+            (f"mixer, Zarr, {w} workers, reused outputs", ZarrMixerDataset, store, config, w, True),
+            ("  same, vocal offsets chunk-aligned", ZarrMixerDataset, store, aligned, w, True),
+            ("  same, no chunk checksums (old store)", ZarrMixerDataset, plain, config, w, True),
+            (f"mixer, WebDataset, {w} workers", WdsMixerDataset, store, config, w, False),
+            (f"mixer, WebDataset, {w} w., reused outputs", WdsMixerDataset, store, config, w, True),
+            ("  same, no member checksums (old store)", WdsMixerDataset, plain, config, w, True),
+            (f"mixer, WebDataset blosc, {w} w., reused", WdsMixerDataset, packed, config, w, True),
         ):
-            source = packed if "blosc" in label else store
-            examples, memory = measure_loader(backend(source, config), workers, args.batches, reuse)
-            rows.append((label, examples, 2 * examples, memory))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the old-store notice
+                dataset = backend(source, mixer_config)
+            examples, memory, cpu_ms = measure_loader(dataset, workers, args.batches, reuse)
+            rows.append((label, examples, cpu_ms, memory))
+        costs = read_costs(store, plain, crops=640)
 
-        print(f"\n{'path':46s} {'examples/s':>11s} {'crops/s':>9s} {'x (a)':>7s} {'x (b)':>7s}  worker peak RSS")
-        for label, examples, crops, memory in rows:
+        print(f"\n{'path':46s} {'examples/s':>10s} {'x (a)':>6s} {'x (b)':>6s} {'CPU ms/ex':>9s} {'(a)/CPU':>7s}  worker peak RSS")
+        for label, examples, cpu_ms, memory in rows:
             rss = ", ".join(f"{kb / 1024:.0f} MB" for kb in memory) or "-"
-            print(f"{label:46s} {examples:11.1f} {crops:9.1f} {examples / a_examples:7.2f} {examples / b_examples:7.2f}  {rss}")
+            print(f"{label:46s} {examples:10.1f} {examples / a_examples:6.2f} {examples / b_examples:6.2f} "
+                  f"{cpu_ms:9.2f} {a_cpu / cpu_ms:7.2f}  {rss}")
+        print("\nvocal crop reads (Store.read_many, 1 process, 256 frames, CPU ms per crop): " +
+              ", ".join(f"{name} {ms:.2f} ms" for name, ms in costs.items()))
         hours = 2 * args.tracks * args.seconds / 3600
         print(f"\nWebDataset tars: {wds_gb['store'] / hours:.3f} GB per audio-hour as plain .npy, "
               f"{wds_gb['store_packed'] / hours:.3f} with blosc-lz4 members")

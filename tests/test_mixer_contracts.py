@@ -203,7 +203,7 @@ def test_zarr_mixer_raises_on_a_deleted_shard(store, tmp_path):
         shard.unlink()
     dataset = ZarrMixerDataset(damaged, _config(proportions={"augmented": 1.0}, vocal_probability=1.0,
                                                 instrumental_only_probability=0.0))
-    with pytest.raises(VRDataError, match=r"zarr/vocal/c/\d+/0/0/0: Zarr shard missing \(track "):
+    with pytest.raises(VRDataError, match=r"zarr/vocal/c/\d+/0/0/0: Zarr shard missing in track \S+ \(array vocal, frames \d+:\d+\)"):
         next(iter(MixerLoader(dataset)))
 
 

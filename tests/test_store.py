@@ -266,7 +266,8 @@ def test_a_deleted_zarr_shard_raises_instead_of_reading_silence(built_store, tmp
     path.unlink()
     store = open_store(out)
     store.read_frames(track, "instrumental", 0, 16)  # the first shard is intact
-    with pytest.raises(VRDataError, match=f"shard missing \\(track {track.id}") as raised:
+    expected = f"shard missing in track {track.id} \\(array pair_instrumental, frames 120:136\\)"  # track frames
+    with pytest.raises(VRDataError, match=expected) as raised:
         store.read_frames(track, "instrumental", GEOMETRY.shard_frames - 8, GEOMETRY.shard_frames + 8)
     assert relative in str(raised.value)
 

@@ -59,6 +59,11 @@ class _Region:
     def __init__(self, array, first: int, last: int, name: str, track: TrackRecord):
         self.array, self.first, self.last, self.name, self.track = array, first, last, name, track
 
+    def describe(self) -> str:
+        """`track ID (array NAME, frames a:b)`, frames counted from the track's start."""
+        start = self.track.zarr_start
+        return f"track {self.track.id} (array {self.name}, frames {self.first - start}:{self.last - start})"
+
 
 class Store:
     """A complete store opened for reading; cheap to pickle (arrays reopen in each process)."""
@@ -146,23 +151,26 @@ class Store:
             self._check_shards_exist(region)
         return region
 
+    def _shard_indexes(self, region: _Region) -> range:
+        """Indexes of the shards the region touches."""
+        shard_frames = int(self.meta.arrays[region.name].get("shard_frames", self.geometry.shard_frames))
+        return range(region.first // shard_frames, (max(region.last, region.first + 1) - 1) // shard_frames + 1)
+
     def _shard_files(self, region: _Region) -> list[tuple[int, Path]]:
         """(shard index, file) of every shard the region touches."""
-        shard_frames = int(self.meta.arrays[region.name].get("shard_frames", self.geometry.shard_frames))
-        last = max(region.last, region.first + 1)
-        return [(index, shard_key(self.path / ZARR_DIR / region.name, index))
-                for index in range(region.first // shard_frames, (last - 1) // shard_frames + 1)]
+        return [(index, shard_key(self.path / ZARR_DIR / region.name, index)) for index in self._shard_indexes(region)]
 
     def _check_shards_exist(self, region: _Region) -> None:
         """Every chunk of these arrays is stored, so an absent shard file under a track was
         deleted: without this check it would read as silence (the fill value). One stat per
         shard per process."""
-        for index, path in self._shard_files(region):
+        for index in self._shard_indexes(region):
             if (region.name, index) in self._present_shards:
                 continue
+            path = shard_key(self.path / ZARR_DIR / region.name, index)
             if not path.is_file():
-                raise VRDataError(path, f"Zarr shard missing (track {region.track.id}, array {region.name}, "
-                                        f"frames {region.first}:{region.last}); the store is damaged: run vrdata verify")
+                raise VRDataError(path, f"Zarr shard missing in {region.describe()}; the store is damaged: "
+                                        "run vrdata verify")
             self._present_shards.add((region.name, index))
 
     def _read_error(self, region: _Region, error: Exception) -> VRDataError:
@@ -171,8 +179,7 @@ class Store:
         named = re.search(r'local file "([^"]+)"', str(error))
         path = named.group(1) if named else ", ".join(str(path) for _, path in self._shard_files(region))
         what = "damaged Zarr chunk (checksum mismatch)" if "igest mismatch" in str(error) else "unreadable Zarr data"
-        return VRDataError(path, f"{what} in track {region.track.id} (array {region.name}, frames "
-                                 f"{region.first}:{region.last}): {detail}")
+        return VRDataError(path, f"{what} in {region.describe()}: {detail}")
 
     def read_frames(self, track: TrackRecord | str, source: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Stored float16 `(stop - start, 2, 2, bins)` of one source of a track.
