@@ -211,22 +211,18 @@ def _table(report, metric: str, title: str) -> Table:
     for stem in ("inst", "vocals"):
         for estimate in ("floor", "model", "ceiling"):
             table.add_column(f"{stem}\n{estimate}", justify="right", no_wrap=True)
+    order = [(stem, estimate) for stem in ("instrumental", "vocals") for estimate in ("floor", "model", "ceiling")]
     for result in report.results:
-        table.add_row(result.id, *_cells(lambda estimate, stem: getattr(result, estimate).get(stem, metric)))
+        table.add_row(result.id, *(_cell(getattr(result, estimate).get(stem, metric)) for stem, estimate in order))
     table.add_section()
     for statistic in ("median", "mean"):
         values = report.aggregate(statistic)
-        table.add_row(statistic, *_cells(lambda estimate, stem: values[estimate][stem][metric]))
+        table.add_row(statistic, *(_cell(values[estimate][stem][metric]) for stem, estimate in order))
     return table
 
 
-def _cells(value) -> list[str]:
-    cells = []
-    for stem in ("instrumental", "vocals"):
-        for estimate in ("floor", "model", "ceiling"):
-            number = value(estimate, stem)
-            cells.append("n/a" if math.isnan(number) else f"{number:.2f}")
-    return cells
+def _cell(number: float) -> str:
+    return "n/a" if math.isnan(number) else f"{number:.2f}"
 
 
 # ----------------------------------------------------------------------------- export

@@ -20,7 +20,6 @@ from vr_model.evaluate import (
     plot_track, score_track, valid_sdr, validation_sdr,
 )
 from vr_model.normalisation import InputNormalisation
-from vr_model.separate import SeparationOptions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -164,7 +163,7 @@ def test_a_silent_vocal_stem_gives_no_inf_and_no_crash(tmp_path):
     assert plot_track(result, tmp_path / "vocal-free.png").stat().st_size > 1000
 
 
-def test_eval_of_a_manifest_scores_model_floor_and_ceiling(corpus, tmp_path):  # noqa: F811
+def test_eval_of_a_manifest_scores_model_floor_and_ceiling(corpus, tmp_path):
     from vr_data.catalog import read_manifest
 
     manifest = read_manifest(corpus["pairs"])
@@ -183,11 +182,11 @@ def test_eval_of_a_manifest_scores_model_floor_and_ceiling(corpus, tmp_path):  #
         eval_tracks(manifest, split="test")
 
 
-def test_validation_sdr_from_the_store_is_the_floor_for_an_identity_model(built_store):  # noqa: F811
+def test_validation_sdr_from_the_store_is_the_floor_for_an_identity_model(built_store):
     from vr_data.store import open_store
 
     store = open_store(built_store)
-    split = sorted(store.tracks_by_role("pair"), key=lambda t: t.id)[0].split
+    split = min(store.tracks_by_role("pair"), key=lambda t: t.id).split
     config = SMALL.replace(bins=STORE_STFT.bins - 1)
     identity = constant_mask_model(30.0, config)
     identity.train()
@@ -204,7 +203,7 @@ def test_validation_sdr_from_the_store_is_the_floor_for_an_identity_model(built_
     assert math.isfinite(learned.sdr) and learned.per_track and learned.gain == learned.sdr - learned.floor
 
 
-def test_the_trainers_sdr_hook_logs_model_floor_and_ceiling(built_store):  # noqa: F811
+def test_the_trainers_sdr_hook_logs_model_floor_and_ceiling(built_store):
     """`vr_model.train.validation` calls `vr_model.evaluate.valid_sdr` when validation.sdr_songs > 0."""
     import torch
 

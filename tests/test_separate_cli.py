@@ -77,7 +77,7 @@ def test_export_then_separate_through_onnxruntime(tmp_path):
     np.testing.assert_allclose(through_onnx, through_torch, rtol=0, atol=1e-4)
 
 
-def test_eval_writes_the_table_json_and_a_plot_per_track(checkpoint, corpus, tmp_path):  # noqa: F811
+def test_eval_writes_the_table_json_and_a_plot_per_track(checkpoint, corpus, tmp_path):
     out = tmp_path / "eval"
     result = runner.invoke(app, ["eval", "--checkpoint", str(checkpoint), "--manifest", str(corpus["pairs"]),
                                  "--split", "train", "--limit", "1", "--out", str(out), *SMALL_CROPS],
@@ -99,7 +99,7 @@ def test_eval_writes_the_table_json_and_a_plot_per_track(checkpoint, corpus, tmp
     assert missing.exit_code == 2 and "no pairs in split 'test'" in missing.output
 
 
-def test_a_training_run_logs_validation_sdr_and_eval_of_the_run_agrees(built_store, corpus, tmp_path):  # noqa: F811
+def test_a_training_run_logs_validation_sdr_and_eval_of_the_run_agrees(built_store, corpus, tmp_path):
     """`vrtrain run` with validation.sdr_songs logs the store-side SDR; `vrtrain eval` of the run
     directory (its best checkpoint) decodes the same valid song and finds the same number, up
     to the store codec's error."""

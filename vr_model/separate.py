@@ -317,7 +317,7 @@ class CropMasker:
         self.crops_run = 0
 
     def push(self, mixture: np.ndarray) -> np.ndarray:
-        channels, bins, count = mixture.shape
+        channels, bins, _ = mixture.shape
         if channels != self.network.channels or bins != self.network.bins:
             raise VRDataError(None, f"the model takes ({self.network.channels}, {self.network.bins}, frames) "
                                     f"spectrograms, got ({channels}, {bins}, frames)")
