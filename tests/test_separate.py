@@ -173,6 +173,13 @@ def test_bad_inputs_and_options_are_one_line_errors(tmp_path):
     sf.write(tmp_path / "ok.wav", song(0.2, 44100, 2).T, 44100)
     with pytest.raises(VRDataError, match="flac files cannot hold FLOAT"):
         model_separator.separate_file(tmp_path / "ok.wav", tmp_path / "out", format="flac", subtype="FLOAT")
+    (tmp_path / "a_file").write_text("not a folder")
+    with pytest.raises(VRDataError, match="cannot write the outputs of ok.wav"):
+        model_separator.separate_file(tmp_path / "ok.wav", tmp_path / "a_file" / "out")
+    (tmp_path / "taken" / "ok_vocals.wav").mkdir(parents=True)
+    with pytest.raises(VRDataError, match="ok_vocals.wav: exists and is not a regular file"):
+        model_separator.separate_file(tmp_path / "ok.wav", tmp_path / "taken")
+    assert sorted(p.name for p in (tmp_path / "taken").iterdir()) == ["ok_vocals.wav"]   # nothing half-written
     with pytest.raises(VRDataError, match="crop_frames must be in 1..64"):
         separator(identity_model(), SeparationOptions(crop_frames=65)).separate_audio(song(0.2, 44100, 2), 44100)
     assert not (tmp_path / "out").exists() or list((tmp_path / "out").iterdir()) == []

@@ -541,11 +541,12 @@ class Separator:
         out_dir = Path(out_dir)
         targets = {stem: out_dir / f"{name}_{stem}.{format}" for stem in ("instrumental", "vocals")}
         decoded = open_audio_blocks(path, block_samples)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        writers = {stem: _AtomicSoundWriter(target, decoded.sample_rate, decoded.channels, format, subtype)
-                   for stem, target in targets.items()}
+        writers: dict[str, _AtomicSoundWriter] = {}
         written = 0
         try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            for stem, target in targets.items():
+                writers[stem] = _AtomicSoundWriter(target, decoded.sample_rate, decoded.channels, format, subtype)
             for mixture, instrumental in self.stream(decoded.blocks, decoded.sample_rate):
                 writers["instrumental"].write(instrumental)
                 writers["vocals"].write(mixture - instrumental)
@@ -557,7 +558,11 @@ class Separator:
         except VRDataError as error:
             for writer in writers.values():
                 writer.abort()
-            raise VRDataError(path, error.reason, error.code) from None
+            raise VRDataError(error.path or path, error.reason, error.code) from None
+        except (OSError, sf.LibsndfileError) as error:   # decoding errors are VRDataError already
+            for writer in writers.values():
+                writer.abort()
+            raise VRDataError(out_dir, f"cannot write the outputs of {path.name} ({_one_line(error, out_dir)})") from None
         except BaseException:
             for writer in writers.values():
                 writer.abort()
