@@ -349,7 +349,10 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
                 record = validator.run(weights)
                 valid_loss = record["valid_loss"]
                 log.record({"kind": "valid", "step": step, "stage": stage_index, **record})
-                log.line(f"step {step}: valid loss {valid_loss:.5f}")
+                sdr = (f", SDR {record['valid_sdr']:.2f} dB (floor {record['valid_sdr_floor']:.2f}, ceiling "
+                       f"{record['valid_sdr_ceiling']:.2f}) on {record['valid_sdr_songs']} song(s)"
+                       if "valid_sdr" in record else "")   # vr_model.evaluate.valid_sdr, validation.sdr_songs > 0
+                log.line(f"step {step}: valid loss {valid_loss:.5f}{sdr}")
             valid_loss = _broadcast(valid_loss, world_size)
         improved = valid_loss is not None and (counters["best_valid_loss"] is None
                                                or valid_loss < counters["best_valid_loss"])
