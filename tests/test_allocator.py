@@ -25,7 +25,7 @@ linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="LD
 def run_python(code: str, env: dict[str, str], timeout: float = 120) -> str:
     """stdout of `python -c code` in the repository root with exactly `env`."""
     result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=timeout)
+                            text=True, timeout=timeout, check=False)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -120,7 +120,7 @@ def test_spawned_workers_inherit_the_allocator(tmp_path):
     script = tmp_path / "spawned.py"
     script.write_text(textwrap.dedent(SPAWNED))
     result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=fresh_environ(), capture_output=True,
-                            text=True, timeout=120)
+                            text=True, timeout=120, check=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["worker"] == report["parent"] == ("tcmalloc" if TCMALLOC else "glibc-tunables")
@@ -144,7 +144,7 @@ def test_dask_build_workers_inherit_the_allocator(tmp_path):
     script = tmp_path / "dask_workers.py"
     script.write_text(textwrap.dedent(DASK))
     result = subprocess.run([sys.executable, str(script)], cwd=ROOT, env=fresh_environ(), capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["worker"] == report["parent"] == ("tcmalloc" if TCMALLOC else "glibc-tunables")

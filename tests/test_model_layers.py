@@ -59,3 +59,27 @@ def test_frame_conv_and_residual_block_shapes():
     assert FrameConv(4, 6, 16, stride=2)(features).shape == (2, 6, 8, 7)  # frequency halves, time stays
     assert ResidualBlock(4, 6, 16, stride=2)(features).shape == (2, 6, 8, 7)
     assert isinstance(ResidualBlock(4, 4, 16).skip, torch.nn.Identity)
+
+
+def test_strided_skip_is_the_strided_1x1_convolution():
+    torch.manual_seed(0)
+    block = ResidualBlock(3, 4, 16, stride=2)
+    features = torch.randn(2, 3, 16, 5)
+    torch.testing.assert_close(block._skip(features), block.skip(features))
+
+
+def test_strided_block_backward_on_channels_last_features_with_few_channels():
+    """PyTorch 2.13's weight gradient of a strided 1x1 convolution on channels-last tensors with
+    fewer than 8 input channels corrupts the heap (the "double free" under torch.compile, which
+    makes convolutions channels-last); the block subsamples first, so this runs and is right."""
+    torch.manual_seed(0)
+    block = ResidualBlock(3, 4, 64, stride=2)
+    features = torch.randn(2, 3, 64, 32)
+    results = []
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        inputs = features.clone().contiguous(memory_format=memory_format).requires_grad_()
+        block.zero_grad(set_to_none=True)
+        block(inputs).square().sum().backward()
+        results.append((inputs.grad.contiguous(), block.skip.weight.grad.clone()))
+    for contiguous, channels_last in zip(*results):
+        torch.testing.assert_close(channels_last, contiguous, rtol=1e-4, atol=1e-4)

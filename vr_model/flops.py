@@ -27,3 +27,21 @@ def forward_flops(name_or_config: str | FramePrimerConfig | dict[str, Any], fram
     with counter, torch.no_grad():
         model(magnitude)
     return counter.get_total_flops()
+
+
+def train_step_flops(name_or_config: str | FramePrimerConfig | dict[str, Any], frames: int, batch: int = 1) -> int:
+    """FLOPs of one training step's forward and backward (an L1 loss on the masked mixture).
+
+    Counted like `forward_flops`, on the meta device; about 3x the forward (the backward of a
+    matmul or convolution is two of them). Recomputation under gradient checkpointing is not
+    counted: this is the model's work, the numerator of model FLOPs utilisation.
+    """
+    config = get_config(name_or_config)
+    with torch.device("meta"):
+        model = build_model(config).train()
+        magnitude = torch.empty(batch, config.in_channels, config.bins + 1, frames)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        loss = torch.nn.functional.l1_loss(model(magnitude) * magnitude, magnitude)
+        loss.backward()
+    return counter.get_total_flops()

@@ -93,6 +93,26 @@ class _FrameNormFunction(torch.autograd.Function):
         return grad_features, grad_weight, grad_bias, None
 
 
+def frame_norm(features: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """`_FrameNormFunction` in plain differentiable ops: what `torch.compile` traces.
+
+    Inductor fuses these into a few loops and derives the backward itself (keeping what it
+    chooses to keep). The statistics are sums, not `var_mean`: inductor's CPU Welford kernels
+    are where its heap-corruption bugs after convolutions were reported (pytorch#181618,
+    #181689), and sums fuse as well. Same shapes and dtypes as `FrameNorm`.
+    """
+    batch, channels, bins, frames = features.shape
+    count = channels * bins
+    flat = _precise(features.reshape(batch, count, frames))                 # (B, C*F, T)
+    rough_mean = flat.sum(dim=1, keepdim=True) / count
+    centered = flat - rough_mean
+    correction = centered.sum(dim=1, keepdim=True) / count
+    variance = (centered * centered).sum(dim=1, keepdim=True) / count - correction * correction
+    normalised = (centered - correction) * torch.rsqrt(variance.clamp_min(0.0) + eps)
+    out = torch.addcmul(bias, normalised.view(batch, channels, bins, frames), weight)
+    return out.to(features.dtype)
+
+
 def _shipped_frame_statistics(flat: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Mean and 1/std over dim 1 of `(B, C*F, T)`, in float32 at least: `(B, 1, T)` each."""
     variance, mean = torch.var_mean(_precise(flat), dim=1, keepdim=True, correction=0)
@@ -145,6 +165,8 @@ class FrameNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels, bins, 1))
 
     def forward(self, features: Tensor) -> Tensor:
+        if torch.compiler.is_compiling():
+            return frame_norm(features, self.weight, self.bias, self.eps)
         function = _FrameNormFunction if _FAST_PATHS else _ShippedFrameNormFunction
         return function.apply(features.contiguous(), self.weight, self.bias, self.eps)
 
@@ -186,4 +208,15 @@ class ResidualBlock(nn.Module):
 
     def forward(self, features: Tensor, keep: Tensor | None = None) -> Tensor:
         hidden = self.conv2(self.conv1(features, keep), keep)
-        return hidden + self.skip(features)
+        return hidden + self._skip(features)
+
+    def _skip(self, features: Tensor) -> Tensor:
+        stride = self.skip.stride[0] if isinstance(self.skip, nn.Conv2d) else 1
+        if stride == 1:
+            return self.skip(features)
+        # Subsample, then a 1x1 convolution: the same numbers as the strided 1x1 convolution.
+        # PyTorch 2.13's CPU convolution_backward of a strided 1x1 convolution on channels-last
+        # tensors with fewer than 8 input channels writes past its buffers (glibc aborts with
+        # "double free or corruption" or "free(): invalid next size"; tcmalloc corrupts
+        # silently), and inductor turns convolutions channels-last.
+        return F.conv2d(features[:, :, ::stride], self.skip.weight)
