@@ -474,7 +474,7 @@ def test_musdb_vocal_stems_join_the_vocal_library(tmp_path):
     assert again.already_complete
 
 
-def test_a_mixer_batch_trains_the_frame_primer(store):
+def test_a_mixer_batch_trains_the_frame_primer(store, one_torch_thread):
     """vr_data -> vr_model: a mixer batch goes through a (narrow) frame primer U-Net with
     frame_mask = ~valid; padded frames do not change the real frames' mask; a loss step works."""
     from dataclasses import replace
