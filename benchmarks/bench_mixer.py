@@ -175,6 +175,49 @@ def read_costs(store_path: Path, plain_path: Path, crops: int, seed: int = 0) ->
     return best
 
 
+def sampling_costs(store_path: Path, plain_path: Path, batch_size: int, batches: int = 12) -> dict[tuple[str, str], tuple[float, float]]:
+    """In-process CPU ms per example (read + silence rule, mix) of the Zarr backend with reused
+    outputs: the old sampling (crop cells at phase 0, vocal offsets on the chunk grid) against
+    the new (per-epoch phases, any vocal offset), on the store with and without chunk checksums.
+    Best of three alternating passes over `batches` batches."""
+    import vr_data.mixer.base as mixer_base
+
+    phased = mixer_base.track_phases
+
+    def phase_zero(seed, epoch, salt, tracks, crop_frames):
+        return np.zeros(tracks, np.int64)  # the old grid: cells at 0, crop, 2 crop, ...
+
+    base = MixerConfig(crop_frames=CROP, batch_size=batch_size, seed=0, proportions={"augmented": 1.0},
+                       examples_per_epoch=batch_size * 400)
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    try:
+        for _ in range(3):
+            for store_name, path in (("checksums", store_path), ("no checksums", plain_path)):
+                for sampling in ("old: phase 0, aligned vocals", "new: phases, any offset"):
+                    old = sampling.startswith("old")
+                    mixer_base.track_phases = phase_zero if old else phased
+                    config = MixerConfig(**{**base.to_dict(), "vocal_offset_step": 256 if old else None})
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        dataset = ZarrMixerDataset(path, config)
+                    dataset.output_ring = 4
+                    buffers, plan = dataset.new_buffers(), dataset.plan(0)
+                    dataset.finish_batch(buffers, *dataset.assemble(plan, 0, buffers), 0, 0)  # warm up
+                    read = mix = 0.0
+                    for k in range(1, batches + 1):
+                        began = time.process_time()
+                        recipes, indices = dataset.assemble(plan, k, buffers)
+                        assembled = time.process_time()
+                        dataset.finish_batch(buffers, recipes, indices, 0, k)
+                        read, mix = read + assembled - began, mix + time.process_time() - assembled
+                    per_example = (1000 * read / (batches * batch_size), 1000 * mix / (batches * batch_size))
+                    key = (store_name, sampling)
+                    best[key] = min(best.get(key, per_example), per_example, key=sum)
+    finally:
+        mixer_base.track_phases = phased
+    return best
+
+
 def measure_loader(dataset, workers: int, batches: int, reuse: bool) -> tuple[float, list[int], float]:
     """Examples/s over `batches` batches after the first (worker start-up excluded), the peak
     RSS in kB of each worker process, and the CPU ms per example of this process and its workers
@@ -240,6 +283,14 @@ def _peak_rss_kb(pid: int) -> int:
     return 0
 
 
+def print_costs(reads: dict[str, float], sampling: dict[tuple[str, str], tuple[float, float]]) -> None:
+    print("\nvocal crop reads (Store.read_many, 1 process, 256 frames, CPU ms per crop): " +
+          ", ".join(f"{name} {ms:.2f} ms" for name, ms in reads.items()))
+    print("\nZarr backend in-process, reused outputs, CPU ms per example (read + silence rule, mix, total):")
+    for (store_name, sampling_name), (read, mix) in sampling.items():
+        print(f"  {store_name:13s} {sampling_name:31s} {read:6.2f} {mix:6.2f} {read + mix:6.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=45.0)
@@ -248,6 +299,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--baseline-examples", type=int, default=60)
+    parser.add_argument("--costs-only", action="store_true", help="only the CPU costs of reads and sampling")
+    parser.add_argument("--chunk-frames", type=int, default=Geometry().chunk_frames, help="the store's inner chunks")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as temporary:
@@ -258,10 +311,15 @@ def main() -> None:
             result = scan(root, ScanOptions(layout=layout, valid_fraction=0.0))
             manifests.append(read_manifest(write_manifest(directory / f"{layout}.jsonl", result.manifest)))
         store = directory / "store"
-        build_store(manifests, store)
-        packed = directory / "store_packed"  # the same, WebDataset members blosc-compressed
-        build_store(manifests, packed, geometry=Geometry(wds_compression="blosc-lz4"))
+        build_store(manifests, store, geometry=Geometry(chunk_frames=args.chunk_frames))
         plain = without_checksums(store, directory / "store_plain")  # as built before checksums
+        if args.costs_only:
+            print(f"corpus: {args.tracks} instrumentals + {args.tracks} vocals x {args.seconds:g} s, "
+                  f"chunks of {args.chunk_frames} frames")
+            print_costs(read_costs(store, plain, crops=640), sampling_costs(store, plain, args.batch_size))
+            return
+        packed = directory / "store_packed"  # the same, WebDataset members blosc-compressed
+        build_store(manifests, packed, geometry=Geometry(chunk_frames=args.chunk_frames, wds_compression="blosc-lz4"))
         wds_gb = {path.name: sum(f.stat().st_size for f in (path / "wds").rglob("*.tar")) / 1e9
                   for path in (store, packed)}
         print(f"corpus: {args.tracks} instrumentals + {args.tracks} vocals x {args.seconds:g} s; store built; "
@@ -294,14 +352,14 @@ def main() -> None:
             examples, memory, cpu_ms = measure_loader(dataset, workers, args.batches, reuse)
             rows.append((label, examples, cpu_ms, memory))
         costs = read_costs(store, plain, crops=640)
+        breakdown = sampling_costs(store, plain, args.batch_size)
 
         print(f"\n{'path':46s} {'examples/s':>10s} {'x (a)':>6s} {'x (b)':>6s} {'CPU ms/ex':>9s} {'(a)/CPU':>7s}  worker peak RSS")
         for label, examples, cpu_ms, memory in rows:
             rss = ", ".join(f"{kb / 1024:.0f} MB" for kb in memory) or "-"
             print(f"{label:46s} {examples:10.1f} {examples / a_examples:6.2f} {examples / b_examples:6.2f} "
                   f"{cpu_ms:9.2f} {a_cpu / cpu_ms:7.2f}  {rss}")
-        print("\nvocal crop reads (Store.read_many, 1 process, 256 frames, CPU ms per crop): " +
-              ", ".join(f"{name} {ms:.2f} ms" for name, ms in costs.items()))
+        print_costs(costs, breakdown)
         hours = 2 * args.tracks * args.seconds / 3600
         print(f"\nWebDataset tars: {wds_gb['store'] / hours:.3f} GB per audio-hour as plain .npy, "
               f"{wds_gb['store_packed'] / hours:.3f} with blosc-lz4 members")
