@@ -90,7 +90,8 @@ def _mixer_defaults() -> dict:
 class TrainSection:
     objective: str = _key("supervised", "what the model learns: supervised (mask x mixture -> instrumental) or "
                                         "denoise (predict the noise added to a pretraining crop; [denoise])")
-    loss: str = _key("l1", "distance between prediction and target over valid frames: l1 or l2", ("l1", "l2"))
+    loss: str = _key("l2", "mask x mixture vs target over valid frames: l2, or l1 (stays at mask 1 longer)",
+                     ("l1", "l2"))
     lr: float = _key(1e-4, "peak learning rate (AdamW), reached after the warmup")
     min_lr: float = _key(1e-6, "the floor the decay ends at, on the last step")
     warmup_steps: int = _key(1000, "linear warmup from 0 to lr over this many steps")
