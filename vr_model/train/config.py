@@ -72,7 +72,7 @@ MIXER_HELP = {
     "stats_role": "stats normalisation: whose statistics (pair = pairs' mixtures)",
     "examples_per_epoch": "examples per epoch (0: enough to use every crop of the largest library once)",
     "pretrain_sources": "the pretrain kind's library: pretrain, and optionally pair_mixture, pair_instrumental, instrumental",
-    "vocal_offset_step": "vocal crop offsets are multiples of this many frames (0: the store's chunk)",
+    "vocal_offset_step": "vocal crop offsets are multiples of this many frames (0: any frame)",
 }
 
 
