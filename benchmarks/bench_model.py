@@ -4,7 +4,7 @@ frame-primer step on a GPU.
     python benchmarks/bench_model.py [--crops 256] [--batch 4] [--steps 3] [--rounds 2] [--threads 1]
         [--variants shipped,tcmalloc,tunables,default] [--compile] [--profile] [--checkpointing]
         [--flop-frames 512 1024 2048] [--no-activations]
-    python benchmarks/bench_model.py --device cuda [--gpu-frames 512 1024 2048] [--gpu-batch 1]
+    python benchmarks/bench_model.py --device cuda [--gpu-frames 512 1024 2048] [--gpu-batch 1] [--gpu-preset P]
 
 CPU section (no `--device`): `tiny`, one step = forward + L1 loss + backward (no optimizer
 update), timed after one warm-up step. Each variant runs in a fresh process with its own
@@ -25,7 +25,8 @@ matmul and convolution FLOPs (FlopCounterMode, `vr_model.flops.train_step_flops`
 second, against the peak of a 2048^3 float32 matmul measured in this run with the same threads.
 `--profile` adds where the CPU time goes per operator kind (torch.profiler), per variant.
 
-GPU section (`--device cuda`; `--device cpu` runs the same code on the CPU at small sizes):
+GPU section (`--device cuda`; `--device cpu` runs the same code on the CPU, on `tiny` at 16 and
+32 frames: bfloat16 is emulated on CPUs without it, 337 s per frame-primer step here):
 `frame-primer` under bfloat16 autocast with AdamW, with and without gradient checkpointing:
 s/step, examples/s, peak memory, and model FLOPs utilisation = train-step FLOPs / time /
 the device's bfloat16 matmul peak measured in this run. Then the share of the float32
@@ -291,6 +292,13 @@ def print_profile(variants: list[str], rows: dict[str, list[dict]]) -> None:
 
 # -- FLOPs and activation memory of frame-primer -----------------------------------------------
 
+def is_score_shape(shape: tuple[int, ...], frames: int, heads: int) -> bool:
+    """An attention-score shape: `(B, H, T, T)` or `(B*H, T, T)` (feature maps `(B, C, F, T)`
+    with F == T are not: their channel count is not a multiple of the heads here)."""
+    return len(shape) >= 3 and shape[-2:] == (frames, frames) and shape[-3] % heads == 0 and (
+        len(shape) == 3 or shape[-3] == heads)
+
+
 def saved_activation_bytes(preset: str, frames: int, autocast: bool = False) -> tuple[int, int]:
     """(all, attention scores) bytes autograd keeps for backward in one training forward pass of
     one example on the CPU; scores are the saved tensors shaped `(..., frames, frames)`.
@@ -312,8 +320,8 @@ def saved_activation_bytes(preset: str, frames: int, autocast: bool = False) -> 
     def pack(tensor):
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in parameters:
-            is_score = tensor.dim() >= 2 and tuple(tensor.shape[-2:]) == (frames, frames)
-            storages[storage.data_ptr()] = (storage.nbytes(), is_score or storages.get(storage.data_ptr(), (0, False))[1])
+            score = is_score_shape(tuple(tensor.shape), frames, model.config.num_heads)
+            storages[storage.data_ptr()] = (storage.nbytes(), score or storages.get(storage.data_ptr(), (0, False))[1])
         return tensor
 
     context = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
@@ -345,7 +353,8 @@ def flops_and_memory_section(args) -> None:
     # Every saved tensor is per frame, per frame pair (attention) or fixed, so the size is
     # exactly a + b*T + c*T^2: three short crops on CPU give it for any crop length.
     for autocast in (False, True):
-        points = [(frames, saved_activation_bytes("frame-primer", frames, autocast)) for frames in (16, 32, 48)]
+        # Not powers of two: no bin count or head width equals them, so shapes tell scores apart.
+        points = [(frames, saved_activation_bytes("frame-primer", frames, autocast)) for frames in (20, 36, 52)]
         total = quadratic_through([(frames, sizes[0]) for frames, sizes in points])
         scores = quadratic_through([(frames, sizes[1]) for frames, sizes in points])
         label = "bfloat16 autocast" if autocast else "float32"
@@ -384,14 +393,14 @@ def _synchronize(device) -> None:
         torch.cuda.synchronize(device)
 
 
-def device_step(frames: int, batch: int, steps: int, checkpointing: bool, device) -> dict:
-    """frame-primer on `device`: bfloat16 autocast forward + backward + fused AdamW, timed."""
+def device_step(preset: str, frames: int, batch: int, steps: int, checkpointing: bool, device) -> dict:
+    """`preset` on `device`: bfloat16 autocast forward + backward + fused AdamW, timed."""
     import torch
 
     from vr_model import build_model
 
     torch.manual_seed(0)
-    model = build_model("frame-primer").to(device).train()
+    model = build_model(preset).to(device).train()
     model.gradient_checkpointing = checkpointing
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
     mixture = torch.rand(batch, 2, model.config.bins + 1, frames, device=device)
@@ -422,7 +431,7 @@ def device_step(frames: int, batch: int, steps: int, checkpointing: bool, device
     return {"oom": False, "seconds": seconds, "peak_bytes": peak}
 
 
-def score_time_share(frames: int, batch: int, device) -> tuple[float, float]:
+def score_time_share(preset: str, frames: int, batch: int, device) -> tuple[float, float]:
     """(seconds in ops on (..., T, T) tensors, all seconds) of one autocast training step,
     device time on CUDA, CPU time elsewhere (torch.profiler with input shapes)."""
     import torch
@@ -431,7 +440,7 @@ def score_time_share(frames: int, batch: int, device) -> tuple[float, float]:
     from vr_model import build_model
 
     torch.manual_seed(0)
-    model = build_model("frame-primer").to(device).train()
+    model = build_model(preset).to(device).train()
     mixture = torch.rand(batch, 2, model.config.bins + 1, frames, device=device)
 
     def step() -> None:
@@ -449,7 +458,8 @@ def score_time_share(frames: int, batch: int, device) -> tuple[float, float]:
     for event in prof.key_averages(group_by_input_shape=True):
         spent = (event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total) / 1e6
         whole += spent
-        if any(len(shape) >= 2 and list(shape[-2:]) == [frames, frames] for shape in event.input_shapes or []):
+        heads = model.config.num_heads
+        if any(is_score_shape(tuple(shape), frames, heads) for shape in event.input_shapes or []):
             score += spent
     return score, whole
 
@@ -463,52 +473,57 @@ def device_section(args) -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: no CUDA device visible to torch")
     on_gpu = device.type == "cuda"
+    if not on_gpu:
+        torch.set_num_threads(args.threads)
     frames_list = args.gpu_frames or ([512, 1024, 2048] if on_gpu else [16, 32])
+    # bfloat16 on a CPU without bfloat16 instructions is emulated: frame-primer took 337 s per
+    # 16-frame step here, so the CPU check runs the same code on `tiny` unless told otherwise.
+    preset = args.gpu_preset or ("frame-primer" if on_gpu else "tiny")
     peak = device_bf16_peak_tflops(device, 8192 if on_gpu else 512)
     name = torch.cuda.get_device_name(device) if on_gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"torch {torch.__version__}, {name}; bfloat16 matmul peak measured now: {peak:.1f} TFLOP/s")
+    print(f"torch {torch.__version__}, {name}; bfloat16 matmul peak measured now: {peak:.3g} TFLOP/s")
     if not on_gpu:
         print("(--device cpu exercises the GPU code path at small sizes; these are not GPU figures)")
-    print(f"\nframe-primer, batch {args.gpu_batch}, bfloat16 autocast, fused AdamW; {args.gpu_steps} timed steps "
+    print(f"\n{preset}, batch {args.gpu_batch}, bfloat16 autocast, AdamW (fused on CUDA); {args.gpu_steps} timed steps "
           "after 2 warm-ups")
     print(f"{'frames':>6} {'checkpointing':>13} {'s/step':>8} {'examples/s':>10} {'peak GiB':>9} "
           f"{'TFLOP/s':>8} {'MFU':>6}")
     for frames in frames_list:
-        flops = train_step_flops("frame-primer", frames, args.gpu_batch)
+        flops = train_step_flops(preset, frames, args.gpu_batch)
         for checkpointing in (False, True):
-            result = device_step(frames, args.gpu_batch, args.gpu_steps, checkpointing, device)
+            result = device_step(preset, frames, args.gpu_batch, args.gpu_steps, checkpointing, device)
             if result["oom"]:
                 print(f"{frames:>6} {str(checkpointing):>13} {'out of memory':>8}")
                 continue
             rate = flops / result["seconds"] / 1e12
             memory = f"{result['peak_bytes'] / 2**30:>9.2f}" if result["peak_bytes"] is not None else f"{'-':>9}"
             print(f"{frames:>6} {str(checkpointing):>13} {result['seconds']:>8.3f} "
-                  f"{args.gpu_batch / result['seconds']:>10.2f} {memory} {rate:>8.1f} {100 * rate / peak:>5.1f}%")
+                  f"{args.gpu_batch / result['seconds']:>10.2f} {memory} {rate:>8.3g} {100 * rate / peak:>5.1f}%")
     frames = max(frames_list)
-    score, whole = score_time_share(frames, args.gpu_batch, device)
+    score, whole = score_time_share(preset, frames, args.gpu_batch, device)
     print(f"\nat {frames} frames: ops on (..., T, T) attention-score tensors took {score:.3f} of {whole:.3f} "
           f"{'device' if on_gpu else 'CPU'} seconds of a step ({100 * score / whole:.0f}%)")
-    total, scores = saved_activation_bytes_on(device, frames, args.gpu_batch)
+    total, scores = saved_activation_bytes_on(preset, device, frames, args.gpu_batch)
     print(f"saved for backward: {total / 2**30:.2f} GiB, of which (..., T, T) scores {scores / 2**30:.2f} GiB "
           f"({100 * scores / total:.0f}%)")
 
 
-def saved_activation_bytes_on(device, frames: int, batch: int) -> tuple[int, int]:
-    """(all, scores) bytes saved for backward by one autocast forward of frame-primer on `device`."""
+def saved_activation_bytes_on(preset: str, device, frames: int, batch: int) -> tuple[int, int]:
+    """(all, scores) bytes saved for backward by one autocast forward of `preset` on `device`."""
     import torch
 
     from vr_model import build_model
 
     torch.manual_seed(0)
-    model = build_model("frame-primer").to(device).train()
+    model = build_model(preset).to(device).train()
     parameters = {parameter.untyped_storage().data_ptr() for parameter in model.parameters()}
     storages: dict[int, tuple[int, bool]] = {}
 
     def pack(tensor):
         storage = tensor.untyped_storage()
         if storage.data_ptr() not in parameters:
-            is_score = tensor.dim() >= 2 and tuple(tensor.shape[-2:]) == (frames, frames)
-            storages[storage.data_ptr()] = (storage.nbytes(), is_score or storages.get(storage.data_ptr(), (0, False))[1])
+            score = is_score_shape(tuple(tensor.shape), frames, model.config.num_heads)
+            storages[storage.data_ptr()] = (storage.nbytes(), score or storages.get(storage.data_ptr(), (0, False))[1])
         return tensor
 
     mixture = torch.rand(batch, 2, model.config.bins + 1, frames, device=device)
@@ -535,6 +550,7 @@ def main() -> None:
     parser.add_argument("--device", help="cuda (or cpu): the frame-primer step section on that device")
     parser.add_argument("--gpu-frames", type=int, nargs="+", help="frames for --device (cuda: 512 1024 2048)")
     parser.add_argument("--gpu-batch", type=int, default=1)
+    parser.add_argument("--gpu-preset", help="model for --device (default: frame-primer on cuda, tiny on cpu)")
     parser.add_argument("--gpu-steps", type=int, default=5)
     parser.add_argument("--child", choices=sorted(VARIANTS), help=argparse.SUPPRESS)
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)  # child mode: one crop, JSON out
