@@ -126,8 +126,8 @@ class FramePrimerUNet(nn.Module):
     -> mask `(B, in_channels, bins + 1, T)` in [0, 1] (`config.head == "mask"`), or the
     unbounded output of the last 1x1 convolution (`config.head == "linear"`).
 
-    The magnitude is expected normalised (the vocal-remover family divides by the song's max
-    magnitude, see `vr_model.inference`). The Nyquist bin is dropped on the way in and the
+    The magnitude is expected normalised as in training (`vr_model.normalisation`: each crop
+    scaled the way the mixer scaled it). The Nyquist bin is dropped on the way in and the
     mask of the last kept bin is replicated for it on the way out. `frame_mask` marks padded
     frames (True = padding) at the end of a crop: they are never attended to and are zeroed
     in front of every convolution, so the mask on the real frames equals the mask of the
