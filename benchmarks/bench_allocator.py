@@ -34,9 +34,14 @@ from pipelines.allocator import fast_allocator_environ, find_tcmalloc, shipped_e
 
 
 def environments() -> dict[str, dict[str, str]]:
+    """shipped (glibc defaults), fast (what vrtrain/vrdata choose) and, where tcmalloc is the
+    choice, glibc's tunables too (the fallback)."""
     fresh = shipped_environ(os.environ)
-    auto = {key: value for key, value in fresh.items() if key not in ("VR_MALLOC", "VR_MALLOC_ACTIVE")}
-    return {"shipped": fresh, "fast": fast_allocator_environ(auto, find_tcmalloc())[1]}
+    clean = {key: value for key, value in fresh.items() if key not in ("VR_MALLOC", "VR_MALLOC_ACTIVE")}
+    envs = {"shipped": fresh, "fast": fast_allocator_environ(clean, find_tcmalloc())[1]}
+    if envs["fast"]["VR_MALLOC_ACTIVE"] == "tcmalloc":
+        envs["tunables"] = fast_allocator_environ({**clean, "VR_MALLOC": "glibc"}, None)[1]
+    return envs
 
 
 def worker_allocator(pid: int) -> str:
@@ -162,15 +167,16 @@ def main() -> None:
                 for name, env in envs.items():
                     index += 1
                     results.setdefault((kind, name), []).append(run_child(kind, env, args, work, index))
-        print(f"\n{'workload':<52} {'shipped':>9} {'fast':>9} {'x':>6}  worker allocators")
+        names = list(envs)
+        print(f"\n{'workload':<50}" + "".join(f"{name:>9}" for name in names) + f"{'x fast':>7}  worker allocators")
         for kind, key, label in (
-            ("mixer", "examples_per_second", "mixer, 1 spawned DataLoader worker (examples/s)"),
-            ("build", "audio_seconds_per_second", "build_store, dask LocalCluster of 1 (audio-s/s)"),
+            ("mixer", "examples_per_second", "mixer, 1 spawned DataLoader worker (ex/s)"),
+            ("build", "audio_seconds_per_second", "build_store, dask cluster of 1 (audio-s/s)"),
         ):
             best = {name: max(run[key] for run in results[(kind, name)]) for name in envs}
             workers = {name: results[(kind, name)][0]["worker_allocator"] for name in envs}
-            print(f"{label:<52} {best['shipped']:>9.1f} {best['fast']:>9.1f} {best['fast'] / best['shipped']:>6.2f}"
-                  f"  {workers['shipped']} / {workers['fast']}")
+            print(f"{label:<50}" + "".join(f"{best[name]:>9.1f}" for name in names)
+                  + f"{best['fast'] / best['shipped']:>7.2f}  " + " / ".join(workers[name] for name in names))
         print(f"(best of {args.rounds} rounds each; load average at the end {os.getloadavg()[0]:.1f})")
 
 
