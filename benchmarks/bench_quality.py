@@ -44,7 +44,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 DEFAULT_BUDGET_MINUTES = 25.0
-TCMALLOC = "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4"
 
 
 @dataclass(frozen=True)
@@ -291,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from pipelines.allocator import allocator_in_use
     from vr_model.train import train
 
     torch.set_num_threads(args.threads)
@@ -308,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         work = args.work
         work.mkdir(parents=True, exist_ok=True)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{args.threads} torch thread(s), allocator {'tcmalloc' if TCMALLOC in os.environ.get('LD_PRELOAD', '') else 'glibc'}; "
+          f"{args.threads} torch thread(s), allocator {allocator_in_use()}; "
           f"load average {load_average()}")
     try:
         started = time.perf_counter()
@@ -387,15 +387,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kept {work}")
 
 
-def _reexec_with_tcmalloc() -> None:
-    """Training on CPU spends much of its time in page faults under glibc's allocator (issue 12):
-    rerun this script with tcmalloc preloaded when the library is there."""
-    if sys.platform != "linux" or not os.path.exists(TCMALLOC) or "LD_PRELOAD" in os.environ:
-        return
-    environment = dict(os.environ, LD_PRELOAD=TCMALLOC)
-    os.execve(sys.executable, [sys.executable, *sys.argv], environment)
-
-
 if __name__ == "__main__":
-    _reexec_with_tcmalloc()
+    from pipelines.allocator import ensure_fast_allocator
+
+    ensure_fast_allocator()  # tcmalloc (or glibc tunables) as vrtrain uses: see pipelines/allocator.py
     raise SystemExit(main())
