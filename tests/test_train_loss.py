@@ -1,9 +1,10 @@
 """The supervised loss's default and why: on bins the model cannot yet tell apart, L1 drives the
 instrumental mask to 1 (pass everything) while L2 drives it to the least-squares ratio.
 
-`benchmarks/bench_quality.py` found this on a budget: `tiny` trained with L1 kept a mask of about
-1 everywhere and gained nothing over the mixture, with L2 it gained several dB
-(docs/performance.md, "quality"). These tests pin the mechanism on a one-parameter mask.
+`benchmarks/bench_quality.py` found this on a budget: after 160 steps `tiny` trained with L1 had
+a mask of about 1 everywhere and gained nothing over the mixture, with L2 it gained 5 dB; L1
+only leaves that plateau after some 350 steps (docs/performance.md, "quality"). These tests pin
+the mechanism on a one-parameter mask.
 """
 
 from __future__ import annotations
