@@ -189,3 +189,25 @@ def test_losses_and_weights_are_bit_identical_under_every_allocator():
     for choice, run in runs.items():
         assert run["losses"] == reference["losses"], choice
         assert run["weights"] == reference["weights"], choice
+
+
+@pytest.mark.parametrize("name", ["vrtrain", "vrdata"])
+def test_console_scripts_choose_the_allocator_before_importing_the_cli(name, monkeypatch):
+    import tomllib
+
+    import pipelines.allocator
+    from pipelines import entry
+
+    scripts = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["scripts"]
+    assert scripts[name] == f"pipelines.entry:{name}"
+    loaded_at_call = []
+
+    def record_and_stop():
+        loaded_at_call.append(f"pipelines.{name}" in sys.modules)
+        raise SystemExit(0)
+
+    monkeypatch.delitem(sys.modules, f"pipelines.{name}", raising=False)
+    monkeypatch.setattr(pipelines.allocator, "ensure_fast_allocator", record_and_stop)
+    with pytest.raises(SystemExit):
+        getattr(entry, name)()
+    assert loaded_at_call == [False]

@@ -64,7 +64,7 @@ def test_compiled_small_model_gives_eager_loss_gradients_and_inference():
 @pytest.mark.slow
 @pytest.mark.timeout(3600)
 @pytest.mark.skipif(os.environ.get("VR_TEST_COMPILE_TINY") != "1",
-                    reason="17 min of compilation on 2 busy cores; VR_TEST_COMPILE_TINY=1 runs it")
+                    reason="8-17 min of cold compilation here; VR_TEST_COMPILE_TINY=1 runs it")
 def test_compiled_tiny_gives_eager_loss_and_gradients():
     torch.manual_seed(0)
     check_compiled_equals_eager(build_model("tiny"), batch=2, frames=32, inference=False)

@@ -83,3 +83,66 @@ def test_strided_block_backward_on_channels_last_features_with_few_channels():
         results.append((inputs.grad.contiguous(), block.skip.weight.grad.clone()))
     for contiguous, channels_last in zip(*results):
         torch.testing.assert_close(channels_last, contiguous, rtol=1e-4, atol=1e-4)
+
+
+def _conv_and_gradients(function, features, *parameters):
+    features = features.clone().requires_grad_()
+    output = function(features)
+    grad_output = torch.randn(output.shape, generator=torch.Generator().manual_seed(5))
+    grads = torch.autograd.grad(output, (features, *parameters), grad_output)
+    return output.detach(), grads
+
+
+def test_backward_data_kernel_convolution_equals_conv2d_with_gradients():
+    from vr_model.layers import _BackwardDataConvFunction, frame_conv2d
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(10, 8, 3, padding=1, bias=False)
+    features = torch.randn(2, 10, 32, 20)
+    called = []
+    original = _BackwardDataConvFunction.apply
+    try:
+        _BackwardDataConvFunction.apply = lambda *args: called.append(1) or original(*args)
+        fast, fast_grads = _conv_and_gradients(lambda x: frame_conv2d(x, conv), features, conv.weight)
+    finally:
+        _BackwardDataConvFunction.apply = original
+    reference, reference_grads = _conv_and_gradients(conv, features, conv.weight)
+    assert called, "the backward-data kernel path was not taken"
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+    for got, want in zip(fast_grads, reference_grads):
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_frame_conv2d_keeps_conv2d_for_strides_few_channels_and_autocast():
+    from vr_model import layers
+
+    torch.manual_seed(0)
+    cases = [
+        (torch.nn.Conv2d(8, 8, 3, stride=(2, 1), padding=1, bias=False), torch.randn(1, 8, 16, 6)),
+        (torch.nn.Conv2d(2, 8, 3, padding=1, bias=False), torch.randn(1, 2, 16, 6)),
+    ]
+    original = layers._BackwardDataConvFunction.apply
+    try:
+        layers._BackwardDataConvFunction.apply = lambda *args: (_ for _ in ()).throw(AssertionError("fast path"))
+        for conv, features in cases:
+            torch.testing.assert_close(layers.frame_conv2d(features, conv), conv(features))
+        conv = torch.nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert layers.frame_conv2d(torch.randn(1, 8, 16, 6), conv).dtype == torch.bfloat16
+    finally:
+        layers._BackwardDataConvFunction.apply = original
+
+
+def test_pointwise_conv_as_matrix_products_equals_1x1_conv2d_with_gradients():
+    from vr_model.layers import pointwise_conv2d
+
+    torch.manual_seed(0)
+    features = torch.randn(3, 6, 8, 5)
+    for bias in (None, torch.randn(4, requires_grad=True)):
+        weight = torch.randn(4, 6, 1, 1, requires_grad=True)
+        parameters = (weight,) if bias is None else (weight, bias)
+        fast, fast_grads = _conv_and_gradients(lambda x: pointwise_conv2d(x, weight, bias), features, *parameters)
+        reference, reference_grads = _conv_and_gradients(lambda x: F.conv2d(x, weight, bias), features, *parameters)
+        torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-5)
+        for got, want in zip(fast_grads, reference_grads):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)

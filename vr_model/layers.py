@@ -150,6 +150,125 @@ class _ShippedFrameNormFunction(torch.autograd.Function):
         return grad_features, grad_weight, grad_bias, None
 
 
+def _fast_cpu_path(features: Tensor) -> bool:
+    """Whether the eager float32 CPU kernels below apply (not under compile, tracing or autocast)."""
+    return (
+        _FAST_PATHS
+        and features.device.type == "cpu"
+        and features.dtype == torch.float32
+        and not torch.compiler.is_compiling()
+        and not torch.jit.is_tracing()
+        and not torch.onnx.is_in_onnx_export()
+        and not torch.is_autocast_enabled("cpu")
+    )
+
+
+class _BackwardDataConvFunction(torch.autograd.Function):
+    """A stride-1 'same' convolution whose forward runs oneDNN's backward-data kernel.
+
+    `conv2d(x, w, padding=p)` equals `conv_transpose2d(x, w', padding=p)` with `w'` the kernel
+    flipped in both spatial axes and with its in/out channels swapped. On the CPU, oneDNN's
+    forward kernel is slow for inputs of 8 or more channels in the NCHW layout (it reorders
+    them to its blocked layout and back), while its backward-data kernel, which
+    `conv_transpose2d` runs, is not: 38 -> 24 ms for 8 -> 8 channels at (4, 1024 bins, 256
+    frames), 68 -> 41 ms for 16 -> 8 (docs/performance.md, "model step"). The backward is the
+    convolution's own (`aten.convolution_backward`), so gradients are those of `conv2d`; the
+    output agrees with `conv2d` to float round-off (about 6e-7 relative).
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, padding: tuple[int, int]) -> Tensor:
+        ctx.save_for_backward(features, weight)
+        ctx.padding = padding
+        transposed = weight.flip(2, 3).transpose(0, 1).contiguous()  # (C_in, C_out, kh, kw)
+        return F.conv_transpose2d(features, transposed, padding=padding)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        features, weight = ctx.saved_tensors
+        grad_features, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad_output.contiguous(), features, weight, None, [1, 1], list(ctx.padding), [1, 1], False, [0, 0], 1,
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False],
+        )
+        return grad_features, grad_weight, None
+
+
+# Below this many input channels oneDNN's forward kernel is the faster one (2 -> 8 channels:
+# 10 ms forward, 34 ms through the backward-data kernel).
+_BACKWARD_DATA_MIN_CHANNELS = 8
+
+
+def frame_conv2d(features: Tensor, conv: nn.Conv2d) -> Tensor:
+    """`conv(features)`, through the faster oneDNN kernel where the CPU fast paths apply.
+
+    `(batch, in_channels, bins, frames) -> (batch, out_channels, bins // stride, frames)`.
+    Stride-1 'same' convolutions without bias and with at least 8 input channels take
+    `_BackwardDataConvFunction`; everything else (strides, GPUs, compile, export) is `conv`.
+    """
+    if (
+        conv.bias is None
+        and conv.stride == (1, 1)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+        and conv.padding == (conv.kernel_size[0] // 2, conv.kernel_size[1] // 2)
+        and conv.kernel_size[0] % 2 == 1 and conv.kernel_size[1] % 2 == 1
+        and conv.in_channels >= _BACKWARD_DATA_MIN_CHANNELS
+        and _fast_cpu_path(features)
+    ):
+        return _BackwardDataConvFunction.apply(features.contiguous(), conv.weight, conv.padding)
+    return conv(features)
+
+
+class _PointwiseConvFunction(torch.autograd.Function):
+    """A 1x1 convolution as batched matrix products over the `(batch, channels, bins * frames)` view.
+
+    Single-threaded 1x1 convolutions go to PyTorch's reference kernel, whose backward took
+    34 ms for 16 -> 8 channels at (4, 1024, 256); two matrix products take 24 ms. Same
+    results to float round-off.
+    """
+
+    @staticmethod
+    def forward(ctx, features: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        batch, channels, bins, frames = features.shape
+        matrix = weight.reshape(weight.shape[0], channels)                     # (C_out, C_in)
+        flat = features.reshape(batch, channels, bins * frames)                 # (B, C_in, N)
+        ctx.save_for_backward(features, weight)
+        ctx.has_bias = bias is not None
+        output = torch.bmm(matrix.expand(batch, *matrix.shape), flat)          # (B, C_out, N)
+        if bias is not None:
+            output.add_(bias.view(1, -1, 1))
+        return output.view(batch, -1, bins, frames)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, ...]:
+        features, weight = ctx.saved_tensors
+        batch, channels, bins, frames = features.shape
+        matrix = weight.reshape(weight.shape[0], channels)
+        grad_flat = grad_output.reshape(batch, -1, bins * frames)                # (B, C_out, N)
+        grad_features = grad_weight = grad_bias = None
+        if ctx.needs_input_grad[0]:
+            grad_features = torch.bmm(matrix.t().expand(batch, channels, -1), grad_flat).view_as(features)
+        if ctx.needs_input_grad[1]:
+            flat = features.reshape(batch, channels, bins * frames)
+            grad_weight = torch.bmm(grad_flat, flat.transpose(1, 2)).sum(dim=0).view_as(weight)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = grad_flat.sum(dim=(0, 2))
+        return grad_features, grad_weight, grad_bias
+
+
+def pointwise_conv2d(features: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """`F.conv2d(features, weight, bias)` for a 1x1 kernel at stride 1, as matrix products on the CPU.
+
+    `(batch, in_channels, bins, frames) -> (batch, out_channels, bins, frames)`.
+    """
+    if weight.shape[2:] == (1, 1) and _fast_cpu_path(features):
+        return _PointwiseConvFunction.apply(features.contiguous(), weight, bias)
+    return F.conv2d(features, weight, bias)
+
+
 class FrameNorm(nn.Module):
     """LayerNorm over (channels x bins) of each frame, with a per-(channel, bin) affine.
 
@@ -189,7 +308,7 @@ class FrameConv(nn.Module):
         hidden = F.gelu(self.norm(features))
         if keep is not None:
             hidden = hidden * keep  # padded frames must look like the conv's own zero padding
-        return self.conv(hidden)
+        return frame_conv2d(hidden, self.conv)
 
 
 class ResidualBlock(nn.Module):
@@ -213,10 +332,10 @@ class ResidualBlock(nn.Module):
     def _skip(self, features: Tensor) -> Tensor:
         stride = self.skip.stride[0] if isinstance(self.skip, nn.Conv2d) else 1
         if stride == 1:
-            return self.skip(features)
+            return pointwise_conv2d(features, self.skip.weight) if isinstance(self.skip, nn.Conv2d) else features
         # Subsample, then a 1x1 convolution: the same numbers as the strided 1x1 convolution.
         # PyTorch 2.13's CPU convolution_backward of a strided 1x1 convolution on channels-last
         # tensors with fewer than 8 input channels writes past its buffers (glibc aborts with
         # "double free or corruption" or "free(): invalid next size"; tcmalloc corrupts
         # silently), and inductor turns convolutions channels-last.
-        return F.conv2d(features[:, :, ::stride], self.skip.weight)
+        return pointwise_conv2d(features[:, :, ::stride], self.skip.weight)

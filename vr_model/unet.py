@@ -24,7 +24,7 @@ from torch.utils.checkpoint import checkpoint
 
 from vr_data.errors import VRDataError
 from vr_model.config import FramePrimerConfig
-from vr_model.layers import ResidualBlock
+from vr_model.layers import ResidualBlock, pointwise_conv2d
 from vr_model.primer import FramePrimerDecoder, FramePrimerEncoder
 
 
@@ -182,7 +182,7 @@ class FramePrimerUNet(nn.Module):
             features, self_scores, cross_scores = self._run(
                 level, features, skips[depth], next_skip, keep, frame_mask, self_scores, cross_scores)
 
-        output = self.out(features)                           # (B, C, bins, T)
+        output = pointwise_conv2d(features, self.out.weight, self.out.bias)  # (B, C, bins, T)
         if config.head == "mask":
             output = torch.sigmoid(output)
         return torch.cat((output, output[:, :, -1:]), dim=2)  # restore Nyquist: (B, C, bins + 1, T)
