@@ -330,12 +330,12 @@ class ResidualBlock(nn.Module):
         return hidden + self._skip(features)
 
     def _skip(self, features: Tensor) -> Tensor:
-        stride = self.skip.stride[0] if isinstance(self.skip, nn.Conv2d) else 1
-        if stride == 1:
-            return pointwise_conv2d(features, self.skip.weight) if isinstance(self.skip, nn.Conv2d) else features
-        # Subsample, then a 1x1 convolution: the same numbers as the strided 1x1 convolution.
-        # PyTorch 2.13's CPU convolution_backward of a strided 1x1 convolution on channels-last
-        # tensors with fewer than 8 input channels writes past its buffers (glibc aborts with
-        # "double free or corruption" or "free(): invalid next size"; tcmalloc corrupts
-        # silently), and inductor turns convolutions channels-last.
-        return pointwise_conv2d(features[:, :, ::stride], self.skip.weight)
+        if not isinstance(self.skip, nn.Conv2d):
+            return features
+        stride = self.skip.stride[0]
+        # A strided skip subsamples, then applies the 1x1 convolution: the same numbers as the
+        # strided 1x1 convolution. PyTorch 2.13's CPU convolution_backward of a strided 1x1
+        # convolution on channels-last tensors with fewer than 8 input channels writes past its
+        # buffers (glibc aborts with "double free or corruption" or "free(): invalid next size";
+        # tcmalloc corrupts silently), and inductor turns convolutions channels-last.
+        return pointwise_conv2d(features[:, :, ::stride] if stride > 1 else features, self.skip.weight)
