@@ -50,8 +50,8 @@ def make_run(preset: str, mode: str, device: str = "cpu"):
 
     import torch
 
-    from vr_model.freeze import FreezePlan, apply_plan
-    from vr_model.presets import get_config
+    from vr_model.train.freeze import FreezePlan, apply_plan
+    from vr_model.network.presets import get_config
     from vr_model.train import load_config
     from vr_model.train.build import build_model, make_optimizer
     from vr_model.train.objectives import OBJECTIVES, StepContext
@@ -96,7 +96,7 @@ def measure_cpu(preset: str, mode: str, crop: int, batch: int, steps: int, threa
     """Runs in a child process: mean step time and peak RSS of one mode."""
     import torch
 
-    from vr_model.freeze import parameter_counts
+    from vr_model.train.freeze import parameter_counts
 
     torch.set_num_threads(threads)
     model, _, step = make_run(preset, mode)
@@ -142,7 +142,7 @@ def saved_for_backward_bytes(preset: str, frames: int, mode: str) -> int:
     import torch
 
     from vr_model import build_model
-    from vr_model.freeze import freeze
+    from vr_model.train.freeze import freeze
 
     torch.manual_seed(0)
     model = build_model(preset).train()
@@ -169,7 +169,7 @@ def step_flops(preset: str, frames: int, mode: str) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
     from vr_model import build_model
-    from vr_model.freeze import freeze
+    from vr_model.train.freeze import freeze
 
     with torch.device("meta"):
         model = build_model(preset).train()

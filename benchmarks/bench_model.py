@@ -12,7 +12,7 @@ environment, and the variants take turns (`--rounds`), so load from other proces
 shared machine falls on all of them alike:
 
 - `shipped`: glibc's malloc defaults and the code paths as first shipped
-  (`vr_model.layers.set_fast_paths(False)`), i.e. the step before issue 12;
+  (`vr_model.network.layers.set_fast_paths(False)`), i.e. the step before issue 12;
 - `tcmalloc`, `tunables`: the shipped code under tcmalloc / glibc's tunables (the allocator
   alone);
 - `default`: what `vrtrain` runs now: the fast allocator (pipelines/allocator.py) and the fast
@@ -21,7 +21,7 @@ shared machine falls on all of them alike:
 
 Wall s/step is what a user waits; CPU s/step (user + system time of the process) is the
 work, which other jobs on a shared machine disturb far less. GFLOP/s = the training step's
-matmul and convolution FLOPs (FlopCounterMode, `vr_model.flops.train_step_flops`) per CPU
+matmul and convolution FLOPs (FlopCounterMode, `vr_model.network.flops.train_step_flops`) per CPU
 second, against the peak of a 2048^3 float32 matmul measured in this run with the same threads.
 `--profile` adds where the CPU time goes per operator kind (torch.profiler), per variant.
 
@@ -140,7 +140,7 @@ def measure_step(preset: str, crop_frames: int, batch: int, steps: int, threads:
     import torch
 
     from vr_model import build_model
-    from vr_model.layers import set_fast_paths
+    from vr_model.network.layers import set_fast_paths
 
     torch.set_num_threads(threads)
     set_fast_paths(fast)
@@ -214,8 +214,8 @@ def matmul_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> floa
 def cpu_section(args) -> None:
     import torch
 
-    from vr_model.flops import forward_flops, train_step_flops
-    from vr_model.presets import count_parameters
+    from vr_model.network.flops import forward_flops, train_step_flops
+    from vr_model.network.presets import count_parameters
 
     variants = [name.strip() for name in args.variants.split(",") if name.strip()]
     unknown = [name for name in variants if name not in VARIANTS]
@@ -339,8 +339,8 @@ def quadratic_through(points: list[tuple[int, int]]) -> tuple[float, float, floa
 
 
 def flops_and_memory_section(args) -> None:
-    from vr_model.flops import forward_flops, train_step_flops
-    from vr_model.presets import count_parameters
+    from vr_model.network.flops import forward_flops, train_step_flops
+    from vr_model.network.presets import count_parameters
 
     print(f"\nframe-primer ({count_parameters('frame-primer'):,} parameters): FLOPs per example "
           "(FlopCounterMode, meta device)")
@@ -467,7 +467,7 @@ def score_time_share(preset: str, frames: int, batch: int, device) -> tuple[floa
 def device_section(args) -> None:
     import torch
 
-    from vr_model.flops import train_step_flops
+    from vr_model.network.flops import train_step_flops
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():

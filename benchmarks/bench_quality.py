@@ -207,7 +207,7 @@ def measure_step_seconds(store: Path, work: Path, recipe: dict, threads: int, ex
 
 @dataclass
 class Evaluation:
-    report: object                 # vr_model.evaluate.EvalReport
+    report: object                 # vr_model.inference.evaluate.EvalReport
     mask_vocal: float              # energy-weighted mean mask where |V| > |I|
     mask_instrumental: float       # ... where |I| >= |V|
     constant_gain_sdr: float       # median SDR of the best constant gain c x mixture per track
@@ -222,8 +222,8 @@ def evaluate(checkpoint: Path, eval_manifest: Path, crop_frames: int, weights: s
 
     from vr_data.catalog.manifest import read_manifest
     from vr_data.dsp import istft, stft
-    from vr_model.evaluate import EvalReport, eval_tracks, global_sdr, load_references, score_track
-    from vr_model.separate import SeparationOptions, separator_from_checkpoint
+    from vr_model.inference.evaluate import EvalReport, eval_tracks, global_sdr, load_references, score_track
+    from vr_model.inference.separate import SeparationOptions, separator_from_checkpoint
 
     started = time.perf_counter()
     separator = separator_from_checkpoint(checkpoint, weights=weights,

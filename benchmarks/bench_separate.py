@@ -79,12 +79,12 @@ def child(song: Path, model_name: str, out: Path) -> dict:
 
     from vr_data.dsp import StftConfig
     from vr_model.normalisation import InputNormalisation
-    from vr_model.separate import SeparationOptions, Separator, TorchMaskNetwork
+    from vr_model.inference.separate import SeparationOptions, Separator, TorchMaskNetwork
 
     if model_name == "pass-through":
         network = PassThrough()
     else:
-        from vr_model.presets import build_model
+        from vr_model.network.presets import build_model
 
         torch.manual_seed(0)
         network = TorchMaskNetwork(build_model(model_name).eval())

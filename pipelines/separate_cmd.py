@@ -1,5 +1,5 @@
-"""`vrtrain separate`, `vrtrain eval` and `vrtrain export`: thin wrappers over vr_model.separate,
-vr_model.evaluate and vr_model.export (docs/separation.md)."""
+"""`vrtrain separate`, `vrtrain eval` and `vrtrain export`: thin wrappers over vr_model.inference.separate,
+vr_model.inference.evaluate and vr_model.inference.export (docs/separation.md)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pipelines.common import console, err_console, progress, user_errors
 from pipelines.vrtrain import app
 from vr_data.audio import AUDIO_EXTENSIONS
 from vr_data.errors import VRDataError
-from vr_model.separate import DEFAULT_OVERLAP, SUBTYPES, SeparationOptions, Separator, check_output_format
+from vr_model.inference.separate import DEFAULT_OVERLAP, SUBTYPES, SeparationOptions, Separator, check_output_format
 
 _CHECKPOINT_HELP = "Checkpoint directory (or a run directory: its best checkpoint)."
 
@@ -28,13 +28,13 @@ def _options(crop_frames: Optional[int], overlap: float, batch_size: int, tta: b
 def _separator(checkpoint: Optional[Path], onnx: Optional[Path], device: str, weights: Optional[str],
                options: SeparationOptions) -> Separator:
     if onnx is not None:
-        from vr_model.export import separator_from_onnx
-        from vr_model.separate import resolve_device
+        from vr_model.inference.export import separator_from_onnx
+        from vr_model.inference.separate import resolve_device
 
         return separator_from_onnx(onnx, resolve_device(device), options)
     if checkpoint is None:
         raise VRDataError(None, "give --checkpoint CKPT (or --onnx MODEL.onnx)")
-    from vr_model.separate import separator_from_checkpoint
+    from vr_model.inference.separate import separator_from_checkpoint
 
     return separator_from_checkpoint(checkpoint, device, weights, options)
 
@@ -125,7 +125,7 @@ def _find_songs(paths: list[Path]) -> tuple[list[tuple[Path, Path]], list[Path]]
 
 def _separate_one(separator: Separator, path: Path, target_dir: Path, name: str, format: str, subtype: str):
     """One song with its progress (a bar on a terminal, plain lines otherwise: pipelines.common)."""
-    from vr_model.separate import open_audio_blocks
+    from vr_model.inference.separate import open_audio_blocks
 
     header = open_audio_blocks(path)   # fail early with the decoder's reason; the blocks are not read
     rate = header.sample_rate
@@ -169,7 +169,7 @@ def eval_command(
     from pipelines.common import parse_manifest_spec
     from vr_data.catalog import read_manifest
     from vr_data.io import atomic_write_json
-    from vr_model.evaluate import eval_tracks, evaluate_tracks, plot_track
+    from vr_model.inference.evaluate import eval_tracks, evaluate_tracks, plot_track
 
     manifest_path, root = parse_manifest_spec(manifest, root)
     tracks = eval_tracks(read_manifest(manifest_path, root=root), split, limit)
@@ -237,8 +237,8 @@ def export_command(
     check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with torch after export."),
 ) -> None:
     """Export the mask network to ONNX (normalised magnitude in, mask out; dynamic frames)."""
-    from vr_model.export import export_onnx, max_abs_difference
-    from vr_model.separate import load_checkpoint_model
+    from vr_model.inference.export import export_onnx, max_abs_difference
+    from vr_model.inference.separate import load_checkpoint_model
 
     model, normalisation, stft_config = load_checkpoint_model(checkpoint, "cpu", weights)
     export_onnx(model, onnx, normalisation, stft_config)

@@ -30,7 +30,7 @@ def presets() -> None:
     from rich.table import Table
 
     from pipelines.common import console
-    from vr_model.presets import DESCRIPTIONS, PRESETS, SEED_PARAMETERS, count_parameters
+    from vr_model.network.presets import DESCRIPTIONS, PRESETS, SEED_PARAMETERS, count_parameters
 
     # Readable at 80 columns: the numbers in one narrow table, the longer facts (channels,
     # primers, description) as wrapped lines under it, never cut to "...".

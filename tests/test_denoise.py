@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from vr_data.errors import VRDataError
-from vr_model.config import FramePrimerConfig
-from vr_model.denoise import DenoiseConfig, add_noise, denoise_loss, example_generators, noise_generator, snr_db
-from vr_model.unet import FramePrimerUNet
+from vr_model.network.config import FramePrimerConfig
+from vr_model.train.denoise import DenoiseConfig, add_noise, denoise_loss, example_generators, noise_generator, snr_db
+from vr_model.network.unet import FramePrimerUNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

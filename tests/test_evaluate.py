@@ -15,7 +15,7 @@ import pytest
 from test_build_support import STFT as STORE_STFT
 from test_separate_support import SMALL, constant_mask_model, identity_model, random_model, separator
 from vr_data.dsp import StftConfig
-from vr_model.evaluate import (
+from vr_model.inference.evaluate import (
     EvalReport, bsseval_v4_frames, bsseval_v4_sdr, eval_tracks, evaluate_tracks, global_sdr, ideal_ratio_mask,
     plot_track, score_track, valid_sdr, validation_sdr,
 )
@@ -204,7 +204,7 @@ def test_validation_sdr_from_the_store_is_the_floor_for_an_identity_model(built_
 
 
 def test_the_trainers_sdr_hook_logs_model_floor_and_ceiling(built_store):
-    """`vr_model.train.validation` calls `vr_model.evaluate.valid_sdr` when validation.sdr_songs > 0."""
+    """`vr_model.train.validation` calls `vr_model.inference.evaluate.valid_sdr` when validation.sdr_songs > 0."""
     import torch
 
     from vr_model.train.validation import validation_sdr as trainer_hook

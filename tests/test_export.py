@@ -9,7 +9,7 @@ import torch
 
 from test_separate_support import OPTIONS, SMALL, STFT, random_model, separator, song
 from vr_data.errors import VRDataError
-from vr_model.export import OnnxMaskNetwork, export_onnx, max_abs_difference, separator_from_onnx
+from vr_model.inference.export import OnnxMaskNetwork, export_onnx, max_abs_difference, separator_from_onnx
 from vr_model.normalisation import InputNormalisation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -27,7 +27,7 @@ def test_onnx_matches_torch_within_1e_4_for_every_frame_count(exported):
     # 1 frame, an odd count, the traced count, and the longest crop the model takes.
     assert max_abs_difference(model, path, frames=(1, 7, 32, SMALL.max_frames), batch=3) <= 1e-4
     # The export traced FrameNorm as plain operations and gave the model its own forward back.
-    from vr_model.layers import FrameNorm
+    from vr_model.network.layers import FrameNorm
 
     norms = [module for module in model.modules() if isinstance(module, FrameNorm)]
     assert norms and not any("forward" in vars(module) for module in norms)

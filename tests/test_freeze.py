@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from vr_data.errors import VRDataError
-from vr_model.config import FramePrimerConfig
-from vr_model.freeze import (
+from vr_model.network.config import FramePrimerConfig
+from vr_model.train.freeze import (
     FreezePlan, apply_plan, freeze, is_frozen, optimizer_param_groups, parameter_counts, unfreeze, unfreeze_into,
 )
-from vr_model.unet import FramePrimerUNet
+from vr_model.network.unet import FramePrimerUNet
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

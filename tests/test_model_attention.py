@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from vr_data.errors import VRDataError
-from vr_model.attention import MultiDconvHeadAttention, skew
+from vr_model.network.attention import MultiDconvHeadAttention, skew
 
 
 def naive_relative_logits(queries: torch.Tensor, embeddings: torch.Tensor, max_frames: int) -> torch.Tensor:

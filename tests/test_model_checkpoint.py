@@ -10,7 +10,7 @@ import torch
 
 from vr_data.errors import VRDataError
 from vr_model import FramePrimerUNet, build_model
-from vr_model.checkpoint import load_model, read_checkpoint_json, save_checkpoint
+from vr_model.network.checkpoint import load_model, read_checkpoint_json, save_checkpoint
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

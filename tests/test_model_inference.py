@@ -9,7 +9,7 @@ import torch
 
 from vr_data.errors import VRDataError
 from vr_model import FramePrimerConfig, FramePrimerUNet
-from vr_model.inference import crop_starts, crossfade_window, predict_mask, separate_spectrogram
+from vr_model.inference.song import crop_starts, crossfade_window, predict_mask, separate_spectrogram
 from vr_model.normalisation import InputNormalisation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
-from vr_model.layers import FrameConv, FrameNorm, ResidualBlock, _FrameNormFunction, _ShippedFrameNormFunction
+from vr_model.network.layers import FrameConv, FrameNorm, ResidualBlock, _FrameNormFunction, _ShippedFrameNormFunction
 
 
 def test_frame_norm_matches_layer_norm_over_channels_and_bins():
@@ -94,7 +94,7 @@ def _conv_and_gradients(function, features, *parameters):
 
 
 def test_backward_data_kernel_convolution_equals_conv2d_with_gradients():
-    from vr_model.layers import _BackwardDataConvFunction, frame_conv2d
+    from vr_model.network.layers import _BackwardDataConvFunction, frame_conv2d
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(10, 8, 3, padding=1, bias=False)
@@ -134,7 +134,7 @@ def test_frame_conv2d_keeps_conv2d_for_strides_few_channels_and_autocast():
 
 
 def test_pointwise_conv_as_matrix_products_equals_1x1_conv2d_with_gradients():
-    from vr_model.layers import pointwise_conv2d
+    from vr_model.network.layers import pointwise_conv2d
 
     torch.manual_seed(0)
     features = torch.randn(3, 6, 8, 5)

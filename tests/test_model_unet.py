@@ -9,9 +9,9 @@ import torch
 
 from vr_data.errors import VRDataError
 from vr_model import FramePrimerConfig, FramePrimerUNet, build_model, count_parameters, get_config
-from vr_model.attention import MultiDconvHeadAttention
-from vr_model.flops import forward_flops
-from vr_model.presets import PRESETS, SEED_PARAMETERS
+from vr_model.network.attention import MultiDconvHeadAttention
+from vr_model.network.flops import forward_flops
+from vr_model.network.presets import PRESETS, SEED_PARAMETERS
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

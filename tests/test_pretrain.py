@@ -22,7 +22,7 @@ from vr_data.catalog.scan import ScanOptions, scan
 from vr_data.errors import VRDataError
 from vr_data.store.build import build_store
 from vr_data.testing.demo import instrumental_track
-from vr_model.checkpoint import list_checkpoints, load_model, read_checkpoint_json, resolve_checkpoint
+from vr_model.network.checkpoint import list_checkpoints, load_model, read_checkpoint_json, resolve_checkpoint
 from vr_model.train import load_config, train
 from vr_model.train.build import build_model, init_from_checkpoint
 from vr_model.train.runlog import read_metrics

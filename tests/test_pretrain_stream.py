@@ -29,7 +29,7 @@ TRACK_SECONDS = 120
 CHILD = r"""
 import json, resource, sys
 from vr_data.mixer import MixerLoader, ZarrMixerDataset
-from vr_model.denoise import add_noise, noise_generator
+from vr_model.train.denoise import add_noise, noise_generator
 from vr_model.train import load_config, train
 
 store, run = sys.argv[1], sys.argv[2]

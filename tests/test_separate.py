@@ -13,7 +13,7 @@ from test_separate_support import (
 from vr_data.dsp import StftConfig, istft, stft
 from vr_data.errors import VRDataError
 from vr_model.normalisation import InputNormalisation
-from vr_model.separate import (
+from vr_model.inference.separate import (
     CropMasker, SeparationOptions, StreamingIstft, StreamingStft, TorchMaskNetwork, crop_grid_frames,
     separator_from_checkpoint,
 )
@@ -96,7 +96,7 @@ def test_crop_masker_equals_a_direct_crop_by_crop_reference():
 
     import torch
 
-    from vr_model.inference import crossfade_window
+    from vr_model.inference.song import crossfade_window
 
     window = crossfade_window(32, 16).numpy()
     mask_sum, weight_sum = np.zeros((2, 129, frames), np.float32), np.zeros(frames, np.float32)
@@ -198,7 +198,7 @@ def test_checkpoint_carries_the_normalisation_and_stft(tmp_path):
 
 
 def test_checkpoint_ema_weights_run_dir_and_default_normalisation(tmp_path):
-    from vr_model.checkpoint import save_checkpoint
+    from vr_model.network.checkpoint import save_checkpoint
 
     raw, ema = random_model(3), random_model(4)
     # A run directory with one checkpoint that keeps both weights and records no normalisation

@@ -13,11 +13,11 @@ import numpy as np
 import torch
 
 from vr_data.dsp import StftConfig
-from vr_model.checkpoint import save_checkpoint
-from vr_model.config import FramePrimerConfig
+from vr_model.network.checkpoint import save_checkpoint
+from vr_model.network.config import FramePrimerConfig
 from vr_model.normalisation import InputNormalisation
-from vr_model.separate import SeparationOptions, Separator, TorchMaskNetwork
-from vr_model.unet import FramePrimerUNet
+from vr_model.inference.separate import SeparationOptions, Separator, TorchMaskNetwork
+from vr_model.network.unet import FramePrimerUNet
 
 STFT = StftConfig(n_fft=256, hop_length=64)
 SMALL = FramePrimerConfig(bins=128, channels=(4, 4, 8), encoder_primers=(0, 1, 1), decoder_primers=(0, 1, 1),

@@ -21,10 +21,10 @@ from vr_data.catalog.scan import ScanOptions, scan
 from vr_data.errors import VRDataError
 from vr_data.mixer import MixerConfig, ZarrMixerDataset
 from vr_data.store.build import build_store
-from vr_model.checkpoint import (
+from vr_model.network.checkpoint import (
     checkpoint_normalisation, list_checkpoints, load_model, read_checkpoint_json, resolve_checkpoint, save_checkpoint,
 )
-from vr_model.inference import predict_mask
+from vr_model.inference.song import predict_mask
 from vr_model.normalisation import InputNormalisation
 from vr_model.train import OBJECTIVES, LossTerms, TrainingStopped, dump_config, learning_rate, load_config, train
 from vr_model.train.build import ExponentialMovingAverage, build_model, rank_batching

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from test_train import TINY, config, step_losses, store  # noqa: F401  (the module-scoped store fixture)
-from vr_model.checkpoint import list_checkpoints
+from vr_model.network.checkpoint import list_checkpoints
 from vr_model.train import train
 
 ROOT = Path(__file__).resolve().parents[1]

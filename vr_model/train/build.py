@@ -14,9 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from vr_data.errors import VRDataError
-from vr_model.checkpoint import load_weights, read_checkpoint_json, resolve_checkpoint, WEIGHTS
-from vr_model.config import FramePrimerConfig
-from vr_model.unet import FramePrimerUNet
+from vr_model.network.checkpoint import load_weights, read_checkpoint_json, resolve_checkpoint, WEIGHTS
+from vr_model.network.config import FramePrimerConfig
+from vr_model.network.unet import FramePrimerUNet
 from vr_model.train.config import Stage, TrainSection
 
 
@@ -86,11 +86,11 @@ def make_optimizer(model: nn.Module, train: TrainSection, device: torch.device, 
                    step: int = 0) -> torch.optim.AdamW:
     """AdamW over `parameter_groups`; the loop sets each step's lr from the schedule.
 
-    With a `vr_model.freeze.FreezePlan`: the trainable parameters' groups, then - once the plan
+    With a `vr_model.train.freeze.FreezePlan`: the trainable parameters' groups, then - once the plan
     has unfrozen its part by 0-based step `step` - the part's groups, in the order the loop's
     `unfreeze_into` appends them, so a resumed run's optimizer state loads.
     """
-    from vr_model.freeze import optimizer_param_groups
+    from vr_model.train.freeze import optimizer_param_groups
 
     blocks = [None] if freeze_plan is None else optimizer_param_groups(model, freeze_plan, step)
     groups = [group for block in blocks for group in parameter_groups(model, train.weight_decay, block)]

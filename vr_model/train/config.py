@@ -24,7 +24,7 @@ from typing import Any
 
 from vr_data.errors import VRDataError
 from vr_data.mixer import MixerConfig
-from vr_model.config import FramePrimerConfig
+from vr_model.network.config import FramePrimerConfig
 
 def _key(default: Any, help: str, choices: tuple | None = None):
     """A config key: its default, a one-line comment, and optionally the allowed values."""
@@ -115,7 +115,7 @@ class TrainSection:
 
 @dataclass
 class DenoiseSection:
-    """train.objective = "denoise" (vr_model.denoise; docs/training.md)."""
+    """train.objective = "denoise" (vr_model.train.denoise; docs/training.md)."""
 
     gamma: list = _key([0.95, 0.95], "[low, high]: each example's gamma in x_t = sqrt(g) x + sqrt(1 - g) eps "
                                      "(equal: fixed; SNR = g / (1 - g))")
@@ -152,7 +152,7 @@ class ValidationSection:
     crops_per_track: int = _key(4, "fixed crops per valid track, evenly spaced")
     batch_size: int = _key(8, "validation examples per forward pass")
     weights: str = _key("ema", "validate the ema weights (where kept) or the raw weights", ("ema", "raw"))
-    sdr_songs: int = _key(0, "also SDR on this many full valid songs (needs vr_model.evaluate; 0: off)")
+    sdr_songs: int = _key(0, "also SDR on this many full valid songs (needs vr_model.inference.evaluate; 0: off)")
 
 
 @dataclass
@@ -179,7 +179,7 @@ class TrainConfig:
     # -- derived values ----------------------------------------------------------------------------
     def model_config(self) -> FramePrimerConfig:
         """The preset with `model.overrides` applied (unknown fields are an error)."""
-        from vr_model.presets import get_config
+        from vr_model.network.presets import get_config
 
         # The head follows the objective: a sigmoid mask, or the unbounded noise prediction.
         head = "linear" if self.train.objective == "denoise" else "mask"
@@ -187,8 +187,8 @@ class TrainConfig:
                                             "head": head})
 
     def denoise_config(self):
-        """The `[denoise]` section as a `vr_model.denoise.DenoiseConfig`."""
-        from vr_model.denoise import DenoiseConfig
+        """The `[denoise]` section as a `vr_model.train.denoise.DenoiseConfig`."""
+        from vr_model.train.denoise import DenoiseConfig
 
         return DenoiseConfig(**{**dataclasses.asdict(self.denoise), "gamma": tuple(self.denoise.gamma)})
 

@@ -30,8 +30,8 @@ import torch.distributed as dist
 from vr_data.errors import VRDataError
 from vr_data.mixer import MixerLoader, WdsMixerDataset, ZarrMixerDataset
 from vr_data.store import open_store
-from vr_model.checkpoint import CHECKPOINTS, EMA_WEIGHTS, WEIGHTS, list_checkpoints, load_weights, read_checkpoint_json
-from vr_model.freeze import FreezePlan, apply_plan, unfreeze_into
+from vr_model.network.checkpoint import CHECKPOINTS, EMA_WEIGHTS, WEIGHTS, list_checkpoints, load_weights, read_checkpoint_json
+from vr_model.train.freeze import FreezePlan, apply_plan, unfreeze_into
 from vr_model.normalisation import InputNormalisation
 from vr_model.train.build import (
     ExponentialMovingAverage, build_model, init_from_checkpoint, make_optimizer, nominal_elements, parameter_groups,
@@ -351,7 +351,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
                 log.record({"kind": "valid", "step": step, "stage": stage_index, **record})
                 sdr = (f", SDR {record['valid_sdr']:.2f} dB (floor {record['valid_sdr_floor']:.2f}, ceiling "
                        f"{record['valid_sdr_ceiling']:.2f}) on {record['valid_sdr_songs']} song(s)"
-                       if "valid_sdr" in record else "")   # vr_model.evaluate.valid_sdr, validation.sdr_songs > 0
+                       if "valid_sdr" in record else "")   # vr_model.inference.evaluate.valid_sdr, validation.sdr_songs > 0
                 log.line(f"step {step}: valid loss {valid_loss:.5f}{sdr}")
             valid_loss = _broadcast(valid_loss, world_size)
         improved = valid_loss is not None and (counters["best_valid_loss"] is None

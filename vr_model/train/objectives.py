@@ -74,13 +74,13 @@ def supervised_objective(model: nn.Module, batch: dict, config: "TrainConfig", c
 
 
 def denoise_objective(model: nn.Module, batch: dict, config: "TrainConfig", context: StepContext) -> LossTerms:
-    """Denoising pretraining (`vr_model.denoise`): the model, with its linear head, predicts the
+    """Denoising pretraining (`vr_model.train.denoise`): the model, with its linear head, predicts the
     unit noise mixed into the batch's `mixture` crops; error over valid frames, Nyquist excluded.
 
     Each example's noise comes from its own generator keyed on (train.seed, epoch, the example's
     index in its epoch), so it is the same after a resume and for any batch split or world size.
     """
-    from vr_model.denoise import add_noise, example_generators
+    from vr_model.train.denoise import add_noise, example_generators
 
     mixture, valid = batch["mixture"], batch["valid"]
     settings = config.denoise_config()

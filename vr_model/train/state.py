@@ -1,6 +1,6 @@
 """Training checkpoints on disk: `RUN_DIR/checkpoints/step-NNNNNNNN/`, written whole or not at all.
 
-A training checkpoint is a model checkpoint (`vr_model.checkpoint`: `model.safetensors`,
+A training checkpoint is a model checkpoint (`vr_model.network.checkpoint`: `model.safetensors`,
 `ema.safetensors` when an EMA is kept, `config.json` with the run's records in `extra`) plus
 what an exact resume needs:
 
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 
 from vr_data.errors import VRDataError
-from vr_model.checkpoint import BEST, STEP_PREFIX, list_checkpoints, save_checkpoint
-from vr_model.unet import FramePrimerUNet
+from vr_model.network.checkpoint import BEST, STEP_PREFIX, list_checkpoints, save_checkpoint
+from vr_model.network.unet import FramePrimerUNet
 
 TRAINER_STATE = "trainer.pt"
 STATE_JSON = "state.json"

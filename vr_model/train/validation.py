@@ -116,7 +116,7 @@ class Validator:
 
     def run(self, weights: dict) -> dict:
         """`{"valid_loss": mean loss, ...SDR fields}` of `weights` (a state dict)."""
-        from vr_model.unet import FramePrimerUNet
+        from vr_model.network.unet import FramePrimerUNet
 
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             if self.model is None:
@@ -129,25 +129,19 @@ class Validator:
             if sdr:
                 record.update(sdr)
             elif songs > 0 and not self._sdr_missing_told:
-                self.notice("validation: SDR on valid songs needs vr_model.evaluate.valid_sdr (not available); skipped")
+                self.notice("validation: the store has no valid songs to score SDR on; skipped")
                 self._sdr_missing_told = True
         return record
 
 
 def validation_sdr(model: nn.Module, store_path: Path, songs: int, normalisation, device: torch.device) -> dict | None:
-    """Hook: SDR of `model` on `songs` full valid songs, as `{"valid_sdr": dB, ...}`.
+    """SDR of `model` on `songs` full valid songs, as `{"valid_sdr": dB, ...}`, or None.
 
-    `validation.sdr_songs = 0` (the default) turns it off. It needs `vr_model.evaluate` (the
-    separation and evaluation issue); until that exists this returns None and the loop logs a
-    one-line notice once.
+    `validation.sdr_songs = 0` (the default) turns it off; so does a store with no valid songs.
     """
     if songs <= 0:
         return None
-    try:
-        from vr_model import evaluate
-    except ImportError:
-        return None
-    hook = getattr(evaluate, "valid_sdr", None)
-    if hook is None:
-        return None
+    from vr_model.inference.evaluate import valid_sdr
+
+    hook = valid_sdr
     return hook(model, store_path, songs=songs, normalisation=normalisation, device=device)

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from vr_data.errors import VRDataError
 from vr_model.normalisation import InputNormalisation
-from vr_model.unet import FramePrimerUNet
+from vr_model.network.unet import FramePrimerUNet
 
 
 def crop_starts(frames: int, crop_frames: int, hop: int) -> list[int]:
@@ -85,7 +85,7 @@ def predict_mask(
     - `crop_frames`: model input length (default and maximum: the model's `max_frames`).
     - `overlap`: fraction of a crop shared with the next one, in [0, 1).
     - `normalisation`: how the model's inputs were scaled in training
-      (`vr_model.checkpoint.checkpoint_normalisation(path)`); applied to every crop exactly as
+      (`vr_model.network.checkpoint.checkpoint_normalisation(path)`); applied to every crop exactly as
       the mixer applied it to training crops. Default: `crop_max`, the mixer's default.
     - `device`: where the model runs (default: where its parameters are); on CUDA the forward
       pass runs under bfloat16 autocast.

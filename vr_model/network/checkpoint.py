@@ -30,9 +30,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vr_data.errors import VRDataError
-from vr_model.config import FramePrimerConfig
+from vr_model.network.config import FramePrimerConfig
 from vr_model.normalisation import InputNormalisation
-from vr_model.unet import FramePrimerUNet
+from vr_model.network.unet import FramePrimerUNet
 
 WEIGHTS = "model.safetensors"
 EMA_WEIGHTS = "ema.safetensors"

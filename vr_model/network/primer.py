@@ -13,7 +13,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from vr_model.attention import MultiDconvHeadAttention
+from vr_model.network.attention import MultiDconvHeadAttention
 
 
 def _to_frames(channel: Tensor) -> Tensor:

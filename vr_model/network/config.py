@@ -1,7 +1,7 @@
 """`FramePrimerConfig`: every hyperparameter of the frame primer U-Net in one dataclass.
 
 Checkpoints store it as JSON (`to_dict`/`from_dict`) next to the safetensors weights, and the
-model is rebuilt from it; presets are just named instances (`vr_model.presets`).
+model is rebuilt from it; presets are just named instances (`vr_model.network.presets`).
 """
 
 from __future__ import annotations

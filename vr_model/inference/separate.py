@@ -47,7 +47,7 @@ from vr_data.audio import AUDIO_EXTENSIONS, DEFAULT_SAMPLE_RATE, load_audio
 from vr_data.dsp import StftConfig, stft
 from vr_data.dsp.stft import stft_frames_major, window_array
 from vr_data.errors import VRDataError
-from vr_model.inference import crossfade_window
+from vr_model.inference.song import crossfade_window
 from vr_model.normalisation import InputNormalisation
 
 BLOCK_SAMPLES = 1 << 18          # decoded samples per block (about 6 s at 44.1 kHz)
@@ -763,7 +763,7 @@ def load_checkpoint_model(path: str | Path, device: str = "cpu", weights: str | 
     (the default: the moving average where the checkpoint keeps one) or "raw". The STFT is the
     store's, recorded by the trainer in `extra.stft` (the default `StftConfig` otherwise).
     """
-    from vr_model.checkpoint import checkpoint_normalisation, load_model, read_checkpoint_json, resolve_checkpoint
+    from vr_model.network.checkpoint import checkpoint_normalisation, load_model, read_checkpoint_json, resolve_checkpoint
 
     device = resolve_device(device)
     directory = resolve_checkpoint(path)

@@ -13,8 +13,8 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from vr_model.config import FramePrimerConfig
-from vr_model.presets import build_model, get_config
+from vr_model.network.config import FramePrimerConfig
+from vr_model.network.presets import build_model, get_config
 
 
 def forward_flops(name_or_config: str | FramePrimerConfig | dict[str, Any], frames: int, batch: int = 1) -> int:

@@ -17,8 +17,8 @@ from __future__ import annotations
 from typing import Any
 
 from vr_data.errors import ConfigError
-from vr_model.config import FramePrimerConfig
-from vr_model.unet import FramePrimerUNet
+from vr_model.network.config import FramePrimerConfig
+from vr_model.network.unet import FramePrimerUNet
 
 SEED_PARAMETERS = 108_229_338
 

@@ -23,9 +23,9 @@ from torch.nn import functional as F
 from torch.utils.checkpoint import checkpoint
 
 from vr_data.errors import VRDataError
-from vr_model.config import FramePrimerConfig
-from vr_model.layers import ResidualBlock, pointwise_conv2d
-from vr_model.primer import FramePrimerDecoder, FramePrimerEncoder
+from vr_model.network.config import FramePrimerConfig
+from vr_model.network.layers import ResidualBlock, pointwise_conv2d
+from vr_model.network.primer import FramePrimerDecoder, FramePrimerEncoder
 
 
 def _skip_channels(config: FramePrimerConfig, level: int) -> int:

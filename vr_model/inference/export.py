@@ -92,7 +92,7 @@ def _plain_frame_norms(model: torch.nn.Module):
     in ONNX (`linalg_vecdot`). During the export each FrameNorm computes the same per-frame
     statistics with mean/rsqrt instead; the parity check measures the difference (round-off).
     """
-    from vr_model.layers import FrameNorm
+    from vr_model.network.layers import FrameNorm
 
     norms = [module for module in model.modules() if isinstance(module, FrameNorm)]
     for module in norms:
@@ -116,7 +116,7 @@ def _plain_frame_norm(norm, features: torch.Tensor) -> torch.Tensor:
 
 
 class OnnxMaskNetwork:
-    """An exported mask network run by onnxruntime; a `vr_model.separate.MaskNetwork`."""
+    """An exported mask network run by onnxruntime; a `vr_model.inference.separate.MaskNetwork`."""
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
         import onnxruntime
@@ -155,7 +155,7 @@ class OnnxMaskNetwork:
 
 def separator_from_onnx(path: str | Path, device: str = "cpu", options=None):
     """A `Separator` running the exported network, with the normalisation and STFT it carries."""
-    from vr_model.separate import SeparationOptions, Separator
+    from vr_model.inference.separate import SeparationOptions, Separator
 
     network = OnnxMaskNetwork(path, device)
     return Separator(network, network.normalisation, network.stft, options or SeparationOptions())
