@@ -16,12 +16,14 @@ import contextlib
 import json
 import os
 import stat
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vr_data.errors import VRDataError
 
 UNWRITABLE = "unwritable"  # VRDataError code: an output that cannot be written
+STDOUT = "-"                # the output name that means standard output, where a command offers it
 
 
 def file_kind(mode: int) -> str:
@@ -101,17 +103,26 @@ def check_writable(path: str | Path) -> None:
         raise VRDataError(path, f"cannot write: no permission to write in {folder}", UNWRITABLE)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temporary name beside `path`, flush it to disk, then rename into place."""
+def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Atomically create or replace `path` with a file that `write(temporary)` writes.
+
+    For writers that want a file name (safetensors, ONNX, `torch.save`): the temporary name sits
+    beside the target, so the rename stays on one file system. It is created as any new file is
+    (mode 0666 less the umask, as other tools do), flushed to disk, then renamed over the
+    target. A non-regular target is refused first (`replaceable_target`); any OSError (full disk,
+    permission) is a `VRDataError` naming `path`, and the temporary file is removed.
+    """
     path = Path(path)
     target = replaceable_target(path)
     temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with open(temporary, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
+        write(temporary)
+        descriptor = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
         os.replace(temporary, target)
     except OSError as error:
         try:
@@ -119,6 +130,25 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         except OSError:
             pass  # the directory itself is the problem; nothing was left there
         raise VRDataError(path, f"cannot write ({os_reason(error)})", UNWRITABLE) from None
+    except BaseException:
+        with contextlib.suppress(OSError):
+            temporary.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `data` to a temporary name beside `path`, flush it to disk, then rename into place."""
+    atomic_write_with(path, lambda temporary: temporary.write_bytes(data))
+
+
+def write_output(path: str | Path, data: bytes) -> None:
+    """An output a command offers to stream: `-` writes `data` to standard output, any other
+    path is an atomic write (which refuses non-regular targets such as `/dev/stdout`)."""
+    if str(path) == STDOUT:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    atomic_write_bytes(path, data)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
