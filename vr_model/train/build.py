@@ -7,7 +7,6 @@ replace one function, not the loop.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +35,7 @@ class InitReport:
     unexpected: list[str]    # in the checkpoint, not in the model
     new_head: tuple = ()     # output-head tensors left new: the checkpoint's head is another kind
     head: str = ""           # "linear -> mask" when the head kind changed (pretraining -> finetuning)
+    document: dict | None = None  # the checkpoint's config.json (read once)
 
 
 def init_from_checkpoint(model: FramePrimerUNet, path, partial: bool = False) -> InitReport:
@@ -67,7 +67,7 @@ def init_from_checkpoint(model: FramePrimerUNet, path, partial: bool = False) ->
     return InitReport(
         checkpoint=str(directory), loaded=sorted(matching),
         missing=sorted(set(own) - set(matching) - set(new_head)), unexpected=sorted(set(weights) - set(own)),
-        new_head=tuple(new_head), head=f"{theirs['head']} -> {ours['head']}" if new_head else "",
+        new_head=tuple(new_head), head=f"{theirs['head']} -> {ours['head']}" if new_head else "", document=document,
     )
 
 
@@ -154,7 +154,3 @@ def rank_batching(stage: Stage, world_size: int) -> tuple[int, int]:
 def nominal_elements(stage: Stage, channels: int, bins: int) -> float:
     """Loss elements of an optimizer step if no frame were padding (a fixed scale for backward)."""
     return float(stage.batch_size * stage.accumulation * stage.crop_frames * channels * bins)
-
-
-def is_finite(value: float) -> bool:
-    return math.isfinite(value)

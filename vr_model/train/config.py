@@ -143,6 +143,7 @@ def _seed_curriculum() -> list[Stage]:
 class CheckpointSection:
     every: int = _key(1000, "save a checkpoint every this many steps (and at the end of every stage)")
     keep: int = _key(3, "keep the last this many checkpoints (the best by validation is kept too)")
+    every_minutes: float = _key(0.0, "also save one when this many minutes have passed since the last (0: off)")
 
 
 @dataclass
@@ -331,6 +332,8 @@ def validate(config: TrainConfig) -> None:
         problems.append("train.warmup_steps must be >= 0 and train.max_nonfinite >= 1")
     if config.checkpoint.every < 1 or config.checkpoint.keep < 1 or config.log.every < 1:
         problems.append("checkpoint.every, checkpoint.keep and log.every must be >= 1")
+    if not 0 <= config.checkpoint.every_minutes < float("inf"):
+        problems.append("checkpoint.every_minutes must be >= 0 (0: off)")
     if min(config.validation.every, config.validation.crop_frames, config.validation.sdr_songs) < 0 \
             or config.validation.crops_per_track < 1 or config.validation.batch_size < 1:
         problems.append("validation: every, crop_frames, sdr_songs >= 0; crops_per_track, batch_size >= 1")

@@ -1,5 +1,5 @@
-"""The training loop, top to bottom: set up, then per step get batches, forward, scaled backward,
-clip, step, EMA, log, validate, checkpoint.
+"""The training loop, top to bottom: set up, restore, then per step get batches, forward, scaled
+backward, clip, step, EMA, log, validate, checkpoint.
 
 `train(store, run_dir, config)` runs a whole curriculum (or `resume=True` continues a run from
 its latest checkpoint). Under `torchrun` every process runs it; rank 0 alone writes. Everything
@@ -11,15 +11,17 @@ The loss is a mean over every valid element of an optimizer step (all micro-batc
 ranks): each micro-batch's backward gets its error *sum* times a fixed factor, and once the
 global element count is known (all-reduced) the gradients are rescaled to that mean. So two
 ranks with batch b compute what one process with batch 2b computes.
+
+The host reads one flag per step (was the loss and gradient finite: skip the step if not) and the
+losses and gradient norms only at the log interval. SIGTERM or Ctrl-C stops the run at the next
+step boundary with a checkpoint (`preempt.py`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,22 +30,28 @@ import torch
 import torch.distributed as dist
 
 from vr_data.errors import VRDataError
-from vr_data.mixer import MixerLoader, WdsMixerDataset, ZarrMixerDataset
+from vr_data.io import atomic_write_text
+from vr_data.mixer import MixerLoader
 from vr_data.store import open_store
-from vr_model.network.checkpoint import CHECKPOINTS, EMA_WEIGHTS, WEIGHTS, list_checkpoints, load_weights, read_checkpoint_json
-from vr_model.train.freeze import FreezePlan, apply_plan, unfreeze_into
+from vr_model.network.checkpoint import CHECKPOINTS, EMA_WEIGHTS, WEIGHTS, list_checkpoints, load_weights
 from vr_model.normalisation import InputNormalisation
 from vr_model.train.build import (
     ExponentialMovingAverage, build_model, init_from_checkpoint, make_optimizer, nominal_elements, parameter_groups,
     rank_batching,
 )
-from vr_model.train.config import TrainConfig, dump_config, load_config
-from vr_model.train.objectives import OBJECTIVES, StepContext
-from vr_model.train.runlog import RunLog, format_seconds
+from vr_model.train.config import Stage, TrainConfig, dump_config, load_config
+from vr_model.train.freeze import FreezePlan, apply_plan, unfreeze_into
+from vr_model.train.objectives import OBJECTIVES, StepContext, forward_terms
+from vr_model.train.preempt import StopRequests, TrainingInterrupted, agree, resume_command
+from vr_model.train.runlog import RunLog, format_loss, format_seconds
 from vr_model.train.schedule import learning_rate
+from vr_model.train.setup import (
+    ResumePoint, autocast_dtype, check_crops, check_init_stft, check_store_matches_model, find_resume_point,
+    make_loader, set_threads, setup_distributed, store_identity,
+)
 from vr_model.train.state import (
-    TrainingState, host_rng_state, load_training_state, prune_checkpoints, remove_unfinished, rng_state,
-    save_training_checkpoint, set_host_rng_state, set_rng_state, write_best,
+    TrainingState, host_rng_state, prune_checkpoints, remove_unfinished, rng_state, save_training_checkpoint,
+    set_host_rng_state, set_rng_state, write_best,
 )
 from vr_model.train.validation import FixedCrops, Validator, validation_kind, validation_mixer_config
 
@@ -53,6 +61,29 @@ RUN_JSON = "run.json"
 
 class TrainingStopped(VRDataError):
     """The run stopped on purpose (too many non-finite steps); a checkpoint was saved first."""
+
+
+@dataclass
+class RunState:
+    """What a run carries from step to step besides the weights and optimizer: the step done
+    last and the counters `state.json` saves (`counters()`)."""
+
+    step: int = 0
+    examples: int = 0                 # examples seen in total
+    nonfinite_steps: int = 0          # steps skipped for a non-finite loss or gradient, in total
+    nonfinite_streak: int = 0         # ... in a row, up to the last step
+    best_valid_loss: float | None = None
+    ema_updates: int = 0
+
+    def counters(self) -> dict:
+        return {"examples": self.examples, "nonfinite_steps": self.nonfinite_steps,
+                "nonfinite_streak": self.nonfinite_streak, "best_valid_loss": self.best_valid_loss,
+                "ema_updates": self.ema_updates}
+
+    @classmethod
+    def restored(cls, state: TrainingState) -> RunState:
+        known = {key: value for key, value in state.counters.items() if key in cls.__dataclass_fields__}
+        return cls(step=state.step, **known)
 
 
 @dataclass
@@ -75,16 +106,95 @@ class RunSummary:
         return self.data_wait_seconds / self.seconds if self.seconds > 0 else 0.0
 
 
+@dataclass
+class Run:
+    """Everything a step needs, made once by `set_up`: where, how, the model and its optimizer."""
+
+    config: TrainConfig
+    run_dir: Path
+    store_path: Path
+    store: object
+    store_id: str
+    normalisation: InputNormalisation
+    rank: int
+    world_size: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+    log: RunLog
+    model: torch.nn.Module                  # the bare model (what checkpoints hold)
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    ema: ExponentialMovingAverage | None
+    freeze_plan: FreezePlan
+    frozen: bool
+    state: RunState = field(default_factory=RunState)
+    train_model: torch.nn.Module | None = None  # what the objective calls: compiled and/or DDP-wrapped
+    parameters: list = field(default_factory=list)
+    validator: Validator | None = None
+    has_validation: bool = False
+    last_checkpoint: Path | None = None
+
+    @property
+    def writer(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.run_dir / CHECKPOINTS
+
+
+@dataclass
+class Feed:
+    """The current stage's batches on this rank: `per_rank` examples x `accumulation` per step."""
+
+    index: int
+    stage: Stage
+    per_rank: int
+    accumulation: int
+    loader: MixerLoader
+    batches: object
+    nominal: float                          # loss elements of a step without padding (backward's scale)
+
+
+class Interval:
+    """One log interval's per-step losses and gradient norms, kept on the device until `read`."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.values: list[torch.Tensor] = []   # (loss, grad norm) of each finite step
+        self.examples = 0
+        self.seconds = 0.0
+        self.data_wait = 0.0
+
+    def add(self, step: int, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.values.append(torch.stack([loss.detach().float(), grad_norm.detach().float()]))
+
+    def record(self, step: int, stage: int, lr: float, epoch: int) -> tuple[dict, list[tuple[int, float]]]:
+        """The metrics record (one device-to-host read) and the interval's (step, loss) pairs."""
+        pairs = torch.stack(self.values).tolist() if self.values else []
+        losses, grad_norms = [loss for loss, _ in pairs], [norm for _, norm in pairs]
+        record = {
+            "kind": "train", "step": step, "stage": stage, "epoch": epoch, "lr": lr,
+            "loss": sum(losses) / len(losses) if losses else None,
+            "grad_norm": sum(grad_norms) / len(grad_norms) if grad_norms else None,
+            "examples_per_s": self.examples / self.seconds if self.seconds > 0 else 0.0,
+            "data_wait": self.data_wait / self.seconds if self.seconds > 0 else 0.0,
+            "seconds_per_step": self.seconds / max(1, len(losses)),
+        }
+        return record, list(zip(self.steps, losses))
+
+
 def train(store_path: str | Path, run_dir: str | Path, config: TrainConfig | None = None, *, resume: bool = False,
           init: str | Path | None = None, init_partial: bool = False) -> RunSummary:
     """Train from the store into `run_dir` (see the module docstring and docs/training.md).
 
     `resume=True`: continue `run_dir` from its latest checkpoint with the run's own
     `config.toml` (`config` must be None). `init`: start from a checkpoint's weights (strictly
-    the same model config unless `init_partial`).
+    the same model config unless `init_partial`). Raises `TrainingStopped` (non-finite steps)
+    and `TrainingInterrupted` (a signal), each after saving a checkpoint.
     """
     run_dir = Path(run_dir)
-    checkpoints_dir = run_dir / CHECKPOINTS
     if resume:
         if config is not None:
             raise VRDataError(run_dir, "a resumed run uses its own config.toml; --config/--set are not allowed")
@@ -93,422 +203,381 @@ def train(store_path: str | Path, run_dir: str | Path, config: TrainConfig | Non
         config = load_config(run_dir / CONFIG_TOML)
     else:
         config = config or TrainConfig()
-        if list_checkpoints(checkpoints_dir):
+        if list_checkpoints(run_dir / CHECKPOINTS):
             raise VRDataError(run_dir, "already holds checkpoints: resume it with --resume, or choose another --out")
-    # -- processes, device, precision ------------------------------------------------------------
     rank, world_size, device = setup_distributed(config.train.device)
     try:
-        return _train(Path(store_path), run_dir, config, resume, init, init_partial, rank, world_size, device)
+        run, resume_point = set_up(Path(store_path), run_dir, config, resume, rank, world_size, device)
+        if init is not None and resume_point is None:
+            init_weights(run, init, init_partial)
+        prepare_model(run, resume_point)
+        with StopRequests(run_dir, world_size, lambda: run.last_checkpoint) as stop:
+            return train_loop(run, resume_point, stop)
     finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
 
 
-def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_size, device) -> RunSummary:
-    writer = rank == 0
-    checkpoints_dir = run_dir / CHECKPOINTS
-    train_cfg = config.train
-    threads = train_cfg.threads or (cpu_threads(world_size, config.data.workers) if device.type == "cpu" else 0)
-    if threads > 0:
-        torch.set_num_threads(threads)
-    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[
-        train_cfg.precision if train_cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")]
-    if autocast_dtype is not None and device.type != "cuda":
-        raise VRDataError(None, f"train.precision = {train_cfg.precision} needs CUDA; use fp32 on the CPU")
-    objective = OBJECTIVES[train_cfg.objective]
-
-    # -- the store and the model must agree before anything runs ------------------------------
+# -- set-up and restore ----------------------------------------------------------------------------
+def set_up(store_path: Path, run_dir: Path, config: TrainConfig, resume: bool, rank: int, world_size: int,
+           device: torch.device) -> tuple[Run, ResumePoint | None]:
+    """Check the store against the model, find the checkpoint to resume, write the run's files,
+    build the model, optimizer, EMA and scaler. Nothing here trains."""
+    set_threads(config, world_size, device)
+    dtype = autocast_dtype(config.train.precision, device)
     store = open_store(store_path)
     model_config = config.model_config()
     check_store_matches_model(store, model_config, store_path)
-    for index, stage in enumerate(config.curriculum):
-        if stage.crop_frames > model_config.max_frames:
-            raise VRDataError(None, f"curriculum.{index}.crop_frames {stage.crop_frames} exceeds the model's "
-                                    f"max_frames {model_config.max_frames}")
-        rank_batching(stage, world_size)  # a global batch the ranks cannot split fails now
-    if config.validation_crop_frames() > model_config.max_frames:
-        raise VRDataError(None, f"validation.crop_frames {config.validation_crop_frames()} exceeds the model's "
-                                f"max_frames {model_config.max_frames}")
+    check_crops(config, model_config, world_size)
     store_id = store_identity(store)
     mixer_first = config.mixer_config(config.curriculum[0], 1)
     normalisation = InputNormalisation.for_mixer(store_path, mixer_first.normalisation, mixer_first.stats_role)
-
-    # -- the run directory ------------------------------------------------------------------------
-    resume_state = None
-    resume_dir = None
-    if resume:
-        found = list_checkpoints(checkpoints_dir)
-        if not found and writer:
-            print(f"{run_dir}: no checkpoint yet; starting from step 0", flush=True)
-        if found:
-            resume_dir = found[-1]
-            resume_state = load_training_state(resume_dir)
-            recorded = read_checkpoint_json(resume_dir)["extra"]
-            if recorded.get("store_id") != store_id:
-                raise VRDataError(store_path, f"is not the store this run trained on (store id {store_id}, "
-                                              f"the run's {recorded.get('store_id')}); exact resume needs the same store")
-            if len(resume_state.loaders) != world_size:
-                raise VRDataError(run_dir, f"was checkpointed with {len(resume_state.loaders)} ranks; "
-                                           f"resume it with the same number of processes, not {world_size}")
-    if writer:
+    checkpoints_dir = run_dir / CHECKPOINTS
+    point = find_resume_point(run_dir, checkpoints_dir, store_path, store_id, world_size, rank == 0) if resume else None
+    if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_unfinished(checkpoints_dir)
-        _write_text(run_dir / CONFIG_TOML, dump_config(config))
-        _write_text(run_dir / RUN_JSON, json.dumps({"store": str(Path(store_path).resolve()), "store_id": store_id,
+        atomic_write_text(run_dir / CONFIG_TOML, dump_config(config))
+        atomic_write_text(run_dir / RUN_JSON, json.dumps({"store": str(store_path.resolve()), "store_id": store_id,
                                                     "world_size": world_size}, indent=1) + "\n")
-    total_steps = config.total_steps()
-    log = RunLog(run_dir, writer, total_steps, config.log.progress, config.log.tensorboard,
-                 resume_step=resume_state.step if resume_state else None)
-
-    # -- model, optimizer, EMA, scaler --------------------------------------------------------------
+    log = RunLog(run_dir, rank == 0, config.total_steps(), config.log.progress, config.log.tensorboard,
+                 resume_step=point.state.step if point else None)
+    train_cfg = config.train
     model = build_model(model_config, train_cfg.seed, config.model.gradient_checkpointing).to(device)
-    if init is not None and resume_state is None:
-        report = init_from_checkpoint(model, init, partial=init_partial)
-        check_init_stft(report.checkpoint, store, init_partial)
-        log.line(f"init: {len(report.loaded)} tensors from {report.checkpoint}"
+    run = Run(config=config, run_dir=run_dir, store_path=store_path, store=store, store_id=store_id,
+              normalisation=normalisation, rank=rank, world_size=world_size, device=device, autocast_dtype=dtype,
+              log=log, model=model, optimizer=None, scaler=None, ema=None,
+              freeze_plan=FreezePlan(train_cfg.freeze, train_cfg.unfreeze_after or None), frozen=False)
+    return run, point
+
+
+def init_weights(run: Run, init, partial: bool) -> None:
+    """`--init`: a checkpoint's weights into the fresh model (its config.json read once)."""
+    report = init_from_checkpoint(run.model, init, partial=partial)
+    check_init_stft(report.document, report.checkpoint, run.store, partial)
+    run.log.line(f"init: {len(report.loaded)} tensors from {report.checkpoint}"
                  + (f"; not loaded: {', '.join(report.missing)}" if report.missing else "")
                  + (f"; not in this model: {', '.join(report.unexpected)}" if report.unexpected else "")
                  + (f"; new head ({report.head}): {', '.join(report.new_head)}" if report.new_head else ""))
-    # Freezing (finetuning): the model and the optimizer as they were for the last step done.
-    freeze_plan = FreezePlan(train_cfg.freeze, train_cfg.unfreeze_after or None)
-    steps_done = resume_state.step if resume_state is not None else 0
-    frozen = freeze_plan.frozen_at(max(steps_done - 1, 0))
-    counts = apply_plan(model, freeze_plan, max(steps_done - 1, 0))
-    until = f" for steps 1-{freeze_plan.unfreeze_after}" if freeze_plan.unfreeze_after else ""
-    log.line(f"parameters: {counts}" + (f" ({freeze_plan.part} frozen{until})" if frozen else ""))
-    optimizer = make_optimizer(model, train_cfg, device, freeze_plan, max(steps_done - 1, 0))
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype == torch.float16)
-    ema = ExponentialMovingAverage(model, train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
-    torch.manual_seed(train_cfg.seed * 1000 + 1 + rank)  # dropout: a stream per rank
-    counters = {"examples": 0, "nonfinite_steps": 0, "nonfinite_streak": 0, "best_valid_loss": None, "ema_updates": 0}
-    step = 0
-    if resume_state is not None:
-        with torch.no_grad():
-            for name, tensor in load_weights(resume_dir / WEIGHTS, device).items():
-                model.state_dict()[name].copy_(tensor)
-        if ema is not None:
-            ema.load(load_weights(resume_dir / EMA_WEIGHTS, device), resume_state.counters.get("ema_updates", 0))
-        optimizer.load_state_dict(resume_state.optimizer)
-        scaler.load_state_dict(resume_state.scaler)
-        set_rng_state(resume_state.rng[rank], device)
-        set_host_rng_state(resume_state.host_rng)
-        counters.update(resume_state.counters)
-        step = resume_state.step
-        log.line(f"resumed from {resume_dir.name}: step {step}/{total_steps}")
+
+
+def prepare_model(run: Run, point: ResumePoint | None) -> None:
+    """Freeze as the plan says for the last step done, make the optimizer, scaler and EMA, seed
+    dropout, restore `point` if resuming, wrap the model, and make the validator."""
+    config, train_cfg, model = run.config, run.config.train, run.model
+    done = max((point.state.step if point else 0) - 1, 0)     # 0-based: the last step done
+    run.frozen = run.freeze_plan.frozen_at(done)
+    counts = apply_plan(model, run.freeze_plan, done)
+    until = f" for steps 1-{run.freeze_plan.unfreeze_after}" if run.freeze_plan.unfreeze_after else ""
+    run.log.line(f"parameters: {counts}" + (f" ({run.freeze_plan.part} frozen{until})" if run.frozen else ""))
+    run.optimizer = make_optimizer(model, train_cfg, run.device, run.freeze_plan, done)
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=run.autocast_dtype == torch.float16)
+    run.ema = ExponentialMovingAverage(model, train_cfg.ema_decay) if train_cfg.ema_decay > 0 else None
+    torch.manual_seed(train_cfg.seed * 1000 + 1 + run.rank)  # dropout: a stream per rank
+    if point is not None:
+        restore(run, point)
     else:
-        log.line(f"run: {model.num_parameters():,} parameters, {total_steps} steps in {len(config.curriculum)} "
-                 f"stage(s), {world_size} process(es) on {device}, store {store_path}")
-    # What the objective calls: the model, compiled and/or wrapped in DDP (which keeps no_sync).
-    train_model: torch.nn.Module = torch.compile(model) if config.model.compile else model
-    if world_size > 1:
+        run.log.line(f"run: {model.num_parameters():,} parameters, {config.total_steps()} steps in "
+                     f"{len(config.curriculum)} stage(s), {run.world_size} process(es) on {run.device}, "
+                     f"store {run.store_path}")
+    wrap_model(run)
+    run.validator = make_validator(run) if run.writer else None
+    run.has_validation = _broadcast(run.validator is not None, run.world_size)
+
+
+def restore(run: Run, point: ResumePoint) -> None:
+    """Weights, EMA, optimizer, scaler, RNG states and counters of the resumed checkpoint."""
+    state = point.state
+    with torch.no_grad():
+        own = run.model.state_dict()
+        for name, tensor in load_weights(point.directory / WEIGHTS, run.device).items():
+            own[name].copy_(tensor)
+    if run.ema is not None:
+        run.ema.load(load_weights(point.directory / EMA_WEIGHTS, run.device), state.counters.get("ema_updates", 0))
+    run.optimizer.load_state_dict(state.optimizer)
+    run.scaler.load_state_dict(state.scaler)
+    set_rng_state(state.rng[run.rank], run.device)
+    set_host_rng_state(state.host_rng)
+    run.state = RunState.restored(state)
+    run.log.line(f"resumed from {point.directory.name}: step {run.state.step}/{run.config.total_steps()}")
+
+
+def wrap_model(run: Run) -> None:
+    """What the objective calls: the model, compiled and/or in DDP (which registers the
+    parameters that need gradients when it wraps, so unfreezing wraps again)."""
+    train_model = torch.compile(run.model) if run.config.model.compile else run.model
+    if run.world_size > 1:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            train_model, device_ids=[device.index] if device.type == "cuda" else None)
-    parameters = [p for p in model.parameters() if p.requires_grad]
+            train_model, device_ids=[run.device.index] if run.device.type == "cuda" else None)
+    run.train_model = train_model
+    run.parameters = [p for p in run.model.parameters() if p.requires_grad]
 
-    # -- validation set (fixed crops of the valid split) ------------------------------------------
-    validator = None
-    if writer:
-        kind = validation_kind(store, objective=train_cfg.objective)
-        if kind is None:
-            log.line("validation: the store has no valid items (pairs, or vocals and instrumentals); no validation")
-        else:
-            crops = FixedCrops(store_path, validation_mixer_config(mixer_first, config.validation_crop_frames(),
-                                                                   config.validation.batch_size),
-                               kind, config.validation.crops_per_track)
-            validator = Validator(crops, model_config, objective, config, device, autocast_dtype, normalisation,
-                                  notice=log.line)
-            log.line(f"validation: {crops.real_examples} fixed {kind} crops of "
-                     f"{config.validation_crop_frames()} frames from the valid split")
-    has_validation = _broadcast(validator is not None, world_size)
 
-    # -- the loop ---------------------------------------------------------------------------------
-    loader = batches = None
-    stage_index = -1
-    loader_position = resume_state.loaders[rank] if resume_state else None
-    run_started = time.perf_counter()
-    data_wait = 0.0
-    interval = _Interval()
-    losses: list[tuple[int, float]] = []
+def make_validator(run: Run) -> Validator | None:
+    """Rank 0's validator over fixed crops of the valid split (None: the store has none)."""
+    config = run.config
+    kind = validation_kind(run.store, objective=config.train.objective)
+    if kind is None:
+        run.log.line("validation: the store has no valid items (pairs, or vocals and instrumentals); no validation")
+        return None
+    mixer = validation_mixer_config(config.mixer_config(config.curriculum[0], 1), config.validation_crop_frames(),
+                                    config.validation.batch_size)
+    crops = FixedCrops(run.store_path, mixer, kind, config.validation.crops_per_track)
+    run.log.line(f"validation: {crops.real_examples} fixed {kind} crops of {config.validation_crop_frames()} "
+                 f"frames from the valid split")
+    return Validator(crops, config.model_config(), OBJECTIVES[config.train.objective], config, run.device,
+                     run.autocast_dtype, run.normalisation, notice=run.log.line)
+
+
+# -- the loop --------------------------------------------------------------------------------------
+def train_loop(run: Run, point: ResumePoint | None, stop: StopRequests) -> RunSummary:
+    """Steps until the curriculum's end: each one trains, then logs, validates and checkpoints
+    when due. Stops early, after a checkpoint, on too many non-finite steps or on a signal."""
+    config, state = run.config, run.state
+    total_steps, start_step = config.total_steps(), state.step
+    feed: Feed | None = None
+    interval, losses = Interval(), []
     first_loss = last_loss = None
-    last_checkpoint = None
-    start_step = step
-    while step < total_steps:
-        # Curriculum: a new stage gets a new loader (its crop length and batch) at the next epoch.
-        if config.stage_at(step + 1) != stage_index:
-            if loader is not None:
-                loader_position = {"epoch": loader.state_dict()["epoch"] + 1, "batch": 0}
-                loader.close()
-            elif resume_state is not None and resume_state.stage != config.stage_at(step + 1):
-                loader_position = {"epoch": loader_position["epoch"] + 1, "batch": 0}  # saved at a stage's end
-            stage_index = config.stage_at(step + 1)
-            stage = config.curriculum[stage_index]
-            per_rank, accumulation = rank_batching(stage, world_size)
-            loader = make_loader(store_path, config, stage_index, per_rank, rank, world_size, device, loader_position)
-            batches = _endless(loader)
-            nominal = nominal_elements(stage, model_config.in_channels, model_config.bins + 1)
-            log.line(f"stage {stage_index + 1}/{len(config.curriculum)}: {stage.crop_frames} frames, "
-                     f"{per_rank} examples x {accumulation} accumulation x {world_size} rank(s) per step, "
-                     f"steps {config.stage_start(stage_index) + 1}-{config.stage_start(stage_index) + stage.steps}")
-        step += 1
-        if frozen and not freeze_plan.frozen_at(step - 1):
-            counts = unfreeze_into(optimizer, model, freeze_plan,
-                                   lambda params: parameter_groups(model, train_cfg.weight_decay, params))
-            parameters = [p for p in model.parameters() if p.requires_grad]
-            if world_size > 1:  # DDP registers the parameters that need gradients when it wraps the model
-                train_model = torch.nn.parallel.DistributedDataParallel(
-                    torch.compile(model) if config.model.compile else model,
-                    device_ids=[device.index] if device.type == "cuda" else None)
-            frozen = False
-            log.line(f"step {step}: {freeze_plan.part} unfrozen; {counts}")
-        lr = learning_rate(step, total_steps, train_cfg.lr, train_cfg.min_lr, train_cfg.warmup_steps,
-                           train_cfg.decay, train_cfg.decay_power)
-        for group in optimizer.param_groups:
+    data_wait = 0.0
+    run_started = last_saved = time.perf_counter()
+    every_seconds = 60.0 * config.checkpoint.every_minutes
+    while state.step < total_steps:
+        feed = next_feed(run, feed, point)
+        state.step += 1
+        step = state.step
+        maybe_unfreeze(run, step)
+        lr = learning_rate(step, total_steps, config.train.lr, config.train.min_lr, config.train.warmup_steps,
+                           config.train.decay, config.train.decay_power)
+        for group in run.optimizer.param_groups:
             group["lr"] = lr
+        data_wait += train_step(run, feed, step, interval)
 
-        # forward and backward over the micro-batches; gradients sync on the last one only
-        step_started = time.perf_counter()
-        error_sum = torch.zeros((), device=device)
-        count = torch.zeros((), device=device)
-        try:
-            for micro in range(accumulation):
-                waited = time.perf_counter()
-                with torch.random.fork_rng(devices=[]):  # a DataLoader draws its seed from torch's RNG
-                    batch = next(batches)
-                data_wait += time.perf_counter() - waited
-                interval.data_wait += time.perf_counter() - waited
-                batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-                sync = world_size > 1 and micro < accumulation - 1
-                with train_model.no_sync() if sync and hasattr(train_model, "no_sync") else contextlib.nullcontext():
-                    with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                        terms = objective(train_model, batch, config, StepContext(step, micro, rank, world_size))
-                    # DDP averages gradients over ranks: x world_size makes that a sum.
-                    scaler.scale(terms.error_sum * (world_size / nominal)).backward()
-                error_sum += terms.error_sum.detach()
-                count += terms.count.detach()
-                del batch, terms  # the loader may reuse the batch's buffers from here on
-        except torch.cuda.OutOfMemoryError:
-            raise VRDataError(None, f"CUDA out of memory in stage {stage_index + 1} ({stage.crop_frames} frames, "
-                                    f"{per_rank} examples per forward pass): lower curriculum.{stage_index}.batch_size "
-                                    f"and raise its accumulation by the same factor (the global batch stays), or set "
-                                    f"model.gradient_checkpointing = true") from None
-        totals = torch.stack([error_sum, count])
-        if world_size > 1:
-            dist.all_reduce(totals)
-        loss = float(totals[0] / totals[1].clamp_min(1))
-        scaler.unscale_(optimizer)
-        factor = nominal / float(totals[1].clamp_min(1))        # gradients of the sum -> of the mean
-        grads = [p.grad for p in parameters if p.grad is not None]
-        torch._foreach_mul_(grads, factor)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(parameters, train_cfg.grad_clip or math.inf))
-        finite = math.isfinite(loss) and (math.isfinite(grad_norm) or scaler.is_enabled())
-        if finite:
-            scaler.step(optimizer)   # with fp16 the scaler itself skips steps whose gradients overflowed
-            scaler.update()
-            if ema is not None:
-                ema.update(model)
-                counters["ema_updates"] = ema.updates
-            counters["nonfinite_streak"] = 0
-        else:
-            if scaler.is_enabled():
-                scaler.update()
-            counters["nonfinite_steps"] += 1
-            counters["nonfinite_streak"] += 1
-            log.line(f"step {step}: non-finite {'loss' if not math.isfinite(loss) else 'gradient'} "
-                     f"({loss} / grad norm {grad_norm}); step skipped "
-                     f"({counters['nonfinite_streak']} in a row, {counters['nonfinite_steps']} in total)")
-        optimizer.zero_grad(set_to_none=True)
-        step_examples = stage.batch_size * stage.accumulation
-        counters["examples"] += step_examples
-        if finite:
-            losses.append((step, loss))
-            interval.add(loss, grad_norm)
-        interval.examples += step_examples
-        interval.seconds += time.perf_counter() - step_started
-
-        # log
-        stage_end = step == config.stage_start(stage_index) + stage.steps
-        if step % config.log.every == 0 or stage_end or step == total_steps:
-            record = interval.record(step, stage_index, lr, loader.state_dict()["epoch"])
+        stage_end = step == config.stage_start(feed.index) + feed.stage.steps
+        clock_due = every_seconds > 0 and run.writer and time.perf_counter() - last_saved >= every_seconds
+        signalled, clock_due = agree((stop.received is not None, clock_due), run.world_size, run.device)
+        interrupted = signalled and step < total_steps
+        if step % config.log.every == 0 or stage_end or step == total_steps or interrupted:
+            record, pairs = log_interval(run, feed, step, lr, interval)
+            losses += pairs
             if record["loss"] is not None:
                 first_loss = record["loss"] if first_loss is None else first_loss
                 last_loss = record["loss"]
-            record["examples"] = counters["examples"]
-            record["nonfinite_steps"] = counters["nonfinite_steps"]
-            log.record(record)
-            remaining = (total_steps - step) * record["seconds_per_step"]
-            log.progress(step, f"{stage_index + 1}/{len(config.curriculum)}", record["loss"] or float("nan"), lr,
-                         record["examples_per_s"], record["data_wait"], remaining)
-            interval = _Interval()
-
-        # validate
-        valid_loss = None
-        if has_validation and (step == total_steps or stage_end
-                               or (config.validation.every and step % config.validation.every == 0)):
-            if writer:
-                weights = ema.state_dict() if ema is not None and config.validation.weights == "ema" else model.state_dict()
-                record = validator.run(weights)
-                valid_loss = record["valid_loss"]
-                log.record({"kind": "valid", "step": step, "stage": stage_index, **record})
-                sdr = (f", SDR {record['valid_sdr']:.2f} dB (floor {record['valid_sdr_floor']:.2f}, ceiling "
-                       f"{record['valid_sdr_ceiling']:.2f}) on {record['valid_sdr_songs']} song(s)"
-                       if "valid_sdr" in record else "")   # vr_model.inference.evaluate.valid_sdr, validation.sdr_songs > 0
-                log.line(f"step {step}: valid loss {valid_loss:.5f}{sdr}")
-            valid_loss = _broadcast(valid_loss, world_size)
-        improved = valid_loss is not None and (counters["best_valid_loss"] is None
-                                               or valid_loss < counters["best_valid_loss"])
+            interval = Interval()
+        valid_loss = validate(run, feed.index, step, stage_end or step == total_steps)
+        improved = valid_loss is not None and (state.best_valid_loss is None or valid_loss < state.best_valid_loss)
         if improved:
-            counters["best_valid_loss"] = valid_loss
-
-        # checkpoint (rank 0 writes; every rank contributes its loader position and RNG state)
-        stopping = counters["nonfinite_streak"] >= train_cfg.max_nonfinite
-        if step % config.checkpoint.every == 0 or stage_end or step == total_steps or improved or stopping:
-            state = TrainingState(
-                step=step, stage=stage_index, loaders=_gather(loader.state_dict(), world_size),
-                optimizer=optimizer.state_dict(), scaler=scaler.state_dict(),
-                rng=_gather(rng_state(device), world_size), counters=dict(counters), host_rng=host_rng_state(),
-            )
-            if writer:
-                extra = checkpoint_extra(config, store, store_id, normalisation, step, stage_index, loader)
-                last_checkpoint = save_training_checkpoint(checkpoints_dir, model, ema.state_dict() if ema else None,
-                                                           extra, state)
-                if improved:
-                    write_best(checkpoints_dir, last_checkpoint, step, valid_loss)
-                prune_checkpoints(checkpoints_dir, config.checkpoint.keep)
-            if world_size > 1:
-                dist.barrier()
+            state.best_valid_loss = valid_loss
+        stopping = state.nonfinite_streak >= config.train.max_nonfinite
+        if (step % config.checkpoint.every == 0 or stage_end or step == total_steps or improved or stopping
+                or interrupted or clock_due):
+            save(run, feed, valid_loss if improved else None)
+            last_saved = time.perf_counter()
         if stopping:
-            log.line(f"stopped: {train_cfg.max_nonfinite} steps in a row had a non-finite loss or gradient "
-                     f"(step {step}); saved {last_checkpoint}. Lower train.lr, check the data "
-                     f"(`vrdata verify`), or use precision fp32.")
-            log.close()
-            raise TrainingStopped(run_dir, f"stopped after {train_cfg.max_nonfinite} non-finite steps in a row "
-                                           f"at step {step}; the last checkpoint is {last_checkpoint}")
-
-    if loader is not None:
-        loader.close()
-    seconds = time.perf_counter() - run_started
+            stop_on_nonfinite(run, step)
+        if interrupted:
+            stop_on_signal(run, step, stop.received)
+    if feed is not None:
+        feed.loader.close()
     summary = RunSummary(
-        run_dir=run_dir, steps=step, steps_this_run=step - start_step, examples=counters["examples"], seconds=seconds,
-        data_wait_seconds=data_wait, first_loss=first_loss, last_loss=last_loss,
-        best_valid_loss=counters["best_valid_loss"], nonfinite_steps=counters["nonfinite_steps"],
-        last_checkpoint=last_checkpoint, losses=losses,
+        run_dir=run.run_dir, steps=state.step, steps_this_run=state.step - start_step, examples=state.examples,
+        seconds=time.perf_counter() - run_started, data_wait_seconds=data_wait, first_loss=first_loss,
+        last_loss=last_loss, best_valid_loss=state.best_valid_loss, nonfinite_steps=state.nonfinite_steps,
+        last_checkpoint=run.last_checkpoint, losses=losses,
     )
-    log.line(summary_line(summary))
-    log.close()
+    run.log.line(summary_line(summary))
+    run.log.close()
     return summary
 
 
-# -- helpers, in the order the loop uses them ------------------------------------------------------
-def setup_distributed(device_choice: str) -> tuple[int, int, torch.device]:
-    """(rank, world size, device). Under torchrun (WORLD_SIZE > 1) joins the process group:
-    NCCL on CUDA, gloo on the CPU; each process takes the GPU of its LOCAL_RANK."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device_choice == "auto":
-        device = torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+def next_feed(run: Run, feed: Feed | None, point: ResumePoint | None) -> Feed:
+    """The feed for the next step: the current one, or a new stage's loader (its crop length and
+    batch) starting at the next epoch."""
+    config = run.config
+    index = config.stage_at(run.state.step + 1)
+    if feed is not None and feed.index == index:
+        return feed
+    if feed is not None:
+        position = {"epoch": feed.loader.state_dict()["epoch"] + 1, "batch": 0}
+        feed.loader.close()
+    elif point is not None:
+        position = point.state.loaders[run.rank]
+        if point.state.stage != index:                      # saved at a stage's end
+            position = {"epoch": position["epoch"] + 1, "batch": 0}
     else:
-        device = torch.device(device_choice)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device(f"cuda:{local_rank}")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise VRDataError(None, f"train.device = {device_choice} but CUDA is not available")
-        torch.cuda.set_device(device)
-    if world_size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world_size, device
+        position = None
+    stage = config.curriculum[index]
+    per_rank, accumulation = rank_batching(stage, run.world_size)
+    loader = make_loader(run.store_path, config, index, per_rank, run.rank, run.world_size, run.device, position)
+    model_config = run.model.config
+    start = config.stage_start(index)
+    run.log.line(f"stage {index + 1}/{len(config.curriculum)}: {stage.crop_frames} frames, {per_rank} examples x "
+                 f"{accumulation} accumulation x {run.world_size} rank(s) per step, steps {start + 1}-{start + stage.steps}")
+    return Feed(index, stage, per_rank, accumulation, loader, _endless(loader),
+                nominal_elements(stage, model_config.in_channels, model_config.bins + 1))
 
 
-def cpu_threads(world_size: int, loader_workers: int) -> int:
-    """`train.threads = 0` on the CPU: the cores each rank has left after its loader workers.
+def maybe_unfreeze(run: Run, step: int) -> None:
+    """At the plan's step: the frozen part trains again, as new optimizer groups."""
+    if not run.frozen or run.freeze_plan.frozen_at(step - 1):
+        return
+    counts = unfreeze_into(run.optimizer, run.model, run.freeze_plan,
+                           lambda params: parameter_groups(run.model, run.config.train.weight_decay, params))
+    if run.world_size > 1:
+        wrap_model(run)
+    else:
+        run.parameters = [p for p in run.model.parameters() if p.requires_grad]
+    run.frozen = False
+    run.log.line(f"step {step}: {run.freeze_plan.part} unfrozen; {counts}")
 
-    torch's default (every core) makes OpenMP threads compete with the loader worker for a core;
-    they spin-wait and get preempted. Measured on this project's 2-core machine (load average
-    11-12): `tiny`, 256 frames, batch 2, 1 worker: 27-48 s per step with 2 threads, 9-10 s
-    with 1 (the run's steps 2-4)."""
+
+def train_step(run: Run, feed: Feed, step: int, interval: Interval) -> float:
+    """One optimizer step: forward and scaled backward over the micro-batches (gradients sync on
+    the last only), rescale to the global mean, clip, then step and update the EMA, or skip the
+    step if the loss or gradient is not finite. Returns the seconds spent waiting for data."""
+    started = time.perf_counter()
+    error_sum = torch.zeros((), device=run.device)
+    count = torch.zeros((), device=run.device)
+    waited = 0.0
+    for micro in range(feed.accumulation):
+        before = time.perf_counter()
+        with torch.random.fork_rng(devices=[]):  # a DataLoader draws its seed from torch's RNG
+            batch = next(feed.batches)
+        waited += time.perf_counter() - before
+        batch = {k: v.to(run.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        terms = micro_step(run, feed, batch, StepContext(step, micro, run.rank, run.world_size))
+        error_sum += terms.error_sum.detach()
+        count += terms.count.detach()
+        del batch, terms  # the loader may reuse the batch's buffers from here on
+    totals = torch.stack([error_sum, count])
+    if run.world_size > 1:
+        dist.all_reduce(totals)
+    loss = totals[0] / totals[1].clamp_min(1)
+    run.scaler.unscale_(run.optimizer)
+    factor = feed.nominal / totals[1].double().clamp_min(1)           # gradients of the sum -> of the mean
+    torch._foreach_mul_([p.grad for p in run.parameters if p.grad is not None], factor)
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.parameters, run.config.train.grad_clip or math.inf)
+    finite = bool(torch.isfinite(loss) & (torch.isfinite(grad_norm) | run.scaler.is_enabled()))  # the step's host read
+    apply_step(run, step, finite, loss, grad_norm)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.state.examples += feed.stage.batch_size * feed.stage.accumulation
+    if finite:
+        interval.add(step, loss, grad_norm)
+    interval.examples += feed.stage.batch_size * feed.stage.accumulation
+    interval.data_wait += waited
+    interval.seconds += time.perf_counter() - started
+    return waited
+
+
+def micro_step(run: Run, feed: Feed, batch: dict, context: StepContext):
+    """Forward and scaled backward of one micro-batch -> its `LossTerms`."""
+    sync = run.world_size > 1 and context.micro < feed.accumulation - 1
+    no_sync = run.train_model.no_sync() if sync and hasattr(run.train_model, "no_sync") else contextlib.nullcontext()
     try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, world_size) - loader_workers)
+        with no_sync:
+            terms = forward_terms(OBJECTIVES[run.config.train.objective], run.train_model, batch, run.config, context,
+                                  run.autocast_dtype)
+            # DDP averages gradients over ranks: x world_size makes that a sum.
+            run.scaler.scale(terms.error_sum * (run.world_size / feed.nominal)).backward()
+    except torch.cuda.OutOfMemoryError:
+        raise VRDataError(None, f"CUDA out of memory in stage {feed.index + 1} ({feed.stage.crop_frames} frames, "
+                                f"{feed.per_rank} examples per forward pass): lower curriculum.{feed.index}.batch_size "
+                                f"and raise its accumulation by the same factor (the global batch stays), or set "
+                                f"model.gradient_checkpointing = true") from None
+    return terms
 
 
-def check_store_matches_model(store, model_config, store_path) -> None:
-    """The store's STFT must give the bins the model takes (refused before the first step)."""
-    stft = store.config
-    if stft.bins != model_config.bins + 1:
-        raise VRDataError(store_path, f"store STFT (n_fft {stft.n_fft}, {stft.bins} bins) does not match the model "
-                                      f"({model_config.bins + 1} bins, n_fft {2 * model_config.bins}); set "
-                                      f"model.overrides.bins = {stft.bins - 1} or use a store built with n_fft "
-                                      f"{2 * model_config.bins}")
+def apply_step(run: Run, step: int, finite: bool, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+    """Step the optimizer and the EMA, or count a skipped step (and say why)."""
+    state = run.state
+    if finite:
+        run.scaler.step(run.optimizer)   # with fp16 the scaler itself skips steps whose gradients overflowed
+        run.scaler.update()
+        if run.ema is not None:
+            run.ema.update(run.model)
+            state.ema_updates = run.ema.updates
+        state.nonfinite_streak = 0
+        return
+    if run.scaler.is_enabled():
+        run.scaler.update()
+    state.nonfinite_steps += 1
+    state.nonfinite_streak += 1
+    loss_value, norm_value = float(loss), float(grad_norm)
+    run.log.line(f"step {step}: non-finite {'loss' if not math.isfinite(loss_value) else 'gradient'} "
+                 f"({loss_value} / grad norm {norm_value}); step skipped "
+                 f"({state.nonfinite_streak} in a row, {state.nonfinite_steps} in total)")
 
 
-def check_init_stft(checkpoint: str, store, partial: bool) -> None:
-    recorded = read_checkpoint_json(checkpoint).get("extra", {}).get("stft")
-    if recorded is not None and recorded != store.config.to_dict() and not partial:
-        raise VRDataError(checkpoint, f"--init checkpoint was trained on another STFT ({recorded}) than the store's "
-                                      f"({store.config.to_dict()})")
+def log_interval(run: Run, feed: Feed, step: int, lr: float, interval: Interval) -> tuple[dict, list]:
+    """The interval's metrics record and progress line (its losses read from the device here)."""
+    record, pairs = interval.record(step, feed.index, lr, feed.loader.state_dict()["epoch"])
+    record["examples"] = run.state.examples
+    record["nonfinite_steps"] = run.state.nonfinite_steps
+    run.log.record(record)
+    remaining = (run.config.total_steps() - step) * record["seconds_per_step"]
+    run.log.progress(step, f"{feed.index + 1}/{len(run.config.curriculum)}", record["loss"], lr,
+                     record["examples_per_s"], record["data_wait"], remaining)
+    return record, pairs
 
 
-def store_identity(store) -> str:
-    """A content id of a store: its STFT, codec, geometry, source manifests and tracks."""
-    meta = store.meta
-    record = {"stft": meta.stft, "codec": meta.codec, "geometry": meta.geometry, "manifests": meta.manifests,
-              "tracks": sorted((t.id, t.role, t.split, t.frames) for t in store.tracks)}
-    return hashlib.sha256(json.dumps(record, sort_keys=True, default=str).encode()).hexdigest()[:16]
+def validate(run: Run, stage: int, step: int, end: bool) -> float | None:
+    """The validation loss when due (rank 0 computes it, every rank gets it), else None."""
+    every = run.config.validation.every
+    if not run.has_validation or not (end or (every and step % every == 0)):
+        return None
+    valid_loss = None
+    if run.writer:
+        ema = run.ema is not None and run.config.validation.weights == "ema"
+        record = run.validator.run(run.ema.state_dict() if ema else run.model.state_dict())
+        valid_loss = record["valid_loss"]
+        run.log.record({"kind": "valid", "step": step, "stage": stage, **record})
+        sdr = (f", SDR {record['valid_sdr']:.2f} dB (floor {record['valid_sdr_floor']:.2f}, ceiling "
+               f"{record['valid_sdr_ceiling']:.2f}) on {record['valid_sdr_songs']} song(s)"
+               if "valid_sdr" in record else "")
+        run.log.line(f"step {step}: valid loss {format_loss(valid_loss)}{sdr}")
+    return _broadcast(valid_loss, run.world_size)
 
 
-def make_loader(store_path, config: TrainConfig, stage_index: int, per_rank: int, rank: int, world_size: int,
-                device: torch.device, position: dict | None) -> MixerLoader:
-    """This rank's loader for a stage, at `position` (a `MixerLoader.state_dict()`) if given."""
-    stage = config.curriculum[stage_index]
-    mixer = config.mixer_config(stage, per_rank)
-    if config.data.backend == "wds":
-        dataset = WdsMixerDataset(store_path, mixer, rank=rank, world_size=world_size, buffer_size=config.data.wds_buffer)
-    else:
-        dataset = ZarrMixerDataset(store_path, mixer, rank=rank, world_size=world_size)
-    loader = MixerLoader(dataset, num_workers=config.data.workers, prefetch_factor=config.data.prefetch_factor,
-                         pin_memory=device.type == "cuda", reuse_outputs=config.data.reuse_outputs)
-    if position is not None:
-        saved = position.get("config")
-        if saved is not None and saved != mixer.to_dict():
-            raise VRDataError(None, "the checkpoint's mixer settings differ from the run's config.toml; "
-                                    "exact resume needs the same data settings")
-        loader.load_state_dict({"epoch": position["epoch"], "batch": position["batch"], "world_size": world_size})
-    return loader
+def save(run: Run, feed: Feed, improved_loss: float | None) -> None:
+    """A checkpoint of the step just done (rank 0 writes; every rank contributes its loader
+    position and RNG state); `improved_loss`: the new best validation loss, if this step set it."""
+    state = run.state
+    training_state = TrainingState(
+        step=state.step, stage=feed.index, loaders=_gather(feed.loader.state_dict(), run.world_size),
+        optimizer=run.optimizer.state_dict(), scaler=run.scaler.state_dict(),
+        rng=_gather(rng_state(run.device), run.world_size), counters=state.counters(), host_rng=host_rng_state(),
+    )
+    if run.writer:
+        extra = checkpoint_extra(run.config, run.store, run.store_id, run.normalisation, state.step, feed.index,
+                                 feed.loader)
+        run.last_checkpoint = save_training_checkpoint(run.checkpoints_dir, run.model,
+                                                       run.ema.state_dict() if run.ema else None, extra, training_state)
+        if improved_loss is not None:
+            write_best(run.checkpoints_dir, run.last_checkpoint, state.step, improved_loss)
+        prune_checkpoints(run.checkpoints_dir, run.config.checkpoint.keep)
+    if run.world_size > 1:
+        dist.barrier()
+
+
+def stop_on_nonfinite(run: Run, step: int) -> None:
+    limit = run.config.train.max_nonfinite
+    run.log.line(f"stopped: {limit} steps in a row had a non-finite loss or gradient (step {step}); saved "
+                 f"{run.last_checkpoint}. Lower train.lr, check the data (`vrdata verify`), or use precision fp32.")
+    run.log.close()
+    raise TrainingStopped(run.run_dir, f"stopped after {limit} non-finite steps in a row at step {step}; "
+                                       f"the last checkpoint is {run.last_checkpoint}")
+
+
+def stop_on_signal(run: Run, step: int, signal_name: str) -> None:
+    message = (f"interrupted by {signal_name} at step {step}/{run.config.total_steps()}; saved {run.last_checkpoint}; "
+               f"resume with: {resume_command(run.run_dir, run.world_size)}")
+    run.log.line(message)
+    run.log.close()
+    raise TrainingInterrupted(message, signal_name, saved=True)
 
 
 def _endless(loader: MixerLoader):
     while True:
         yield from loader
-
-
-class _Interval:
-    """Sums over one log interval."""
-
-    def __init__(self):
-        self.losses: list[float] = []
-        self.grad_norms: list[float] = []
-        self.examples = 0
-        self.seconds = 0.0
-        self.data_wait = 0.0
-        self.steps = 0
-
-    def add(self, loss: float, grad_norm: float) -> None:
-        self.losses.append(loss)
-        self.grad_norms.append(grad_norm)
-
-    def record(self, step: int, stage: int, lr: float, epoch: int) -> dict:
-        steps = max(1, len(self.losses))
-        return {
-            "kind": "train", "step": step, "stage": stage, "epoch": epoch, "lr": lr,
-            "loss": sum(self.losses) / len(self.losses) if self.losses else None,
-            "grad_norm": sum(self.grad_norms) / len(self.grad_norms) if self.grad_norms else None,
-            "examples_per_s": self.examples / self.seconds if self.seconds > 0 else 0.0,
-            "data_wait": self.data_wait / self.seconds if self.seconds > 0 else 0.0,
-            "seconds_per_step": self.seconds / steps,
-        }
 
 
 def checkpoint_extra(config: TrainConfig, store, store_id: str, normalisation: InputNormalisation, step: int,
@@ -524,9 +593,9 @@ def checkpoint_extra(config: TrainConfig, store, store_id: str, normalisation: I
 def summary_line(summary: RunSummary) -> str:
     parts = [f"done: step {summary.steps}, {summary.steps_this_run} steps in {format_seconds(summary.seconds)}"]
     if summary.first_loss is not None:
-        parts.append(f"loss {summary.first_loss:.5f} -> {summary.last_loss:.5f}")
+        parts.append(f"loss {format_loss(summary.first_loss)} -> {format_loss(summary.last_loss)}")
     if summary.best_valid_loss is not None:
-        parts.append(f"best valid loss {summary.best_valid_loss:.5f}")
+        parts.append(f"best valid loss {format_loss(summary.best_valid_loss)}")
     parts.append(f"data wait {100 * summary.data_wait_share:.1f}% of the time")
     if summary.nonfinite_steps:
         parts.append(f"{summary.nonfinite_steps} non-finite steps skipped")
@@ -547,12 +616,3 @@ def _gather(value, world_size: int) -> list:
     gathered = [None] * world_size
     dist.all_gather_object(gathered, value)
     return gathered
-
-
-def _write_text(path: Path, text: str) -> None:
-    import tempfile
-
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)

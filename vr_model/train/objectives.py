@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
@@ -93,6 +94,16 @@ def denoise_objective(model: nn.Module, batch: dict, config: "TrainConfig", cont
 
 
 Objective = Callable[[nn.Module, dict, "TrainConfig", StepContext], LossTerms]
+
+
+def forward_terms(objective: Objective, model: nn.Module, batch: dict, config: "TrainConfig", context: StepContext,
+                  autocast_dtype: torch.dtype | None) -> LossTerms:
+    """One forward pass of `objective` under the run's autocast (`None`: float32, no autocast).
+
+    The one place training steps and validation run the model: the same precision in both."""
+    device_type = batch["mixture"].device.type
+    with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+        return objective(model, batch, config, context)
 
 OBJECTIVES: dict[str, Objective] = {
     "supervised": supervised_objective,

@@ -3,7 +3,8 @@ TensorBoard events and `loss.png`. Only rank 0 makes one of these (`RunLog(enabl
 elsewhere does nothing).
 
 - progress: a rich bar on a terminal (stage, step/total, loss, lr, examples/s, data-wait %, ETA),
-  plain lines on stdout otherwise (log files, CI);
+  plain lines on stdout otherwise (log files, CI); both fit the terminal's width (`COLUMNS`, 80
+  off a terminal) by dropping the least useful fields first (`fit_fields`);
 - `train.log`: the same lines and every notice, plain text, appended (a resumed run continues it);
 - `metrics.jsonl`: one JSON record per log interval and per validation; on resume, records
   past the checkpoint's step are dropped (rewritten atomically) so the history has no
@@ -15,7 +16,9 @@ elsewhere does nothing).
 from __future__ import annotations
 
 import json
+import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -53,9 +56,40 @@ def format_seconds(seconds: float) -> str:
     return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
+def format_loss(loss: float | None) -> str:
+    """A loss with 4 significant digits (`1.234e-04`, `0.5`); `-` when there is none."""
+    return "-" if loss is None or math.isnan(loss) else f"{loss:.4g}"
+
+
+BAR_WIDTH = 10
+
+
+def fit_fields(fields: list[tuple[int, str]], width: int, separator: str = "  ") -> str:
+    """The fields' texts joined in order, leaving out the lowest `priority` fields (the first
+    number of each pair; higher is kept longer) until the line fits `width` characters."""
+    kept = list(fields)
+    while len(kept) > 1 and len(separator.join(text for _, text in kept)) > width:
+        kept.remove(min(kept, key=lambda field: field[0]))
+    return separator.join(text for _, text in kept)
+
+
+def progress_fields(stage: str, step: int, total_steps: int, loss: float | None, lr: float, examples_per_s: float,
+                    data_wait: float, eta_seconds: float) -> list[tuple[int, str]]:
+    """The progress line's fields in display order, each with its priority (higher: kept longer):
+    step and loss last of all, then the ETA, the stage, examples/s, the lr, the data wait."""
+    return [(4, f"stage {stage}"), (9, f"step {step}/{total_steps}"), (8, f"loss {format_loss(loss)}"),
+            (2, f"lr {lr:.2e}"), (3, f"{examples_per_s:.1f} ex/s"), (1, f"data wait {100 * data_wait:.1f}%"),
+            (6, f"eta {format_seconds(eta_seconds)}")]
+
+
+def line_width() -> int:
+    """The width progress lines must fit: the terminal's, `COLUMNS` if set, else 80."""
+    return shutil.get_terminal_size((80, 24)).columns
+
+
 class RunLog:
     def __init__(self, run_dir: Path, enabled: bool, total_steps: int, progress: str = "auto",
-                 tensorboard: bool = True, resume_step: int | None = None):
+                 tensorboard: bool = True, resume_step: int | None = None, console=None):
         self.enabled = enabled
         self.run_dir = run_dir
         self.total_steps = total_steps
@@ -77,15 +111,14 @@ class RunLog:
                                          purge_step=None if resume_step is None else resume_step + 1)
         rich = progress == "rich" or (progress == "auto" and sys.stdout.isatty())
         if rich:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            from rich.progress import BarColumn, Progress, TextColumn
 
-            self._progress = Progress(
-                TextColumn("stage {task.fields[stage]}"), BarColumn(bar_width=20), MofNCompleteColumn(),
-                TextColumn("{task.fields[status]}"), TimeRemainingColumn(),
-            )
+            # The bar, then one text fitted to what is left of the line (`progress`).
+            self._progress = Progress(BarColumn(bar_width=BAR_WIDTH), TextColumn("{task.fields[status]}"),
+                                      console=console)
             self._progress.start()
             self._task = self._progress.add_task("train", total=total_steps, completed=resume_step or 0,
-                                                 stage="-", status="")
+                                                 status=f"step {resume_step or 0}/{total_steps}")
 
     # -- lines -------------------------------------------------------------------------------------
     def line(self, text: str) -> None:
@@ -99,18 +132,22 @@ class RunLog:
         else:
             print(text, flush=True)
 
-    def progress(self, step: int, stage: str, loss: float, lr: float, examples_per_s: float,
+    def progress(self, step: int, stage: str, loss: float | None, lr: float, examples_per_s: float,
                  data_wait: float, eta_seconds: float) -> None:
-        """The progress line: a rich bar on a terminal, else a plain line (and train.log)."""
+        """The progress line: a rich bar on a terminal, else a plain line, each fitted to the
+        width; train.log gets every field."""
         if not self.enabled:
             return
-        status = f"loss {loss:.5f}  lr {lr:.2e}  {examples_per_s:.1f} ex/s  data wait {100 * data_wait:.1f}%"
+        fields = progress_fields(stage, step, self.total_steps, loss, lr, examples_per_s, data_wait, eta_seconds)
+        whole = fit_fields(fields, 10**6)
         if self._progress is not None:
-            self._progress.update(self._task, completed=step, stage=stage, status=status)
-            self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} stage {stage} step {step}/{self.total_steps} {status}\n")
-            self._log.flush()
+            # rich's line: the bar, a space, then the fields; one column spare for the cursor.
+            status = fit_fields(fields, self._progress.console.width - BAR_WIDTH - 2)
+            self._progress.update(self._task, completed=step, status=status)
         else:
-            self.line(f"stage {stage} step {step}/{self.total_steps}  {status}  eta {format_seconds(eta_seconds)}")
+            print(fit_fields(fields, line_width()), flush=True)
+        self._log.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {whole}\n")
+        self._log.flush()
 
     # -- records -----------------------------------------------------------------------------------
     def record(self, record: dict) -> None:

@@ -19,7 +19,7 @@ from torch import nn
 
 from vr_data.mixer import KINDS, MixerConfig, ZarrMixerDataset
 from vr_data.mixer.sampling import EpochPlan
-from vr_model.train.objectives import LossTerms, StepContext
+from vr_model.train.objectives import StepContext, forward_terms
 
 
 class FixedCrops(ZarrMixerDataset):
@@ -87,8 +87,8 @@ def validation_loss(model: nn.Module, crops: FixedCrops, objective, config, devi
                 continue
             inputs = {name: value[keep].to(device) for name, value in batch.items()
                       if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == keep.shape[0]}
-            with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-                terms: LossTerms = objective(model, inputs, config, StepContext(step=0, micro=k, rank=0, world_size=1))
+            terms = forward_terms(objective, model, inputs, config, StepContext(step=0, micro=k, rank=0, world_size=1),
+                                  autocast_dtype)
             error_sum += terms.error_sum.double().cpu()
             count += terms.count.double().cpu()
     finally:
@@ -143,5 +143,4 @@ def validation_sdr(model: nn.Module, store_path: Path, songs: int, normalisation
         return None
     from vr_model.inference.evaluate import valid_sdr
 
-    hook = valid_sdr
-    return hook(model, store_path, songs=songs, normalisation=normalisation, device=device)
+    return valid_sdr(model, store_path, songs=songs, normalisation=normalisation, device=device)
