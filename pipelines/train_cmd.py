@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pipelines.common import console, user_errors
+from pipelines.common import console, err_console, user_errors
 from pipelines.vrtrain import app
 from vr_data.errors import VRDataError
 
@@ -30,8 +30,11 @@ def run_command(
     unfreeze_after: int = typer.Option(None, "--unfreeze-after", metavar="STEPS",
                                        help="Train the frozen part again after STEPS steps (= --set train.unfreeze_after=...)."),
 ) -> None:
-    """Train (or with --resume continue training) a model; under torchrun, one process per GPU."""
-    from vr_model.train import load_config, train
+    """Train (or with --resume continue training) a model; under torchrun, one process per GPU.
+
+    SIGTERM or Ctrl-C saves a checkpoint at the next step boundary and exits 75 (a second one
+    stops at once: 143 or 130); the message gives the command that resumes the run."""
+    from vr_model.train import TrainingInterrupted, load_config, train
     from vr_model.train.loop import RUN_JSON
 
     if init_partial and init is None:
@@ -50,12 +53,17 @@ def run_command(
                 store = Path(json.loads((resume / RUN_JSON).read_text())["store"])
             except (OSError, ValueError, KeyError):
                 raise VRDataError(resume, f"no {RUN_JSON} naming the store; pass --store") from None
-        summary = train(store, resume, None, resume=True)
-    else:
-        if store is None or out is None:
-            raise VRDataError(None, "vrtrain run needs --store and --out (or --resume RUN_DIR)")
-        resolved = load_config(config, [*overrides, *shortcuts])
-        summary = train(store, out, resolved, init=init, init_partial=init_partial)
+    elif store is None or out is None:
+        raise VRDataError(None, "vrtrain run needs --store and --out (or --resume RUN_DIR)")
+    try:
+        if resume is not None:
+            summary = train(store, resume, None, resume=True)
+        else:
+            summary = train(store, out, load_config(config, [*overrides, *shortcuts]), init=init,
+                            init_partial=init_partial)
+    except TrainingInterrupted as interrupted:
+        err_console.print(str(interrupted), highlight=False, soft_wrap=True)
+        raise typer.Exit(interrupted.exit_code) from None
     console.print(f"run directory: {summary.run_dir}; last checkpoint: {summary.last_checkpoint}", highlight=False)
 
 

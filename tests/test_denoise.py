@@ -1,5 +1,6 @@
-"""The denoising objective: noise at the stated SNR, in the stated domain, deterministic, masked
-loss; and the loss of a very small linear-head model falls on synthetic spectra."""
+"""The denoising objective as the trainer runs it (per-example generators, `denoise_objective`):
+noise at the stated SNR, in the stated domain, deterministic per example, a loss over valid
+frames and bins below Nyquist; and the loss of a very small linear-head model falls."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import torch
 
 from vr_data.errors import VRDataError
 from vr_model.network.config import FramePrimerConfig
-from vr_model.train.denoise import DenoiseConfig, add_noise, denoise_loss, example_generators, noise_generator, snr_db
 from vr_model.network.unet import FramePrimerUNet
+from vr_model.train.config import load_config
+from vr_model.train.denoise import DenoiseConfig, add_noise, example_generators, snr_db
+from vr_model.train.objectives import StepContext, denoise_objective
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -46,7 +49,7 @@ def test_log_domain_noise_has_the_snr_gamma_over_one_minus_gamma(gamma):
     magnitude = harmonic_spectra(torch.Generator().manual_seed(0), batch=8, frames=256)
     valid = padded_valid(8, 256, [256, 200, 256, 130, 256, 256, 180, 256])
     magnitude = magnitude * valid[:, None, None, :]
-    noisy = add_noise(magnitude, valid, DenoiseConfig(gamma=gamma), noise_generator(0, 0))
+    noisy = add_noise(magnitude, valid, DenoiseConfig(gamma=gamma), example_generators(0, 0, range(8)))
     assert masked_mean_square(noisy.clean, valid).item() == pytest.approx(1.0, abs=1e-5)  # unit-power signal
     signal = math.sqrt(gamma) * noisy.clean
     noise_part = noisy.noisy - signal
@@ -60,7 +63,7 @@ def test_log_domain_model_input_is_the_noisy_log_magnitude_mapped_back():
     magnitude = harmonic_spectra(torch.Generator().manual_seed(1), batch=3, frames=40)
     valid = padded_valid(3, 40, [40, 40, 25])
     magnitude = magnitude * valid[:, None, None, :]
-    noisy = add_noise(magnitude, valid, DenoiseConfig(gamma=0.9), noise_generator(0, 1))
+    noisy = add_noise(magnitude, valid, DenoiseConfig(gamma=0.9), example_generators(0, 1, range(3)))
     keep = valid[:, None, None, :]
     assert torch.all(noisy.model_input[~keep.expand_as(noisy.model_input)] == 0)  # padding stays zero
     assert torch.allclose(noisy.model_input.amax(dim=(1, 2, 3)), torch.ones(3))  # crop_max contract: peak 1
@@ -77,25 +80,25 @@ def test_magnitude_domain_adds_scaled_noise_to_the_input_itself():
     magnitude = harmonic_spectra(torch.Generator().manual_seed(2), batch=2, frames=16)
     valid = torch.ones(2, 16, dtype=torch.bool)
     config = DenoiseConfig(gamma=0.95, domain="magnitude", noise_scale=0.2, loss="l1")
-    noisy = add_noise(magnitude, valid, config, noise_generator(3, 4))
+    noisy = add_noise(magnitude, valid, config, example_generators(3, 4, range(2)))
     expected = math.sqrt(0.95) * magnitude + math.sqrt(0.05) * 0.2 * noisy.noise
     torch.testing.assert_close(noisy.model_input, expected)
 
 
-def test_noise_is_a_pure_function_of_seed_and_step_and_gamma_is_drawn_per_example_in_range():
+def test_noise_is_a_pure_function_of_seed_epoch_and_index_and_gamma_is_drawn_per_example_in_range():
     magnitude = harmonic_spectra(torch.Generator().manual_seed(3), batch=16, frames=8)
     valid = torch.ones(16, 8, dtype=torch.bool)
     config = DenoiseConfig(gamma=(0.9, 0.99))
-    first = add_noise(magnitude, valid, config, noise_generator(7, 10, 0, 0))
-    again = add_noise(magnitude, valid, config, noise_generator(7, 10, 0, 0))
-    other_step = add_noise(magnitude, valid, config, noise_generator(7, 11, 0, 0))
-    other_rank = add_noise(magnitude, valid, config, noise_generator(7, 10, 0, 1))
+    first = add_noise(magnitude, valid, config, example_generators(7, 10, range(16)))
+    again = add_noise(magnitude, valid, config, example_generators(7, 10, range(16)))
+    other_seed = add_noise(magnitude, valid, config, example_generators(8, 10, range(16)))
+    other_indices = add_noise(magnitude, valid, config, example_generators(7, 10, range(16, 32)))
     assert torch.equal(first.noise, again.noise) and torch.equal(first.model_input, again.model_input)
-    assert not torch.equal(first.noise, other_step.noise)
-    assert not torch.equal(first.noise, other_rank.noise)
+    assert not torch.equal(first.noise, other_seed.noise)
+    assert not torch.equal(first.noise, other_indices.noise)
     assert torch.all((first.gamma >= 0.9) & (first.gamma <= 0.99))
     assert first.gamma.std() > 0.01
-    fixed = add_noise(magnitude, valid, DenoiseConfig(gamma=0.95), noise_generator(7, 10))
+    fixed = add_noise(magnitude, valid, DenoiseConfig(gamma=0.95), example_generators(7, 10, range(16)))
     assert torch.all(fixed.gamma == torch.tensor(0.95))
 
 
@@ -113,19 +116,37 @@ def test_per_example_noise_does_not_depend_on_the_batch_split():
     assert not torch.equal(whole.noise, next_epoch.noise)
 
 
-def test_loss_counts_only_valid_frames_and_bins_below_nyquist():
-    generator = torch.Generator().manual_seed(4)
-    noise = torch.randn(2, 2, 65, 10, generator=generator)
-    prediction = noise + 0.5
+def denoise_batch(magnitude: torch.Tensor, valid: torch.Tensor, first_index: int = 0) -> dict:
+    """A mixer-format batch of pretraining crops (`index`: each example's index in its epoch)."""
+    return {"mixture": magnitude, "valid": valid, "epoch": 0,
+            "index": torch.arange(first_index, first_index + magnitude.shape[0])}
+
+
+class NoiseOracle(torch.nn.Module):
+    """Predicts the objective's own noise (redrawn from the same per-example generators) plus
+    0.5 on valid frames below Nyquist, and garbage on padding frames and the Nyquist bin."""
+
+    def __init__(self, config, batch):
+        super().__init__()
+        noisy = add_noise(batch["mixture"], batch["valid"], config.denoise_config(),
+                          example_generators(config.train.seed, 0, batch["index"].tolist()), "crop_max")
+        self.prediction = noisy.noise + 0.5
+        self.prediction[:, :, -1] = -100.0                                     # Nyquist
+        self.prediction[~batch["valid"][:, None, None, :].expand_as(self.prediction)] = 100.0
+
+    def forward(self, model_input, frame_mask):
+        return self.prediction
+
+
+@pytest.mark.parametrize("loss, expected", [("l2", 0.25), ("l1", 0.5)])
+def test_the_objective_counts_only_valid_frames_and_bins_below_nyquist(loss, expected):
+    config = load_config(None, ["train.objective=denoise", f"denoise.loss={loss}"])
     valid = padded_valid(2, 10, [10, 6])
-    assert denoise_loss(prediction, noise, valid, "l2").item() == pytest.approx(0.25)
-    assert denoise_loss(prediction, noise, valid, "l1").item() == pytest.approx(0.5)
-    changed = prediction.clone()
-    changed[1, :, :, 6:] = 100.0     # padding frames
-    changed[:, :, 64] = -100.0       # the Nyquist bin the model cannot predict
-    assert denoise_loss(changed, noise, valid, "l2", bins=64).item() == pytest.approx(0.25)
-    with pytest.raises(VRDataError):
-        denoise_loss(prediction, noise, valid, "huber")
+    batch = denoise_batch(harmonic_spectra(torch.Generator().manual_seed(4), batch=2, frames=10) * valid[:, None, None, :],
+                          valid)
+    terms = denoise_objective(NoiseOracle(config, batch), batch, config, StepContext(1, 0, 0, 1))
+    assert terms.count.item() == (10 + 6) * 2 * 64
+    assert (terms.error_sum / terms.count).item() == pytest.approx(expected)
 
 
 def test_config_rejects_bad_gamma_domain_and_round_trips():
@@ -142,13 +163,12 @@ def test_denoising_loss_falls_on_synthetic_spectra():
     model = FramePrimerUNet(SMALL).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     data = torch.Generator().manual_seed(1)
-    config = DenoiseConfig()
+    config = load_config(None, ["train.objective=denoise"])
     losses = []
     for step in range(40):
-        magnitude = harmonic_spectra(data)
-        valid = torch.ones(8, 32, dtype=torch.bool)
-        noisy = add_noise(magnitude, valid, config, noise_generator(0, step))
-        loss = denoise_loss(model(noisy.model_input, ~valid), noisy.noise, valid, config.loss, bins=SMALL.bins)
+        batch = denoise_batch(harmonic_spectra(data), torch.ones(8, 32, dtype=torch.bool), first_index=8 * step)
+        terms = denoise_objective(model, batch, config, StepContext(step + 1, 0, 0, 1))
+        loss = terms.error_sum / terms.count
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

@@ -1,6 +1,7 @@
 """Freezing the encoders: frozen weights stay bit-identical through optimizer steps, frozen modules
 stay in eval mode, autograd records nothing in the encoder, and unfreezing hands the encoder to
-the optimizer as a second group."""
+the optimizer as new groups. The optimizers are built as the trainer builds them
+(`make_optimizer`: decayed and not-decayed groups; `unfreeze_into` with `parameter_groups`)."""
 
 from __future__ import annotations
 
@@ -10,15 +11,30 @@ import torch
 from vr_data.errors import VRDataError
 from vr_model.network.config import FramePrimerConfig
 from vr_model.train.freeze import (
-    FreezePlan, apply_plan, freeze, is_frozen, optimizer_param_groups, parameter_counts, unfreeze, unfreeze_into,
+    FreezePlan, apply_plan, freeze, is_frozen, parameter_counts, unfreeze, unfreeze_into,
 )
 from vr_model.network.unet import FramePrimerUNet
+from vr_model.train.build import make_optimizer, parameter_groups
+from vr_model.train.config import load_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 # Dropout on, so eval vs train mode is visible in the outputs.
 SMALL = FramePrimerConfig(bins=64, channels=(4, 6, 8), encoder_primers=(0, 1, 1), decoder_primers=(0, 1, 1),
                           num_heads=2, feedforward_expansion=1, max_frames=32, dropout=0.3)
+
+
+TRAIN = load_config(None, ["train.lr=1e-2", "train.weight_decay=0.1"]).train
+CPU = torch.device("cpu")
+
+
+def trainer_optimizer(model, plan: FreezePlan, step: int) -> torch.optim.AdamW:
+    """The optimizer the trainer makes for `plan` at 0-based `step` (a fresh run or a resume)."""
+    return make_optimizer(model, TRAIN, CPU, plan, step)
+
+
+def unfreeze_as_the_trainer_does(optimizer, model, plan: FreezePlan):
+    return unfreeze_into(optimizer, model, plan, lambda params: parameter_groups(model, TRAIN.weight_decay, params))
 
 
 def small_model(seed: int = 0) -> FramePrimerUNet:
@@ -51,7 +67,8 @@ def test_frozen_encoder_weights_are_bit_identical_after_steps_while_the_rest_cha
     counts = freeze(model, "encoders")
     encoder_before, decoder_before = snapshot(model.encoder), snapshot(model.decoder)
     out_before = snapshot(model.out)
-    optimizer = torch.optim.AdamW(optimizer_param_groups(model, FreezePlan("encoders"), 0)[0], lr=1e-2, weight_decay=0.1)
+    optimizer = trainer_optimizer(model, FreezePlan("encoders"), 0)
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0]
     train_steps(model, optimizer, 3)
     for name, tensor in snapshot(model.encoder).items():
         assert torch.equal(tensor, encoder_before[name]), name
@@ -104,27 +121,29 @@ def test_no_autograd_graph_is_recorded_in_a_frozen_encoder():
     assert all(p.grad is not None for p in model.decoder.parameters())
 
 
-def test_unfreeze_after_steps_adds_the_encoder_as_a_second_optimizer_group():
+def test_unfreeze_after_steps_adds_the_encoder_as_new_optimizer_groups():
     plan = FreezePlan("encoders", unfreeze_after=2)
     assert [plan.frozen_at(step) for step in range(4)] == [True, True, False, False]
     model = small_model().train()
     apply_plan(model, plan, 0)
-    optimizer = torch.optim.AdamW(optimizer_param_groups(model, plan, 0)[0], lr=1e-2)
+    optimizer = trainer_optimizer(model, plan, 0)
     encoder_before = snapshot(model.encoder)
     train_steps(model, optimizer, 2)
     assert all(torch.equal(t, encoder_before[n]) for n, t in snapshot(model.encoder).items())
-    counts = unfreeze_into(optimizer, model, plan)
+    counts = unfreeze_as_the_trainer_does(optimizer, model, plan)
     assert counts.frozen == 0 and counts.trainable == model.num_parameters()
-    assert len(optimizer.param_groups) == 2 and optimizer.param_groups[1]["lr"] == optimizer.param_groups[0]["lr"]
+    assert [group["weight_decay"] for group in optimizer.param_groups] == [0.1, 0.0, 0.1, 0.0]
+    encoder = {id(p) for p in model.encoder.parameters()}
+    assert {id(p) for group in optimizer.param_groups[2:] for p in group["params"]} == encoder
     assert all(module.training for module in model.encoder.modules())
     train_steps(model, optimizer, 2, first_seed=2)
     assert any(not torch.equal(t, encoder_before[n]) for n, t in snapshot(model.encoder).items())
     # A run resumed after the unfreeze builds the same groups, so the optimizer state loads.
     resumed = small_model(seed=1)
     apply_plan(resumed, plan, 4)
-    groups = optimizer_param_groups(resumed, plan, 4)
-    assert [len(g) for g in groups] == [len(g["params"]) for g in optimizer.param_groups]
-    resumed_optimizer = torch.optim.AdamW([{"params": group} for group in groups], lr=1e-2)
+    resumed_optimizer = trainer_optimizer(resumed, plan, 4)
+    assert ([len(g["params"]) for g in resumed_optimizer.param_groups]
+            == [len(g["params"]) for g in optimizer.param_groups])
     resumed_optimizer.load_state_dict(optimizer.state_dict())
 
 

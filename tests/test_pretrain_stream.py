@@ -29,7 +29,7 @@ TRACK_SECONDS = 120
 CHILD = r"""
 import json, resource, sys
 from vr_data.mixer import MixerLoader, ZarrMixerDataset
-from vr_model.train.denoise import add_noise, noise_generator
+from vr_model.train.denoise import add_noise, example_generators
 from vr_model.train import load_config, train
 
 store, run = sys.argv[1], sys.argv[2]
@@ -43,7 +43,8 @@ mixer = config.mixer_config(config.curriculum[0], 16)
 loader = MixerLoader(ZarrMixerDataset(store, mixer), num_workers=0, reuse_outputs=True)
 batches = 0
 for batch in loader:  # one whole epoch: every crop cell of the library once
-    add_noise(batch["mixture"], batch["valid"], config.denoise_config(), noise_generator(0, batches))
+    add_noise(batch["mixture"], batch["valid"], config.denoise_config(),
+              example_generators(0, batch["epoch"], batch["index"].tolist()))
     batches += 1
 print(json.dumps({"after_train_mb": after_train, "batches": batches,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))

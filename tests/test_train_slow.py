@@ -1,5 +1,6 @@
 """The trainer end to end in real processes: a SIGKILLed run resumes bit for bit (across a
-curriculum stage boundary, with a DataLoader worker), and DDP under torchrun (2 gloo ranks with
+curriculum stage boundary, with a DataLoader worker), a SIGTERMed run saves its step, exits 75
+with the resume command and resumes bit for bit, and DDP under torchrun (2 gloo ranks with
 batch b equal 1 process with batch 2b; a DDP run resumes exactly)."""
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import pytest
 
 from test_train import TINY, config, step_losses, store  # noqa: F401  (the module-scoped store fixture)
 from vr_model.network.checkpoint import list_checkpoints
-from vr_model.train import train
+from vr_model.train import EXIT_PREEMPTED, train
+from vr_model.train.runlog import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 ENVIRONMENT = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", VR_PROGRESS="0")
@@ -56,6 +58,36 @@ def test_a_sigkilled_run_resumes_with_the_same_losses_across_a_stage_boundary(st
     for name in ("model.safetensors", "ema.safetensors"):
         assert ((killed / "checkpoints" / "step-00000010" / name).read_bytes()
                 == (uninterrupted / "checkpoints" / "step-00000010" / name).read_bytes())
+
+
+@pytest.mark.slow
+def test_a_sigtermed_run_saves_its_step_exits_75_and_resumes_bit_for_bit(store, tmp_path):  # noqa: F811
+    """SIGTERM to the trainer and its loader worker (as Slurm signals a job) after step 2, while
+    step 3 runs: step 3 is finished and saved, and the resumed run computes what an uninterrupted
+    one does."""
+    stages = ((32, 4, 1, 3), (64, 2, 2, 3))
+    overrides = ("data.workers=1", "model.overrides.dropout=0.1")
+    run = tmp_path / "run"
+    process = subprocess.Popen([sys.executable, "-m", "pipelines.vrtrain", *cli_args(store, run, *overrides, stages=stages)],
+                               env=ENVIRONMENT, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               start_new_session=True)
+    deadline = time.time() + 240
+    while not any(record.get("step", 0) >= 2 for record in read_metrics(run)):
+        assert process.poll() is None, process.stderr.read().decode()[-3000:]
+        assert time.time() < deadline, "no step 2 within 240 s"
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGTERM)
+    stderr = process.communicate(timeout=240)[1].decode()
+    assert process.returncode == EXIT_PREEMPTED, stderr[-3000:]
+    saved = [path.name for path in list_checkpoints(run / "checkpoints")]
+    assert saved and saved[-1] != "step-00000006", f"the run finished before the signal: {saved}"
+    assert f"resume with: vrtrain run --resume {run}" in " ".join(stderr.split())
+    assert f"interrupted by SIGTERM at step {int(saved[-1][5:])}/6" in (run / "train.log").read_text()
+
+    train(store, run, None, resume=True)
+    uninterrupted = tmp_path / "uninterrupted"
+    train(store, uninterrupted, config(*overrides, stages=stages))
+    assert step_losses(run) == step_losses(uninterrupted)             # bit for bit, every step
 
 
 def torchrun(args: list[str], port: int) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 
 from torch.utils.data import DataLoader
 
@@ -108,5 +109,9 @@ class MixerLoader:
 
 def _exit_without_finalising(worker_id: int) -> None:
     """Workers leave with os._exit: interpreter finalisation would tear down tensorstore's
-    threads out of order (std::terminate, SIGABRT), which the DataLoader reports as a crash."""
+    threads out of order (std::terminate, SIGABRT), which the DataLoader reports as a crash.
+    They ignore Ctrl-C and SIGTERM (sent to the whole process group): the main process decides
+    when they stop, so a trainer can finish its step and save a checkpoint first."""
     atexit.register(os._exit, 0)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)

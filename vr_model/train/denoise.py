@@ -18,19 +18,18 @@ Where the noise goes (`DenoiseConfig.domain`) decides what the task teaches:
   `x` has unit power, `gamma` sets the signal-to-noise ratio exactly: `gamma / (1 - gamma)`
   (0.95: 19, 12.8 dB), as in the paper, whose images are standardised too.
 - `magnitude`: `x` is the normalised magnitude the model would see (the seed fork's domain). A
-  `crop_max` spectrogram has almost all of its power in a few bins: on the demo corpus's
-  pretraining crops its mean square is 3.2e-4, so at gamma 0.95 the noise is 22 dB *above* the
-  signal (8 dB with the fork's scale), only 1.2% of the entries rise above the fork's noise, and
-  `eps` is readable from the input almost without looking at the music. The fork (gamma 0.95,
-  `|X|/c*2-1`, `eps` scaled by 0.4, L1) is this domain with `noise_scale = 0.2` and `loss = "l1"`,
-  up to the affine map `2x - 1` of the input (and a factor 0.4 on the target).
+  `crop_max` spectrogram has almost all of its power in a few bins, so at gamma 0.95 the noise
+  drowns most of the crop and `eps` is readable from the input almost without looking at the
+  music (docs/training.md has the figures). The fork (gamma 0.95, `|X|/c*2-1`, `eps` scaled by
+  0.4, L1) is this domain with `noise_scale = 0.2` and `loss = "l1"`, up to the affine map
+  `2x - 1` of the input (and a factor 0.4 on the target).
 
 The paper's reference implementation, `(x + sigma*eps) / sqrt(1 + sigma^2)` with sigma 0.2, is
 `gamma = 1 / (1 + sigma^2)` = 0.96 with `noise_scale = 1`; the default gamma 0.95 is within a
 hair of it (sigma 0.23).
 
-Noise is a pure function of torch Generators seeded from plain integers (`noise_generator`;
-`example_generators` keys one on each example's (epoch, index)), so a resumed run draws exactly
+Noise is a pure function of torch Generators seeded from plain integers (`example_generators`
+keys one on each example's (epoch, index)), so a resumed run draws exactly
 the noise the uninterrupted run drew, and the noise of an example does not depend on the batch
 size or the number of ranks.
 """
@@ -127,7 +126,7 @@ class NoisyBatch:
 
 
 def noise_generator(seed: int, *keys: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A torch Generator seeded from (seed, *keys), e.g. (seed, step, micro_batch, rank).
+    """A torch Generator seeded from (seed, *keys): (seed, epoch, example index) for the trainer.
 
     A pure function of its arguments: the trainer needs no noise RNG state to resume exactly.
     """
@@ -148,16 +147,15 @@ def add_noise(
     magnitude: Tensor,
     valid: Tensor,
     config: DenoiseConfig,
-    generator: torch.Generator | Sequence[torch.Generator],
+    generators: Sequence[torch.Generator],
     normalisation: str = "crop_max",
 ) -> NoisyBatch:
     """Noise a batch of magnitude crops.
 
     magnitude `(B, C, F, T)` >= 0 (normalised as `normalisation` says, zero on padding),
-    valid `(B, T)` bool (True on real frames), `generator`: one torch Generator on the
-    magnitude's device, or one per example (`example_generators`) -> `NoisyBatch`. One generator
-    draws `B` uniforms (gamma) then `B*C*F*T` normals (eps); per-example generators draw one
-    uniform then `C*F*T` normals each.
+    valid `(B, T)` bool (True on real frames), `generators`: one per example on the magnitude's
+    device (`example_generators`), each drawing one uniform (gamma) then `C*F*T` normals (eps):
+    an example's noise does not depend on its batch -> `NoisyBatch`.
     """
     if magnitude.dim() != 4 or valid.shape != (magnitude.shape[0], magnitude.shape[3]):
         raise VRDataError(None, f"add_noise needs magnitude (B, C, F, T) and valid (B, T), "
@@ -166,14 +164,10 @@ def add_noise(
     batch = magnitude.shape[0]
     device = magnitude.device
     low, high = config.gamma
-    if isinstance(generator, torch.Generator):
-        unit = torch.rand(batch, generator=generator, device=device)
-        noise = torch.randn(magnitude.shape, generator=generator, device=device)
-    else:  # one generator per example: an example's noise does not depend on its batch
-        if len(generator) != batch:
-            raise VRDataError(None, f"add_noise got {len(generator)} generators for {batch} examples")
-        unit = torch.cat([torch.rand(1, generator=g, device=device) for g in generator])
-        noise = torch.stack([torch.randn(magnitude.shape[1:], generator=g, device=device) for g in generator])
+    if len(generators) != batch:
+        raise VRDataError(None, f"add_noise got {len(generators)} generators for {batch} examples")
+    unit = torch.cat([torch.rand(1, generator=g, device=device) for g in generators])
+    noise = torch.stack([torch.randn(magnitude.shape[1:], generator=g, device=device) for g in generators])
     gamma = low + (high - low) * unit
     keep = valid.to(device=device, dtype=magnitude.dtype)[:, None, None, :]   # (B, 1, 1, T)
     signal_gain = gamma.sqrt()[:, None, None, None]                          # (B, 1, 1, 1)
@@ -199,24 +193,6 @@ def add_noise(
         noisy_peak = model_input.amax(dim=(1, 2, 3), keepdim=True)
         model_input = model_input / torch.where(noisy_peak > 0, noisy_peak, torch.ones_like(noisy_peak))
     return NoisyBatch(model_input=model_input, noise=noise, clean=clean, noisy=noisy, gamma=gamma)
-
-
-def denoise_loss(prediction: Tensor, noise: Tensor, valid: Tensor, kind: str = "l2", bins: int | None = None) -> Tensor:
-    """Mean L2 (squared error) or L1 between the prediction and `eps` over valid entries.
-
-    prediction, noise `(B, C, F, T)`, valid `(B, T)` bool -> scalar float32. `bins`: count only
-    the first `bins` bins (the model drops the Nyquist bin and repeats its last output there, so
-    the Nyquist noise is unpredictable and `FramePrimerConfig.bins` excludes it).
-    """
-    if kind not in LOSSES:
-        raise VRDataError(None, f"denoising loss must be one of {', '.join(LOSSES)}, not {kind!r}")
-    if bins is not None:
-        prediction, noise = prediction[:, :, :bins], noise[:, :, :bins]
-    error = prediction.float() - noise.float()
-    error = error.square() if kind == "l2" else error.abs()
-    keep = valid.to(dtype=error.dtype, device=error.device)[:, None, None, :]  # (B, 1, 1, T)
-    count = keep.sum() * error.shape[1] * error.shape[2]
-    return (error * keep).sum() / count.clamp_min(1.0)
 
 
 def snr_db(gamma: float, signal_power: float = 1.0, noise_scale: float = 1.0) -> float:

@@ -122,20 +122,15 @@ def optimizer_param_groups(model: nn.Module, plan: FreezePlan, step: int) -> lis
     return [rest, [p for p in model.parameters() if id(p) in part]]
 
 
-def unfreeze_into(optimizer, model: nn.Module, plan: FreezePlan, make_groups=None) -> ParameterCounts:
+def unfreeze_into(optimizer, model: nn.Module, plan: FreezePlan, make_groups) -> ParameterCounts:
     """Unfreeze the plan's part and hand its parameters to `optimizer` as new groups.
 
-    `make_groups(parameters) -> [group dicts]` splits them as the optimizer was built (say,
-    decayed and not); by default one group with the first group's hyperparameters. The trainer's
-    schedule sets every group's lr each step.
+    `make_groups(parameters) -> [group dicts]` splits them as the optimizer was built (the
+    trainer: `parameter_groups`, decayed and not). The trainer's schedule sets every group's lr
+    each step.
     """
     counts = unfreeze(model, plan.part)
     parameters = [p for module in part_modules(model, plan.part) for p in module.parameters()]
-    if make_groups is None:
-        first = {key: value for key, value in optimizer.param_groups[0].items() if key != "params"}
-        groups = [{**first, "params": parameters}]
-    else:
-        groups = make_groups(parameters)
-    for group in groups:
+    for group in make_groups(parameters):
         optimizer.add_param_group(group)
     return counts

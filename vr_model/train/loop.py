@@ -207,11 +207,12 @@ def train(store_path: str | Path, run_dir: str | Path, config: TrainConfig | Non
             raise VRDataError(run_dir, "already holds checkpoints: resume it with --resume, or choose another --out")
     rank, world_size, device = setup_distributed(config.train.device)
     try:
-        run, resume_point = set_up(Path(store_path), run_dir, config, resume, rank, world_size, device)
-        if init is not None and resume_point is None:
-            init_weights(run, init, init_partial)
-        prepare_model(run, resume_point)
-        with StopRequests(run_dir, world_size, lambda: run.last_checkpoint) as stop:
+        with StopRequests(run_dir, world_size) as stop:   # a signal from here on stops after a step
+            run, resume_point = set_up(Path(store_path), run_dir, config, resume, rank, world_size, device)
+            stop.run = run
+            if init is not None and resume_point is None:
+                init_weights(run, init, init_partial)
+            prepare_model(run, resume_point)
             return train_loop(run, resume_point, stop)
     finally:
         if world_size > 1 and dist.is_initialized():
@@ -299,6 +300,7 @@ def restore(run: Run, point: ResumePoint) -> None:
     set_rng_state(state.rng[run.rank], run.device)
     set_host_rng_state(state.host_rng)
     run.state = RunState.restored(state)
+    run.last_checkpoint = point.directory
     run.log.line(f"resumed from {point.directory.name}: step {run.state.step}/{run.config.total_steps()}")
 
 

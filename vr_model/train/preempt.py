@@ -47,14 +47,15 @@ def resume_command(run_dir: Path, world_size: int) -> str:
 
 class StopRequests:
     """A context that turns SIGTERM and SIGINT into a stop request (`received`: the first
-    signal's name, or None); a second signal raises `TrainingInterrupted` wherever the run is.
+    signal's name, or None); a second signal raises `TrainingInterrupted` wherever the run is
+    (Python runs the handler between bytecodes: after the torch operation in progress).
     Outside the main thread (where Python cannot install handlers) it does nothing."""
 
-    def __init__(self, run_dir: Path, world_size: int, last_checkpoint=lambda: None):
+    def __init__(self, run_dir: Path, world_size: int):
         self.received: str | None = None
+        self.run = None            # the loop's `Run` once set up: its `last_checkpoint` goes in the message
         self._run_dir = run_dir
         self._world_size = world_size
-        self._last_checkpoint = last_checkpoint
         self._previous: dict = {}
 
     def __enter__(self) -> StopRequests:
@@ -77,7 +78,7 @@ class StopRequests:
             self.received = name
             return
         self._restore()   # a third signal gets the default action
-        last = self._last_checkpoint()
+        last = getattr(self.run, "last_checkpoint", None)
         raise TrainingInterrupted(
             f"interrupted again ({name}): stopped at once without a checkpoint; "
             + (f"the last checkpoint is {last}; resume with: {resume_command(self._run_dir, self._world_size)}"
