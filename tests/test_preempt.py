@@ -41,7 +41,8 @@ def test_sigterm_mid_step_saves_that_step_logs_it_and_the_run_resumes_bit_for_bi
         train(store, run, config(objective, "model.overrides.dropout=0.1", stages=STAGES))
     assert caught.value.saved and caught.value.exit_code == EXIT_PREEMPTED == 75
     assert f"resume with: vrtrain run --resume {run}" in str(caught.value)
-    assert [path.name for path in list_checkpoints(run / "checkpoints")] == ["step-00000004"]
+    # step 3 ended the first stage; step 4 is the one the signal came in
+    assert [path.name for path in list_checkpoints(run / "checkpoints")] == ["step-00000003", "step-00000004"]
     assert "interrupted by SIGTERM at step 4/6" in (run / "train.log").read_text()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL       # the run's handlers are gone
 
