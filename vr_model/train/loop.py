@@ -455,7 +455,8 @@ def train_step(run: Run, feed: Feed, step: int, interval: Interval) -> float:
         dist.all_reduce(totals)
     loss = totals[0] / totals[1].clamp_min(1)
     run.scaler.unscale_(run.optimizer)
-    factor = feed.nominal / totals[1].double().clamp_min(1)           # gradients of the sum -> of the mean
+    # gradients of the sum -> of the mean: nominal / count in float64, rounded once to float32
+    factor = (feed.nominal / totals[1].double().clamp_min(1)).float()
     torch._foreach_mul_([p.grad for p in run.parameters if p.grad is not None], factor)
     grad_norm = torch.nn.utils.clip_grad_norm_(run.parameters, run.config.train.grad_clip or math.inf)
     finite = bool(torch.isfinite(loss) & (torch.isfinite(grad_norm) | run.scaler.is_enabled()))  # the step's host read
