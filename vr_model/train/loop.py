@@ -222,8 +222,8 @@ def train(store_path: str | Path, run_dir: str | Path, config: TrainConfig | Non
 # -- set-up and restore ----------------------------------------------------------------------------
 def set_up(store_path: Path, run_dir: Path, config: TrainConfig, resume: bool, rank: int, world_size: int,
            device: torch.device) -> tuple[Run, ResumePoint | None]:
-    """Check the store against the model, find the checkpoint to resume, write the run's files,
-    build the model, optimizer, EMA and scaler. Nothing here trains."""
+    """Check the store against the model, find (and read) the checkpoint to resume, write the
+    run's files, open the run log and build the model. Nothing here trains."""
     set_threads(config, world_size, device)
     dtype = autocast_dtype(config.train.precision, device)
     store = open_store(store_path)
@@ -338,52 +338,49 @@ def train_loop(run: Run, point: ResumePoint | None, stop: StopRequests) -> RunSu
     config, state = run.config, run.state
     total_steps, start_step = config.total_steps(), state.step
     feed: Feed | None = None
-    interval, losses = Interval(), []
-    first_loss = last_loss = None
+    interval, losses, means = Interval(), [], []       # per step, and per log interval, of this run
     data_wait = 0.0
     run_started = last_saved = time.perf_counter()
     every_seconds = 60.0 * config.checkpoint.every_minutes
-    while state.step < total_steps:
-        feed = next_feed(run, feed, point)
-        state.step += 1
-        step = state.step
-        maybe_unfreeze(run, step)
-        lr = learning_rate(step, total_steps, config.train.lr, config.train.min_lr, config.train.warmup_steps,
-                           config.train.decay, config.train.decay_power)
-        for group in run.optimizer.param_groups:
-            group["lr"] = lr
-        data_wait += train_step(run, feed, step, interval)
+    try:
+        while state.step < total_steps:
+            feed = next_feed(run, feed, point)
+            state.step += 1
+            step = state.step
+            maybe_unfreeze(run, step)
+            lr = learning_rate(step, total_steps, config.train.lr, config.train.min_lr, config.train.warmup_steps,
+                               config.train.decay, config.train.decay_power)
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr
+            data_wait += train_step(run, feed, step, interval)
 
-        stage_end = step == config.stage_start(feed.index) + feed.stage.steps
-        clock_due = every_seconds > 0 and run.writer and time.perf_counter() - last_saved >= every_seconds
-        signalled, clock_due = agree((stop.received is not None, clock_due), run.world_size, run.device)
-        interrupted = signalled and step < total_steps
-        if step % config.log.every == 0 or stage_end or step == total_steps or interrupted:
-            record, pairs = log_interval(run, feed, step, lr, interval)
-            losses += pairs
-            if record["loss"] is not None:
-                first_loss = record["loss"] if first_loss is None else first_loss
-                last_loss = record["loss"]
-            interval = Interval()
-        valid_loss = validate(run, feed.index, step, stage_end or step == total_steps)
-        improved = valid_loss is not None and (state.best_valid_loss is None or valid_loss < state.best_valid_loss)
-        if improved:
-            state.best_valid_loss = valid_loss
-        stopping = state.nonfinite_streak >= config.train.max_nonfinite
-        if (step % config.checkpoint.every == 0 or stage_end or step == total_steps or improved or stopping
-                or interrupted or clock_due):
-            save(run, feed, valid_loss if improved else None)
-            last_saved = time.perf_counter()
-        if stopping:
-            stop_on_nonfinite(run, step)
-        if interrupted:
-            stop_on_signal(run, step, stop.received)
-    if feed is not None:
-        feed.loader.close()
+            stage_end = step == config.stage_start(feed.index) + feed.stage.steps
+            clock_due = every_seconds > 0 and run.writer and time.perf_counter() - last_saved >= every_seconds
+            signalled, clock_due = agree((stop.received is not None, clock_due), run.world_size, run.device)
+            interrupted = signalled and step < total_steps
+            if step % config.log.every == 0 or stage_end or step == total_steps or interrupted:
+                record, pairs = log_interval(run, feed, step, lr, interval)
+                losses += pairs
+                means += [record["loss"]] if record["loss"] is not None else []
+                interval = Interval()
+            new_best = validate(run, feed.index, step, stage_end or step == total_steps)
+            stopping = state.nonfinite_streak >= config.train.max_nonfinite
+            if (step % config.checkpoint.every == 0 or stage_end or step == total_steps or new_best is not None
+                    or stopping or interrupted or clock_due):
+                save(run, feed, new_best)
+                last_saved = time.perf_counter()
+            if stopping:
+                stop_on_nonfinite(run, step)
+            if interrupted:
+                stop_on_signal(run, step, stop.received)
+    finally:
+        if feed is not None:
+            feed.loader.close()   # its worker processes end here, on a stop too
     summary = RunSummary(
         run_dir=run.run_dir, steps=state.step, steps_this_run=state.step - start_step, examples=state.examples,
-        seconds=time.perf_counter() - run_started, data_wait_seconds=data_wait, first_loss=first_loss,
-        last_loss=last_loss, best_valid_loss=state.best_valid_loss, nonfinite_steps=state.nonfinite_steps,
+        seconds=time.perf_counter() - run_started, data_wait_seconds=data_wait,
+        first_loss=means[0] if means else None, last_loss=means[-1] if means else None,
+        best_valid_loss=state.best_valid_loss, nonfinite_steps=state.nonfinite_steps,
         last_checkpoint=run.last_checkpoint, losses=losses,
     )
     run.log.line(summary_line(summary))
@@ -523,7 +520,8 @@ def log_interval(run: Run, feed: Feed, step: int, lr: float, interval: Interval)
 
 
 def validate(run: Run, stage: int, step: int, end: bool) -> float | None:
-    """The validation loss when due (rank 0 computes it, every rank gets it), else None."""
+    """Validate when due (rank 0 computes, every rank gets the loss); returns the loss if it is
+    the run's best so far (recorded in `RunState`), else None."""
     every = run.config.validation.every
     if not run.has_validation or not (end or (every and step % every == 0)):
         return None
@@ -537,7 +535,11 @@ def validate(run: Run, stage: int, step: int, end: bool) -> float | None:
                f"{record['valid_sdr_ceiling']:.2f}) on {record['valid_sdr_songs']} song(s)"
                if "valid_sdr" in record else "")
         run.log.line(f"step {step}: valid loss {format_loss(valid_loss)}{sdr}")
-    return _broadcast(valid_loss, run.world_size)
+    valid_loss = _broadcast(valid_loss, run.world_size)
+    if run.state.best_valid_loss is not None and not valid_loss < run.state.best_valid_loss:
+        return None
+    run.state.best_valid_loss = valid_loss
+    return valid_loss
 
 
 def save(run: Run, feed: Feed, improved_loss: float | None) -> None:
