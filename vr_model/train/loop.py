@@ -32,7 +32,7 @@ from vr_data.mixer import MixerLoader, WdsMixerDataset, ZarrMixerDataset
 from vr_data.store import open_store
 from vr_model.network.checkpoint import CHECKPOINTS, EMA_WEIGHTS, WEIGHTS, list_checkpoints, load_weights, read_checkpoint_json
 from vr_model.train.freeze import FreezePlan, apply_plan, unfreeze_into
-from vr_model.normalisation import InputNormalisation
+from vr_data.mixer.normalisation import InputNormalisation
 from vr_model.train.build import (
     ExponentialMovingAverage, build_model, init_from_checkpoint, make_optimizer, nominal_elements, parameter_groups,
     rank_batching,
