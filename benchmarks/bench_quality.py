@@ -223,7 +223,8 @@ def evaluate(checkpoint: Path, eval_manifest: Path, crop_frames: int, weights: s
     from vr_data.catalog.manifest import read_manifest
     from vr_data.dsp import istft, stft
     from vr_model.inference.evaluate import EvalReport, eval_tracks, global_sdr, load_references, score_track
-    from vr_model.inference.separate import SeparationOptions, separator_from_checkpoint
+    from vr_model.inference.loading import separator_from_checkpoint
+    from vr_model.inference.separate import SeparationOptions
 
     started = time.perf_counter()
     separator = separator_from_checkpoint(checkpoint, weights=weights,

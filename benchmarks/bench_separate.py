@@ -78,8 +78,9 @@ def child(song: Path, model_name: str, out: Path) -> dict:
     import torch
 
     from vr_data.dsp import StftConfig
-    from vr_model.normalisation import InputNormalisation
-    from vr_model.inference.separate import SeparationOptions, Separator, TorchMaskNetwork
+    from vr_data.mixer.normalisation import InputNormalisation
+    from vr_model.inference.masking import TorchMaskNetwork
+    from vr_model.inference.separate import SeparationOptions, Separator
 
     if model_name == "pass-through":
         network = PassThrough()

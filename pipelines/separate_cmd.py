@@ -16,7 +16,9 @@ from pipelines.common import console, err_console, progress, user_errors
 from pipelines.vrtrain import app
 from vr_data.audio import AUDIO_EXTENSIONS
 from vr_data.errors import VRDataError
-from vr_model.inference.separate import DEFAULT_OVERLAP, SUBTYPES, SeparationOptions, Separator, check_output_format
+from vr_data.audio.blocks import SUBTYPES, check_output_format
+from vr_model.inference.masking import DEFAULT_OVERLAP
+from vr_model.inference.separate import SeparationOptions, Separator
 
 _CHECKPOINT_HELP = "Checkpoint directory (or a run directory: its best checkpoint)."
 
@@ -29,12 +31,12 @@ def _separator(checkpoint: Optional[Path], onnx: Optional[Path], device: str, we
                options: SeparationOptions) -> Separator:
     if onnx is not None:
         from vr_model.inference.export import separator_from_onnx
-        from vr_model.inference.separate import resolve_device
+        from vr_model.inference.loading import resolve_device
 
         return separator_from_onnx(onnx, resolve_device(device), options)
     if checkpoint is None:
         raise VRDataError(None, "give --checkpoint CKPT (or --onnx MODEL.onnx)")
-    from vr_model.inference.separate import separator_from_checkpoint
+    from vr_model.inference.loading import separator_from_checkpoint
 
     return separator_from_checkpoint(checkpoint, device, weights, options)
 
@@ -125,7 +127,7 @@ def _find_songs(paths: list[Path]) -> tuple[list[tuple[Path, Path]], list[Path]]
 
 def _separate_one(separator: Separator, path: Path, target_dir: Path, name: str, format: str, subtype: str):
     """One song with its progress (a bar on a terminal, plain lines otherwise: pipelines.common)."""
-    from vr_model.inference.separate import open_audio_blocks
+    from vr_data.audio.blocks import open_audio_blocks
 
     header = open_audio_blocks(path)   # fail early with the decoder's reason; the blocks are not read
     rate = header.sample_rate
@@ -238,7 +240,7 @@ def export_command(
 ) -> None:
     """Export the mask network to ONNX (normalised magnitude in, mask out; dynamic frames)."""
     from vr_model.inference.export import export_onnx, max_abs_difference
-    from vr_model.inference.separate import load_checkpoint_model
+    from vr_model.inference.loading import load_checkpoint_model
 
     model, normalisation, stft_config = load_checkpoint_model(checkpoint, "cpu", weights)
     export_onnx(model, onnx, normalisation, stft_config)

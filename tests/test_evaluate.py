@@ -19,7 +19,7 @@ from vr_model.inference.evaluate import (
     EvalReport, bsseval_v4_frames, bsseval_v4_sdr, eval_tracks, evaluate_tracks, global_sdr, ideal_ratio_mask,
     plot_track, score_track, valid_sdr, validation_sdr,
 )
-from vr_model.normalisation import InputNormalisation
+from vr_data.mixer.normalisation import InputNormalisation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

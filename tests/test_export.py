@@ -10,7 +10,7 @@ import torch
 from test_separate_support import OPTIONS, SMALL, STFT, random_model, separator, song
 from vr_data.errors import VRDataError
 from vr_model.inference.export import OnnxMaskNetwork, export_onnx, max_abs_difference, separator_from_onnx
-from vr_model.normalisation import InputNormalisation
+from vr_data.mixer.normalisation import InputNormalisation
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

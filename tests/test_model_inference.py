@@ -1,5 +1,6 @@
-"""`predict_mask` / `separate_spectrogram`: chunking, padding, the cross-fade against a
-frame-by-frame reference, the per-crop input normalisation, types."""
+"""The one masking path (`CropMasker`, what `vrtrain separate`, `eval` and validation run):
+chunking, the end-aligned last crop, the cross-fade against a frame-by-frame reference, the
+per-crop input normalisation, types and bad inputs."""
 
 from __future__ import annotations
 
@@ -7,10 +8,12 @@ import numpy as np
 import pytest
 import torch
 
+from vr_data.dsp import StftConfig
 from vr_data.errors import VRDataError
+from vr_data.mixer.normalisation import InputNormalisation
 from vr_model import FramePrimerConfig, FramePrimerUNet
-from vr_model.inference.song import crop_starts, crossfade_window, predict_mask, separate_spectrogram
-from vr_model.normalisation import InputNormalisation
+from vr_model.inference.masking import CropMasker, TorchMaskNetwork, crop_grid_frames, crossfade_window
+from vr_model.inference.separate import SeparationOptions, Separator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -28,131 +31,126 @@ def model() -> FramePrimerUNet:
     return FramePrimerUNet(SMALL).eval()
 
 
-def mixture(frames: int, seed: int = 0) -> torch.Tensor:
-    """A complex `(2, 65, frames)` spectrogram whose level changes a lot along time, so crops
+def mixture(frames: int, seed: int = 0) -> np.ndarray:
+    """A complex64 `(2, 65, frames)` spectrogram whose level changes a lot along time, so crops
     of one song have different maxima (a song-level and a crop-level scaling then differ)."""
     generator = torch.Generator().manual_seed(seed)
     real, imag = torch.randn(2, 2, 65, frames, generator=generator)
     level = torch.logspace(0, 2, frames)  # 1 -> 100 over the song
-    return torch.complex(real, imag) * level
+    return (torch.complex(real, imag) * level).numpy().astype(np.complex64)
 
 
-def crop_mask(model: FramePrimerUNet, spec: torch.Tensor, start: int, crop: int,
-              normalisation: InputNormalisation = CROP_MAX) -> torch.Tensor:
-    """The model's mask of one crop, computed directly: zero-pad to `crop` frames, normalise the
-    crop alone, mask the padding. `(C, F+1, crop)`."""
-    piece = spec[..., start: start + crop].abs()
-    real = piece.shape[-1]
-    piece = torch.nn.functional.pad(piece, (0, crop - real))[None]
-    padding = (torch.arange(crop) >= real)[None]
+def instrumental(model, spec: np.ndarray, crop: int = 32, overlap: float = 0.5, batch_size: int = 4,
+                 normalisation: InputNormalisation = CROP_MAX, blocks: int = 1) -> np.ndarray:
+    """The masker's output for `spec`, pushed in `blocks` pieces."""
+    masker = CropMasker(TorchMaskNetwork(model), normalisation, crop, overlap, batch_size)
+    cuts = np.linspace(0, spec.shape[-1], blocks + 1).astype(int)
+    parts = [masker.push(spec[..., a:b]) for a, b in zip(cuts, cuts[1:])] + [masker.finish()]
+    return np.concatenate(parts, axis=-1)
+
+
+def crop_mask(model: FramePrimerUNet, spec: np.ndarray, first: int, stop: int,
+              normalisation: InputNormalisation = CROP_MAX) -> np.ndarray:
+    """The model's mask of one crop, computed directly: the crop alone, normalised alone."""
+    piece = normalisation.apply(np.abs(spec[None, ..., first:stop]))
     with torch.inference_mode():
-        return model(normalisation.apply(piece), padding if padding.any() else None)[0]
+        return model(torch.from_numpy(piece))[0].numpy()
 
 
-def reference_crossfade(model: FramePrimerUNet, spec: torch.Tensor, crop: int, overlap: float) -> torch.Tensor:
+def reference_crossfade(model: FramePrimerUNet, spec: np.ndarray, crop: int, overlap: float) -> np.ndarray:
     """The cross-faded mask, frame by frame: each frame's mask is the window-weighted mean of the
-    masks of the crops covering it. Written for clarity, not speed."""
+    masks of the crops covering it (the last crop aligned to the end). Written for clarity."""
     frames = spec.shape[-1]
     overlap_frames = min(int(round(crop * overlap)), crop - 1)
-    hop = crop - overlap_frames
     window = crossfade_window(crop, overlap_frames)
-    starts, start = [], 0
-    while True:
-        starts.append(start)
-        if start + crop >= frames:
-            break
-        start += hop
-    masks = {s: crop_mask(model, spec, s, crop) for s in starts}
-    out = torch.zeros(spec.shape, dtype=torch.float32)
+    crops = crop_grid_frames(frames, crop, overlap)
+    masks = {first: crop_mask(model, spec, first, stop) for first, stop in crops}
+    out = np.zeros(spec.shape, np.float32)
     for frame in range(frames):
-        covering = [s for s in starts if s <= frame < s + crop]
-        weights = torch.stack([window[frame - s] for s in covering])
-        values = torch.stack([masks[s][..., frame - s] for s in covering])      # (n, C, F+1)
+        covering = [first for first, stop in crops if first <= frame < stop]
+        weights = np.array([window[frame - first] for first in covering])
+        values = np.stack([masks[first][..., frame - first] for first in covering])   # (n, C, F+1)
         out[..., frame] = (weights[:, None, None] * values).sum(0) / weights.sum()
     return out
 
 
 @pytest.mark.parametrize("frames", [1, 5, 20, 32])
 def test_one_crop_equals_a_direct_forward_pass(model, frames):
-    """Shorter than a crop: the zero padding is masked out, so the result is the model's own."""
+    """Shorter than a crop: one shorter crop, so the result is the model's own on the song."""
     spec = mixture(frames)
-    instrumental = separate_spectrogram(model, spec, crop_frames=32)
-    assert instrumental.shape == spec.shape and instrumental.dtype == torch.complex64
-    torch.testing.assert_close(instrumental, crop_mask(model, spec, 0, 32)[..., :frames] * spec, rtol=1e-4, atol=1e-5)
+    result = instrumental(model, spec, crop=32)
+    assert result.shape == spec.shape and result.dtype == np.complex64
+    np.testing.assert_allclose(result, crop_mask(model, spec, 0, frames) * spec, rtol=1e-4, atol=1e-5)
 
 
 def test_crops_without_overlap_are_each_normalised_by_their_own_max(model):
     spec = mixture(64)
-    mask = predict_mask(model, spec, crop_frames=32, overlap=0.0, batch_size=1)
-    halves = [crop_mask(model, spec, start, 32) for start in (0, 32)]
-    torch.testing.assert_close(mask, torch.cat(halves, dim=-1), rtol=1e-5, atol=1e-6)
+    result = instrumental(model, spec, crop=32, overlap=0.0, batch_size=1)
+    halves = np.concatenate([crop_mask(model, spec, start, start + 32) for start in (0, 32)], axis=-1)
+    np.testing.assert_allclose(result, halves * spec, rtol=1e-5, atol=1e-5)
     # The song's max would scale the quiet first half by 1/100 of its own max: another mask.
-    peak = spec.abs().max()
+    peak = np.abs(spec).max()
     with torch.inference_mode():
-        song_scaled = model((spec[..., :32].abs() / peak)[None])[0]
-    assert (song_scaled - halves[0]).abs().max() > 1e-3
+        song_scaled = model(torch.from_numpy(np.abs(spec[None, ..., :32]) / peak))[0].numpy()
+    assert np.abs(song_scaled - halves[..., :32]).max() > 1e-3
 
 
-@pytest.mark.parametrize("frames, crop, overlap, batch_size", [(33, 16, 0.5, 3), (70, 16, 0.5, 2),
-                                                               (129, 16, 0.25, 4), (50, 20, 0.6, 1)])
-def test_overlapping_crops_match_a_frame_by_frame_crossfade_reference(model, frames, crop, overlap, batch_size):
+@pytest.mark.parametrize("frames, crop, overlap, batch_size, blocks", [(33, 16, 0.5, 3, 1), (70, 16, 0.5, 2, 3),
+                                                                       (129, 16, 0.25, 4, 5), (50, 20, 0.6, 1, 2)])
+def test_overlapping_crops_match_a_frame_by_frame_crossfade_reference(model, frames, crop, overlap, batch_size,
+                                                                        blocks):
     spec = mixture(frames, seed=frames)
-    mask = predict_mask(model, spec, crop_frames=crop, overlap=overlap, batch_size=batch_size)
-    torch.testing.assert_close(mask, reference_crossfade(model, spec, crop, overlap), rtol=1e-5, atol=1e-6)
-    instrumental = separate_spectrogram(model, spec, crop_frames=crop, overlap=overlap, batch_size=batch_size)
-    torch.testing.assert_close(instrumental, mask * spec, rtol=1e-6, atol=1e-6)
+    result = instrumental(model, spec, crop, overlap, batch_size, blocks=blocks)
+    np.testing.assert_allclose(result, reference_crossfade(model, spec, crop, overlap) * spec, rtol=1e-5, atol=1e-4)
+
+
+def test_the_separator_masks_a_whole_spectrogram_with_the_same_masker(model):
+    """`Separator.instrumental_spectrogram` (stores' validation songs) is the masker, not a copy."""
+    spec = mixture(70, seed=7)
+    options = SeparationOptions(crop_frames=16, overlap=0.5, batch_size=2)
+    separator = Separator(TorchMaskNetwork(model), CROP_MAX, StftConfig(n_fft=128, hop_length=32), options)
+    np.testing.assert_array_equal(separator.instrumental_spectrogram(spec), instrumental(model, spec, 16, 0.5, 2))
 
 
 def test_crop_max_makes_the_result_scale_free_and_none_does_not(model):
     spec = mixture(40)
-    quiet = separate_spectrogram(model, spec, crop_frames=16)
-    loud = separate_spectrogram(model, spec * 100.0, crop_frames=16)
-    torch.testing.assert_close(loud, quiet * 100.0, rtol=1e-4, atol=1e-4)
-    raw = separate_spectrogram(model, spec * 100.0, crop_frames=16, normalisation=InputNormalisation("none"))
-    assert not torch.allclose(raw, loud, rtol=1e-3)
+    quiet = instrumental(model, spec, crop=16)
+    loud = instrumental(model, spec * 100.0, crop=16)
+    np.testing.assert_allclose(loud, quiet * 100.0, rtol=1e-4, atol=1e-3)
+    raw = instrumental(model, spec * 100.0, crop=16, normalisation=InputNormalisation("none"))
+    assert not np.allclose(raw, loud, rtol=1e-3)
 
 
 def test_stats_normalisation_scales_every_bin_by_its_factor(model):
     spec = mixture(24)
-    scale = torch.linspace(0.5, 2.0, 65)
+    scale = np.linspace(0.5, 2.0, 65).astype(np.float32)
     stats = InputNormalisation("stats", bin_scale=tuple(scale.tolist()))
-    mask = predict_mask(model, spec, crop_frames=32, normalisation=stats)
+    result = instrumental(model, spec, crop=32, normalisation=stats)
     with torch.inference_mode():
-        direct = model((spec.abs() * scale[None, :, None])[None])[0]
-    torch.testing.assert_close(mask, direct, rtol=1e-5, atol=1e-6)
-
-
-def test_numpy_in_numpy_out_and_mode_restored(model):
-    spec = mixture(20).numpy()
-    model.train()
-    try:
-        instrumental = separate_spectrogram(model, spec, crop_frames=16)
-        assert model.training
-    finally:
-        model.eval()
-    assert isinstance(instrumental, np.ndarray) and instrumental.dtype == np.complex64
-    assert instrumental.shape == spec.shape
+        direct = model(torch.from_numpy(np.abs(spec) * scale[None, :, None])[None])[0].numpy()
+    np.testing.assert_allclose(result, direct * spec, rtol=1e-5, atol=1e-5)
 
 
 def test_bad_inputs_are_user_errors(model):
-    with pytest.raises(VRDataError, match="complex"):
-        separate_spectrogram(model, torch.rand(2, 65, 10))
+    network = TorchMaskNetwork(model)
     with pytest.raises(VRDataError, match="frames"):
-        separate_spectrogram(model, mixture(10)[:, :64])
+        CropMasker(network, CROP_MAX).push(mixture(10)[:, :64])
     with pytest.raises(VRDataError, match="crop_frames"):
-        separate_spectrogram(model, mixture(10), crop_frames=33)
+        CropMasker(network, CROP_MAX, crop_frames=33)
     with pytest.raises(VRDataError, match="overlap"):
-        separate_spectrogram(model, mixture(10), overlap=1.0)
+        CropMasker(network, CROP_MAX, overlap=1.0)
+    with pytest.raises(VRDataError, match="no frames"):
+        CropMasker(network, CROP_MAX).finish()
 
 
 def test_crop_plan_covers_every_frame_and_the_window_ramps():
     for frames in (1, 15, 16, 17, 100):
-        for crop, hop in ((16, 8), (16, 16), (16, 5)):
-            starts = crop_starts(frames, crop, hop)
-            assert starts[0] == 0 and starts[-1] + crop >= frames
-            assert all(later - earlier == hop for earlier, later in zip(starts, starts[1:]))
-            assert len(starts) == 1 or starts[-1] < frames
+        for crop, overlap in ((16, 0.5), (16, 0.0), (16, 11 / 16)):
+            crops = crop_grid_frames(frames, crop, overlap)
+            assert crops[0][0] == 0 and crops[-1][1] == frames
+            assert all(stop - first == min(crop, frames) for first, stop in crops)
+            assert all(later[0] <= earlier[1] for earlier, later in zip(crops, crops[1:]))   # no gap
     window = crossfade_window(16, 4)
     assert window.min() > 0  # every frame of a crop counts, so weights never sum to zero
-    assert torch.equal(window[4:12], torch.ones(8)) and torch.equal(window, window.flip(0))
-    assert torch.all(window[1:5] > window[:4])  # ramps up over the overlap
+    assert np.array_equal(window[4:12], np.ones(8)) and np.array_equal(window, window[::-1])
+    assert np.all(window[1:5] > window[:4])  # ramps up over the overlap

@@ -15,8 +15,9 @@ import torch
 from vr_data.dsp import StftConfig
 from vr_model.network.checkpoint import save_checkpoint
 from vr_model.network.config import FramePrimerConfig
-from vr_model.normalisation import InputNormalisation
-from vr_model.inference.separate import SeparationOptions, Separator, TorchMaskNetwork
+from vr_data.mixer.normalisation import InputNormalisation
+from vr_model.inference.masking import TorchMaskNetwork
+from vr_model.inference.separate import SeparationOptions, Separator
 from vr_model.network.unet import FramePrimerUNet
 
 STFT = StftConfig(n_fft=256, hop_length=64)

@@ -24,8 +24,8 @@ from vr_data.store.build import build_store
 from vr_model.network.checkpoint import (
     checkpoint_normalisation, list_checkpoints, load_model, read_checkpoint_json, resolve_checkpoint, save_checkpoint,
 )
-from vr_model.inference.song import predict_mask
-from vr_model.normalisation import InputNormalisation
+from vr_model.inference.masking import CropMasker, TorchMaskNetwork
+from vr_data.mixer.normalisation import InputNormalisation
 from vr_model.train import OBJECTIVES, LossTerms, TrainingStopped, dump_config, learning_rate, load_config, train
 from vr_model.train.build import ExponentialMovingAverage, build_model, rank_batching
 from vr_model.train.config import Stage, config_from_dict
@@ -276,28 +276,71 @@ def test_cli_run_config_and_resume(store, tmp_path):
     assert bad.exit_code == 2 and "unknown config key train.lrr" in bad.output
 
 
-def test_a_training_crop_and_the_inference_path_get_the_same_mask(store, tmp_path):
-    """The mixer's crop_max batch through the model (training) and the raw spectrogram of the same
-    crop through `predict_mask` with the checkpoint's normalisation (inference) agree."""
-    run = tmp_path / "run"
-    train(store, run, config(stages=((32, 4, 1, 2),)))
-    model = load_model(run, weights="raw")
-    normalisation = checkpoint_normalisation(run)
-    recipe = dict(crop_frames=32, batch_size=4, seed=3, proportions={"pair": 1.0}, swap_probability=0.0,
+def _pair_batch_crops(store, normalisation, crop_frames: int = 32):
+    """A mixer batch of pair crops (no augmentation) and, per example, the stored complex
+    spectrogram of the same crop (what `vrtrain separate` would compute from its audio)."""
+    recipe = dict(crop_frames=crop_frames, batch_size=4, seed=3, proportions={"pair": 1.0}, swap_probability=0.0,
                   mono_probability=0.0, instrumental_only_probability=0.0, silence_rule="keep")
     dataset = ZarrMixerDataset(store, MixerConfig(**recipe, normalisation=normalisation.kind))
     batch = dataset.example_batch(0, 0)
     plan, cells = dataset.plan(0), dataset.cells()["pair"]
-    with torch.inference_mode():
-        training_masks = model(batch["mixture"], frame_mask=~batch["valid"])
-    for j, index in enumerate(batch["index"].tolist()):
+    spectrograms = []
+    for index in batch["index"].tolist():
         cell = int(plan.cell[index])
         track, _ = dataset.libraries["pair"].entries[int(cells.track[cell])]
         start = int(cells.start[cell])
-        spectrogram = dataset.store.read_spectrogram(track, "mixture", start, min(start + 32, track.frames))
-        mask = predict_mask(model, spectrogram, crop_frames=32, normalisation=normalisation)
+        spectrograms.append(dataset.store.read_spectrogram(track, "mixture", start,
+                                                           min(start + crop_frames, track.frames)))
+    return batch, spectrograms
+
+
+class _RecordingNetwork:
+    """A mask network that records what it is given (the model's input) and masks nothing."""
+
+    def __init__(self, channels: int, bins: int, max_frames: int):
+        self.channels, self.bins, self.max_frames = channels, bins, max_frames
+        self.inputs: list[torch.Tensor] = []
+
+    def __call__(self, magnitude: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(magnitude.clone())
+        return torch.ones_like(magnitude)
+
+
+def test_a_training_batch_and_the_separation_path_give_the_model_the_same_input(store):
+    """The mixer's crop_max batch and the separation path's crop (`CropMasker`, the path
+    `vrtrain separate` runs) scale the same audio crop with the same `InputNormalisation`."""
+    normalisation = InputNormalisation("crop_max")
+    batch, spectrograms = _pair_batch_crops(store, normalisation)
+    for j, spectrogram in enumerate(spectrograms):
+        channels, bins, frames = spectrogram.shape
+        network = _RecordingNetwork(channels, bins, 32)
+        masker = CropMasker(network, normalisation, crop_frames=32, overlap=0.25)
+        masker.push(spectrogram)
+        masker.finish()
+        assert len(network.inputs) == 1 and network.inputs[0].shape == (1, channels, bins, frames)
+        # The magnitudes come from two kernels (the mixer's numba sqrt, numpy's abs): equal to
+        # float32 rounding; the scaling itself is the same operation.
+        torch.testing.assert_close(network.inputs[0][0], batch["mixture"][j, ..., :frames], rtol=1e-6, atol=1e-7)
+        assert float(network.inputs[0].max()) == 1.0 == float(batch["mixture"][j].max())
+
+
+def test_a_training_crop_and_the_inference_path_get_the_same_mask(store, tmp_path):
+    """The mixer's crop_max batch through the model (training) and the raw spectrogram of the same
+    crop through `CropMasker` with the checkpoint's normalisation (inference) agree."""
+    run = tmp_path / "run"
+    train(store, run, config(stages=((32, 4, 1, 2),)))
+    model = load_model(run, weights="raw")
+    normalisation = checkpoint_normalisation(run)
+    batch, spectrograms = _pair_batch_crops(store, normalisation)
+    with torch.inference_mode():
+        training_masks = model(batch["mixture"], frame_mask=~batch["valid"])
+    for j, spectrogram in enumerate(spectrograms):
+        masker = CropMasker(TorchMaskNetwork(model), normalisation, crop_frames=32)
+        instrumental = np.concatenate([masker.push(spectrogram), masker.finish()], axis=-1)
         frames = spectrogram.shape[-1]
-        torch.testing.assert_close(mask, training_masks[j, ..., :frames], rtol=1e-4, atol=2e-5)
+        mask = torch.from_numpy(np.abs(instrumental) / np.maximum(np.abs(spectrogram), 1e-30))
+        nonzero = torch.from_numpy(np.abs(spectrogram) > 1e-6)
+        torch.testing.assert_close(mask[nonzero], training_masks[j, ..., :frames][nonzero], rtol=1e-4, atol=2e-5)
 
 
 def test_a_store_without_valid_items_trains_with_a_notice_and_no_validation(tmp_path):

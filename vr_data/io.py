@@ -103,6 +103,44 @@ def check_writable(path: str | Path) -> None:
         raise VRDataError(path, f"cannot write: no permission to write in {folder}", UNWRITABLE)
 
 
+class AtomicOutput:
+    """One file written under a temporary name beside its target, renamed over it by `commit`.
+
+    For writers that fill a file piece by piece (a sound file written block by block). The
+    target is checked first (`replaceable_target`: a device, FIFO, directory or a symlink to one
+    is refused) and its folder created; the temporary file is created as any new file is (mode
+    0666 less the umask). `commit` flushes it to disk and renames it; `abort` removes it. Any
+    OSError is a `VRDataError` naming the target's path.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.target = replaceable_target(self.path)
+        self.temporary = self.target.with_name(f".{self.target.name}.tmp-{os.getpid()}")
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise VRDataError(self.path, f"cannot write ({os_reason(error)})", UNWRITABLE) from None
+
+    def commit(self) -> None:
+        """Flush the temporary file to disk and rename it over the target."""
+        try:
+            descriptor = os.open(self.temporary, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+            os.replace(self.temporary, self.target)
+        except OSError as error:
+            self.abort()
+            raise VRDataError(self.path, f"cannot write ({os_reason(error)})", UNWRITABLE) from None
+
+    def abort(self) -> None:
+        """Remove the temporary file (if the folder itself is the problem, nothing was left)."""
+        with contextlib.suppress(OSError):
+            self.temporary.unlink(missing_ok=True)
+
+
 def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
     """Atomically create or replace `path` with a file that `write(temporary)` writes.
 
@@ -112,28 +150,16 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
     target. A non-regular target is refused first (`replaceable_target`); any OSError (full disk,
     permission) is a `VRDataError` naming `path`, and the temporary file is removed.
     """
-    path = Path(path)
-    target = replaceable_target(path)
-    temporary = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    output = AtomicOutput(path)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        write(temporary)
-        descriptor = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
-        os.replace(temporary, target)
+        write(output.temporary)
     except OSError as error:
-        try:
-            temporary.unlink(missing_ok=True)
-        except OSError:
-            pass  # the directory itself is the problem; nothing was left there
-        raise VRDataError(path, f"cannot write ({os_reason(error)})", UNWRITABLE) from None
+        output.abort()
+        raise VRDataError(output.path, f"cannot write ({os_reason(error)})", UNWRITABLE) from None
     except BaseException:
-        with contextlib.suppress(OSError):
-            temporary.unlink(missing_ok=True)
+        output.abort()
         raise
+    output.commit()
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:

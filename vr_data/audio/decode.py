@@ -64,7 +64,7 @@ def probe(path: str | Path) -> AudioInfo:
     try:
         info = sf.info(str(path))
     except Exception as error:  # soundfile raises LibsndfileError, RuntimeError, TypeError...
-        raise VRDataError(path, f"cannot decode audio ({_short(error, path)})", errors.UNREADABLE) from None
+        raise VRDataError(path, f"cannot decode audio ({short_reason(error, path)})", errors.UNREADABLE) from None
     return AudioInfo(str(path), int(info.samplerate), int(info.channels), int(info.frames), info.format.lower())
 
 
@@ -277,7 +277,7 @@ def _read(path: Path, start_seconds: float, max_seconds: float | None) -> tuple[
     except VRDataError:
         raise
     except Exception as error:
-        raise VRDataError(path, f"cannot decode audio ({_short(error, path)})", errors.UNREADABLE) from None
+        raise VRDataError(path, f"cannot decode audio ({short_reason(error, path)})", errors.UNREADABLE) from None
     return audio, rate
 
 
@@ -316,7 +316,7 @@ _CLEARER = {
 }
 
 
-def _short(error: Exception, path: Path) -> str:
+def short_reason(error: Exception, path: Path) -> str:
     """The library's message in one line, without repeating the path the caller already names."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     text = text.replace(f"Error opening '{path}': ", "").replace(str(path), "<file>")

@@ -20,6 +20,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 from vr_data.errors import VRDataError
 from vr_data.mixer.config import CropBuffers, MixerConfig, Recipe, draw_recipe
 from vr_data.mixer.kernels import crop_level_dbfs, mix_magnitudes
+from vr_data.mixer.normalisation import InputNormalisation
 from vr_data.mixer.sampling import KINDS, CropCells, crop_cells, nominal_cells, plan_epoch, track_phases
 
 # Salts of each library's per-epoch track phases (the grid of crop cells).
@@ -79,13 +80,8 @@ class MixerBase(IterableDataset):
             raise VRDataError(self.store_path, f"augmented mixes need vocals, but the store has no {config.split} vocal tracks")
         self._cells: dict[tuple[int, int], dict[str, CropCells]] = {}  # (crop, epoch) -> cells
         self.output_ring = 0  # > 0: reuse that many output buffers (MixerLoader(reuse_outputs=True))
-        self.bin_scale = None
-        if config.normalisation == "stats":
-            from vr_data.store.normalisation import load_normalisation
-
-            mean, _ = load_normalisation(self.store_path, config.stats_role)
-            # A per-bin factor common to mixture and target: the ideal mask is unchanged.
-            self.bin_scale = np.exp(-mean).astype(np.float32)[None, :, None]  # (1, bins, 1)
+        # The scaling inference applies too (recorded in every checkpoint): one definition.
+        self.normalisation = InputNormalisation.for_mixer(self.store_path, config.normalisation, config.stats_role)
         self._ring: dict[tuple, list] = {}
         self._ring_position = 0
 
@@ -165,7 +161,8 @@ class MixerBase(IterableDataset):
         return draw_recipe(self.config, rng, kind)
 
     def finish_batch(self, buffers: CropBuffers, recipes: list[Recipe], indices, epoch: int, k: int) -> dict:
-        """Run the mixing kernel for every example (normalising as configured) into output tensors.
+        """Run the mixing kernel for every example into output tensors, then scale each example
+        by the configured `InputNormalisation` (the one inference applies).
 
         In a DataLoader worker the outputs are allocated in shared memory, so handing the batch
         to the training process copies nothing.
@@ -176,21 +173,16 @@ class MixerBase(IterableDataset):
         valid = np.zeros((size, frames), bool)
         scale = np.ones(size, np.float32)
         kinds = np.zeros(size, np.int64)
-        normalise = self.config.normalisation == "crop_max"
         for j, recipe in enumerate(recipes):
             _, _, peak = mix_magnitudes(
                 buffers.main[j], None if recipe.target_is_main else buffers.instrumental[j],
                 buffers.vocal[j] if recipe.has_vocal else None,
                 vocal_gain=recipe.vocal_gain, swap_main=recipe.swap_main, swap_vocal=recipe.swap_vocal,
-                mono=recipe.mono, out_mixture=mixture_np[j], out_target=target_np[j], normalise=normalise,
+                mono=recipe.mono, out_mixture=mixture_np[j], out_target=target_np[j],
             )
             valid[j, : recipe.valid] = True
             kinds[j] = KINDS.index(recipe.kind)
-            if normalise and peak > 0:
-                scale[j] = peak
-            if self.bin_scale is not None:
-                np.multiply(mixture_np[j], self.bin_scale, out=mixture_np[j])
-                np.multiply(target_np[j], self.bin_scale, out=target_np[j])
+            scale[j] = self.normalisation.normalise_example(mixture_np[j], target_np[j], peak)
         return {
             "mixture": mixture, "target": target,
             "valid": torch.from_numpy(valid), "kind": torch.from_numpy(kinds), "scale": torch.from_numpy(scale),

@@ -67,15 +67,15 @@ def _mix_magnitudes(main, target, vocal, has_vocal, target_is_main, main_map, ta
 
 
 @njit(cache=True, fastmath=True, boundscheck=False, nogil=True)
-def _scale_in_place(mixture, target, factor):
-    """mixture = min(mixture * factor, 1); target = min(target * factor, 1): one pass over both.
+def scale_clip_in_place(values, factor):
+    """values = min(values * factor, 1), in place, one pass: the crop-max normalisation's step.
 
-    The mixture's own clip only catches rounding: peak * (1 / peak) can be 1 + 1 ulp in float32."""
-    flat_mixture = mixture.reshape(-1)
-    flat_target = target.reshape(-1)
-    for position in range(flat_mixture.size):
-        flat_mixture[position] = min(flat_mixture[position] * factor, np.float32(1.0))
-        flat_target[position] = min(flat_target[position] * factor, np.float32(1.0))
+    Used for the mixer's mixture and target and for inference crops alike
+    (`InputNormalisation`), so both scale by the same float32 operation. On a mixture the clip
+    only catches rounding: peak * (1 / peak) can be 1 + 1 ulp in float32."""
+    flat = values.reshape(-1)
+    for position in range(flat.size):
+        flat[position] = min(flat[position] * factor, np.float32(1.0))
 
 
 def mix_magnitudes(
@@ -114,7 +114,9 @@ def mix_magnitudes(
         F16_TABLE, out_mixture, out_target,
     ))
     if normalise and peak > 0:
-        _scale_in_place(out_mixture, out_target, np.float32(1.0 / peak))
+        factor = np.float32(1.0 / peak)
+        scale_clip_in_place(out_mixture, factor)
+        scale_clip_in_place(out_target, factor)
     return out_mixture, out_target, peak
 
 

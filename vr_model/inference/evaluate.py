@@ -34,7 +34,7 @@ import numpy as np
 
 from vr_data.dsp import StftConfig, istft, stft
 from vr_data.errors import VRDataError
-from vr_model.inference.separate import DEFAULT_OVERLAP
+from vr_model.inference.masking import DEFAULT_OVERLAP
 
 MDX_DELTA = 1e-7          # the MDX/SDX challenges' epsilon, added to both energies
 BSSEVAL_WINDOW_SECONDS = 1.0
@@ -387,7 +387,7 @@ def validation_sdr(model, normalisation, store, k: int, *, split: str = "valid",
     ceiling are computed on the same spectrograms. `model` is a `FramePrimerUNet` (run where
     its parameters are; its train/eval mode is restored). None when the store has no such songs.
     """
-    from vr_model.inference.separate import CropMasker, TorchMaskNetwork
+    from vr_model.inference.masking import CropMasker, TorchMaskNetwork
 
     songs = validation_songs(store, k, split)
     if not songs:

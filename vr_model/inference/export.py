@@ -27,7 +27,7 @@ import torch
 
 from vr_data.dsp import StftConfig
 from vr_data.errors import VRDataError
-from vr_model.normalisation import InputNormalisation
+from vr_data.mixer.normalisation import InputNormalisation
 
 OPSET = 17
 FORMAT = "vr_model.frame_primer.onnx/1"
@@ -116,7 +116,7 @@ def _plain_frame_norm(norm, features: torch.Tensor) -> torch.Tensor:
 
 
 class OnnxMaskNetwork:
-    """An exported mask network run by onnxruntime; a `vr_model.inference.separate.MaskNetwork`."""
+    """An exported mask network run by onnxruntime; a `vr_model.inference.masking.MaskNetwork`."""
 
     def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
         import onnxruntime

@@ -31,7 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from vr_data.errors import VRDataError
 from vr_model.network.config import FramePrimerConfig
-from vr_model.normalisation import InputNormalisation
+from vr_data.mixer.normalisation import InputNormalisation
 from vr_model.network.unet import FramePrimerUNet
 
 WEIGHTS = "model.safetensors"

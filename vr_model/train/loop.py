@@ -32,9 +32,9 @@ import torch.distributed as dist
 from vr_data.errors import VRDataError
 from vr_data.io import atomic_write_text
 from vr_data.mixer import MixerLoader
+from vr_data.mixer.normalisation import InputNormalisation
 from vr_data.store import open_store
 from vr_model.network.checkpoint import CHECKPOINTS, EMA_WEIGHTS, WEIGHTS, list_checkpoints, load_weights
-from vr_model.normalisation import InputNormalisation
 from vr_model.train.build import (
     ExponentialMovingAverage, build_model, init_from_checkpoint, make_optimizer, nominal_elements, parameter_groups,
     rank_batching,
