@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pipelines.common import console, user_errors
+from pipelines.common import console, err_console, user_errors
 from pipelines.vrtrain import app
 from vr_data.errors import VRDataError
 
@@ -32,7 +32,7 @@ def run_command(
 ) -> None:
     """Train (or with --resume continue training) a model; under torchrun, one process per GPU."""
     from vr_model.train import load_config, train
-    from vr_model.train.loop import RUN_JSON
+    from vr_model.train.loop import CONFIG_TOML, RUN_JSON
 
     if init_partial and init is None:
         raise VRDataError(None, "--init-partial goes with --init CHECKPOINT")
@@ -42,19 +42,26 @@ def run_command(
     if resume is not None:
         if out is not None and out.resolve() != resume.resolve():
             raise VRDataError(out, "--resume names the run directory; leave --out out")
-        if config is not None or overrides or shortcuts or init is not None or init_partial:
-            raise VRDataError(resume, "a resumed run keeps its own config.toml and weights: no --config, --set, "
-                                      "--objective, --freeze, --unfreeze-after, --init or --init-partial")
+        if config is not None or shortcuts or init is not None or init_partial:
+            raise VRDataError(resume, "a resumed run keeps its own config.toml and weights: no --config, "
+                                      "--objective, --freeze, --unfreeze-after, --init or --init-partial (--set "
+                                      "may add steps to the last stage or append a stage)")
         if store is None:
             try:
                 store = Path(json.loads((resume / RUN_JSON).read_text())["store"])
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError):
                 raise VRDataError(resume, f"no {RUN_JSON} naming the store; pass --store") from None
-        summary = train(store, resume, None, resume=True)
+        extended = load_config(resume / CONFIG_TOML, overrides) if overrides and (resume / CONFIG_TOML).is_file() \
+            else None
+        for note in (extended.warnings() if extended else []):
+            err_console.print(f"warning: {note}", highlight=False, soft_wrap=True)
+        summary = train(store, resume, extended, resume=True)
     else:
         if store is None or out is None:
             raise VRDataError(None, "vrtrain run needs --store and --out (or --resume RUN_DIR)")
         resolved = load_config(config, [*overrides, *shortcuts])
+        for note in resolved.warnings():
+            err_console.print(f"warning: {note}", highlight=False, soft_wrap=True)
         summary = train(store, out, resolved, init=init, init_partial=init_partial)
     console.print(f"run directory: {summary.run_dir}; last checkpoint: {summary.last_checkpoint}", highlight=False)
 

@@ -648,3 +648,59 @@ __all__ = [
     "ConfigError", "TrainConfig", "Stage", "VRDataError", "config_from_dict", "dump_config", "load_config",
     "read_config_file",
 ]
+
+
+# -- the config against a store --------------------------------------------------------------------
+def check_store_has_examples(config: TrainConfig, store, store_path: str | Path) -> None:
+    """Every example kind with a positive proportion has tracks to draw from in the store's
+    train split; checked before the run directory is written or a loader worker starts (a
+    denoising run on a store without a `pretrain` role used to die inside a worker)."""
+    from vr_data.mixer.base import build_libraries
+
+    mixer = config.mixer_config(config.curriculum[0], 1)
+    libraries = build_libraries(store.tracks, mixer)
+    proportions = mixer.proportions
+    if proportions.get("pretrain", 0) > 0 and not libraries["pretrain"].entries:
+        raise ConfigError(store_path, f"config key mixer.pretrain_sources: the store has no train tracks of "
+                                      f"{', '.join(mixer.pretrain_sources)} for the pretrain examples "
+                                      f"(mixer.proportions.pretrain = {proportions['pretrain']}); build the store with "
+                                      f"a pretrain manifest (vrdata scan --layout pretrain), or draw from other roles: "
+                                      f"--set 'mixer.pretrain_sources=[\"pair_mixture\", \"instrumental\"]'")
+    for kind, what in (("pair", "pairs"), ("augmented", f"instrumentals ({', '.join(mixer.instrumental_sources)})")):
+        if proportions.get(kind, 0) > 0 and not libraries[kind].entries:
+            raise ConfigError(store_path, f"config key mixer.proportions.{kind}: {proportions[kind]}, but the store "
+                                          f"has no train {what}; set it to 0 or use a store that has them")
+
+
+# -- extending a run -------------------------------------------------------------------------------
+def check_extension(saved: TrainConfig, extended: TrainConfig) -> None:
+    """A resumed run may get more steps on its last stage or new stages after it, and nothing
+    else that would change what was already trained: anything else is a ConfigError naming
+    the first key that differs."""
+    before, after = saved.to_dict(), extended.to_dict()
+    stages_before, stages_after = before.pop("curriculum"), after.pop("curriculum")
+    last = len(stages_before) - 1
+    rule = (f"a resumed run may only add steps to its last stage (curriculum.{last}.steps) or append stages "
+            f"(curriculum.{last + 1}...)")
+    key = _first_difference(before, after, "")
+    if key is None and len(stages_after) < len(stages_before):
+        key = f"curriculum.{len(stages_after)}"
+    for index, stage in enumerate(stages_before[:len(stages_after)]):
+        if key is not None:
+            break
+        changed = _first_difference(stage, stages_after[index], f"curriculum.{index}.")
+        if changed == f"curriculum.{last}.steps" and stages_after[last]["steps"] >= stage["steps"]:
+            continue
+        key = changed
+    if key is not None:
+        raise ConfigError(None, f"--set {key} with --resume: {rule}; {key} would change what was already trained")
+
+
+def _first_difference(a: Any, b: Any, prefix: str) -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for name in [*a, *(k for k in b if k not in a)]:
+            found = _first_difference(a.get(name), b.get(name), f"{prefix}{name}.")
+            if found is not None:
+                return found
+        return None
+    return None if a == b else prefix.rstrip(".")

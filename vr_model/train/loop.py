@@ -37,7 +37,8 @@ from vr_model.train.build import (
     ExponentialMovingAverage, build_model, init_from_checkpoint, make_optimizer, nominal_elements, parameter_groups,
     rank_batching,
 )
-from vr_model.train.config import TrainConfig, dump_config, load_config
+from vr_model.train.config import TrainConfig, check_store_has_examples, dump_config, load_config
+from vr_data.io import atomic_write_text  # [ckpt]
 from vr_model.train.objectives import OBJECTIVES, StepContext
 from vr_model.train.runlog import RunLog, format_seconds
 from vr_model.train.schedule import learning_rate
@@ -45,6 +46,7 @@ from vr_model.train.state import (
     TrainingState, host_rng_state, load_training_state, prune_checkpoints, remove_unfinished, rng_state,
     save_training_checkpoint, set_host_rng_state, set_rng_state, write_best,
 )
+from vr_model.train.state import lock_run_dir, resume_checkpoint, resumed_config, step_directories  # [ckpt]
 from vr_model.train.validation import FixedCrops, Validator, validation_kind, validation_mixer_config
 
 CONFIG_TOML = "config.toml"
@@ -86,19 +88,17 @@ def train(store_path: str | Path, run_dir: str | Path, config: TrainConfig | Non
     run_dir = Path(run_dir)
     checkpoints_dir = run_dir / CHECKPOINTS
     if resume:
-        if config is not None:
-            raise VRDataError(run_dir, "a resumed run uses its own config.toml; --config/--set are not allowed")
-        if not (run_dir / CONFIG_TOML).is_file():
-            raise VRDataError(run_dir, f"nothing to resume: no {CONFIG_TOML}")
-        config = load_config(run_dir / CONFIG_TOML)
+        # [ckpt] the run's config.toml; `config` may only extend its curriculum (state.resumed_config)
+        config = resumed_config(run_dir, config, CONFIG_TOML)
     else:
         config = config or TrainConfig()
-        if list_checkpoints(checkpoints_dir):
+        if step_directories(checkpoints_dir):  # [ckpt] damaged ones count too
             raise VRDataError(run_dir, "already holds checkpoints: resume it with --resume, or choose another --out")
     # -- processes, device, precision ------------------------------------------------------------
     rank, world_size, device = setup_distributed(config.train.device)
     try:
-        return _train(Path(store_path), run_dir, config, resume, init, init_partial, rank, world_size, device)
+        with lock_run_dir(run_dir, rank):  # [ckpt] one run per directory; --out naming a file refused
+            return _train(Path(store_path), run_dir, config, resume, init, init_partial, rank, world_size, device)
     finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -121,6 +121,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
     store = open_store(store_path)
     model_config = config.model_config()
     check_store_matches_model(store, model_config, store_path)
+    check_store_has_examples(config, store, store_path)  # [ckpt] e.g. denoise without a pretrain role
     for index, stage in enumerate(config.curriculum):
         if stage.crop_frames > model_config.max_frames:
             raise VRDataError(None, f"curriculum.{index}.crop_frames {stage.crop_frames} exceeds the model's "
@@ -137,7 +138,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
     resume_state = None
     resume_dir = None
     if resume:
-        found = list_checkpoints(checkpoints_dir)
+        found = [c for c in [resume_checkpoint(run_dir, checkpoints_dir)] if c]  # [ckpt] checked whole, never skipped
         if not found and writer:
             print(f"{run_dir}: no checkpoint yet; starting from step 0", flush=True)
         if found:
@@ -550,9 +551,4 @@ def _gather(value, world_size: int) -> list:
 
 
 def _write_text(path: Path, text: str) -> None:
-    import tempfile
-
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
+    atomic_write_text(path, text)  # [ckpt] vr_data.io: refuses non-regular targets, respects the umask
