@@ -330,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         stage = config.curriculum[0]
         print(f"training: tiny, crop {stage.crop_frames} frames, batch {stage.batch_size}, lr {config.train.lr:g}, "
               f"warmup {config.train.warmup_steps}, loss {config.train.loss}, normalisation "
-              f"{config.mixer['normalisation']}" + (f"; extra {' '.join(args.overrides)}" if args.overrides else ""))
+              f"{config.mixer.normalisation}" + (f"; extra {' '.join(args.overrides)}" if args.overrides else ""))
         if step_seconds is not None:
             print(f"budget {budget_minutes:g} min; a calibration run measured {step_seconds:.2f} s/step now "
                   f"-> {steps} steps")

@@ -35,7 +35,7 @@ def run_command(
     SIGTERM or Ctrl-C saves a checkpoint at the next step boundary and exits 75 (a second one
     stops at once: 143 or 130); the message gives the command that resumes the run."""
     from vr_model.train import TrainingInterrupted, load_config, train
-    from vr_model.train.loop import RUN_JSON
+    from vr_model.train.loop import CONFIG_TOML, RUN_JSON
 
     if init_partial and init is None:
         raise VRDataError(None, "--init-partial goes with --init CHECKPOINT")
@@ -45,22 +45,29 @@ def run_command(
     if resume is not None:
         if out is not None and out.resolve() != resume.resolve():
             raise VRDataError(out, "--resume names the run directory; leave --out out")
-        if config is not None or overrides or shortcuts or init is not None or init_partial:
-            raise VRDataError(resume, "a resumed run keeps its own config.toml and weights: no --config, --set, "
-                                      "--objective, --freeze, --unfreeze-after, --init or --init-partial")
+        if config is not None or shortcuts or init is not None or init_partial:
+            raise VRDataError(resume, "a resumed run keeps its own config.toml and weights: no --config, "
+                                      "--objective, --freeze, --unfreeze-after, --init or --init-partial (--set "
+                                      "may add steps to the last stage or append a stage)")
         if store is None:
             try:
                 store = Path(json.loads((resume / RUN_JSON).read_text())["store"])
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, TypeError):
                 raise VRDataError(resume, f"no {RUN_JSON} naming the store; pass --store") from None
-    elif store is None or out is None:
-        raise VRDataError(None, "vrtrain run needs --store and --out (or --resume RUN_DIR)")
     try:
         if resume is not None:
-            summary = train(store, resume, None, resume=True)
+            extended = load_config(resume / CONFIG_TOML, overrides) if overrides and (resume / CONFIG_TOML).is_file() \
+                else None
+            for note in (extended.warnings() if extended else []):
+                err_console.print(f"warning: {note}", highlight=False, soft_wrap=True)
+            summary = train(store, resume, extended, resume=True)
         else:
-            summary = train(store, out, load_config(config, [*overrides, *shortcuts]), init=init,
-                            init_partial=init_partial)
+            if store is None or out is None:
+                raise VRDataError(None, "vrtrain run needs --store and --out (or --resume RUN_DIR)")
+            resolved = load_config(config, [*overrides, *shortcuts])
+            for note in resolved.warnings():
+                err_console.print(f"warning: {note}", highlight=False, soft_wrap=True)
+            summary = train(store, out, resolved, init=init, init_partial=init_partial)
     except TrainingInterrupted as interrupted:
         err_console.print(str(interrupted), highlight=False, soft_wrap=True)
         raise typer.Exit(interrupted.exit_code) from None

@@ -70,6 +70,11 @@ def test_missing_or_foreign_checkpoints_are_user_errors(tmp_path):
             return (pytest.fail, ("unpickled a checkpoint",))
 
     (tmp_path / "model.safetensors").write_bytes(pickle.dumps(Boom()))
+    with pytest.raises(VRDataError, match="damaged checkpoint"):
+        load_model(tmp_path)
+    document = json.loads((tmp_path / "config.json").read_text())
+    del document["files"]   # a checkpoint from before digests: still never unpickled
+    (tmp_path / "config.json").write_text(json.dumps(document))
     with pytest.raises(VRDataError, match="unreadable checkpoint weights"):
         load_model(tmp_path)
 

@@ -1,10 +1,13 @@
 """Model checkpoints: `model.safetensors` + `config.json` in one directory, never pickles.
 
-`config.json` holds the model config (`FramePrimerConfig.to_dict()`), the parameter count and
-whatever JSON the caller adds (`extra`: step, metrics, data store ids...). Each file is written
-to a temporary name in the same directory and renamed, weights first and `config.json` last,
-so a killed job leaves either the old checkpoint or the new one, and a directory with a
-`config.json` always has its weights. Other files in the directory (an optimizer state, say)
+`config.json` holds the model config (`FramePrimerConfig.to_dict()`), the parameter count,
+whatever JSON the caller adds (`extra`: step, metrics, data store ids...) and `files`: the
+sha256 of every other file of the checkpoint (`"model.safetensors": "sha256:..."`). Every
+load checks the digest of what it reads (`load_weights`, `verify_file`), so a damaged file is
+a one-line error naming it, never weights silently used. Each file is written through
+`vr_data.io.atomic_write_with` (a temporary name in the same directory, renamed), weights
+first and `config.json` last, so a killed job leaves either the old checkpoint or the new
+one, and a directory with a `config.json` always has its weights. Other files in the directory (an optimizer state, say)
 are left alone. An exponential moving average of the weights, when kept, is a second
 safetensors file, `ema.safetensors`, with the same tensor names.
 
@@ -19,9 +22,10 @@ complete) and a pointer file `RUN_DIR/checkpoints/best` naming the best by valid
 
 from __future__ import annotations
 
-import json
+import errno
 import os
-import tempfile
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from vr_data.errors import VRDataError
+from vr_data.io import atomic_write_text, atomic_write_with
 from vr_model.network.config import FramePrimerConfig
 from vr_data.mixer.normalisation import InputNormalisation
 from vr_model.network.unet import FramePrimerUNet
@@ -41,17 +46,61 @@ CHECKPOINTS = "checkpoints"        # under a run directory
 BEST = "best"                      # pointer file in RUN_DIR/checkpoints: {"checkpoint": "step-...", ...}
 STEP_PREFIX = "step-"
 FORMAT = "vr_model.frame_primer/1"
+DIGESTS = "files"                  # config.json: {file name: "sha256:<hex>"} of the checkpoint's other files
 
 
-def _replace_atomically(path: Path, write) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
+def file_digest(path: str | Path) -> str:
+    """`"sha256:<hex>"` of a file's bytes (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def verify_file(path: str | Path, document: dict | None = None) -> None:
+    """Check `path` against the digest its checkpoint's `config.json` records for it; a
+    mismatch or a missing file is a one-line VRDataError naming the file. A checkpoint written
+    before digests were recorded (no `files`) is not checked."""
+    path = Path(path)
+    if document is None:
+        document = read_checkpoint_json(path.parent)
+    expected = document.get(DIGESTS, {}).get(path.name)
+    if expected is None:
+        if DIGESTS in document:
+            raise VRDataError(path, f"damaged checkpoint: {CONFIG} records no digest for {path.name}")
+        return
     try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        actual = file_digest(path)
+    except FileNotFoundError:
+        raise VRDataError(path, "damaged checkpoint: the file is missing") from None
+    except OSError as error:
+        raise VRDataError(path, f"unreadable checkpoint file: {error.strerror or error}") from None
+    if actual != expected:
+        raise VRDataError(path, f"damaged checkpoint: its content does not match the digest in {CONFIG} "
+                                f"({actual[:19]}... is not {expected[:19]}...)")
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors `save_file` through the atomic writer; a full disk is an OSError (ENOSPC),
+    which `atomic_write_with` turns into a one-line error."""
+    def write(temporary: Path) -> None:
+        try:
+            save_file(tensors, str(temporary), metadata={"format": FORMAT})
+        except SafetensorError as error:
+            code = errno.ENOSPC if "code: 28" in str(error) else errno.EIO
+            raise OSError(code, os.strerror(code)) from None
+        # safetensors creates its file 0600; a run's files follow the umask as other tools' do.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)
+
+    atomic_write_with(path, write)
+
+
+def tensor_bytes(tensors: dict[str, torch.Tensor]) -> int:
+    """Bytes of a state dict's tensors (what a safetensors file of them takes, headers aside)."""
+    return sum(t.numel() * t.element_size() for t in tensors.values() if isinstance(t, torch.Tensor))
 
 
 def save_checkpoint(
@@ -60,12 +109,15 @@ def save_checkpoint(
     config: FramePrimerConfig | None = None,
     extra_json: dict[str, Any] | None = None,
     ema_state: dict[str, torch.Tensor] | None = None,
+    digest_files: tuple[str, ...] = (),
 ) -> Path:
     """Write `model.safetensors` (and `ema.safetensors` when `ema_state`, a state dict with the
     model's names, is given) and `config.json` into `path_dir` (created if missing).
 
-    `config` defaults to `model.config`; `extra_json` must be JSON-serialisable. Returns the
-    directory. A DDP/compiled wrapper is unwrapped by the caller (pass the bare model).
+    `config` defaults to `model.config`; `extra_json` must be JSON-serialisable. `config.json`
+    records the digest of every file written here and of `digest_files` (files the caller
+    wrote into the directory first, e.g. a trainer state). Returns the directory. A
+    DDP/compiled wrapper is unwrapped by the caller (pass the bare model).
     """
     directory = Path(path_dir)
     directory.mkdir(parents=True, exist_ok=True)
@@ -76,17 +128,19 @@ def save_checkpoint(
         "parameters": model.num_parameters(),
         "extra": extra_json or {},
     }
-    text = json.dumps(document, indent=2, sort_keys=True)  # fail on bad extra_json before touching files
+    json.dumps(document)  # fail on bad extra_json before touching files
     # safetensors wants contiguous tensors that own their storage.
     weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
-    _replace_atomically(directory / WEIGHTS, lambda temporary: save_file(weights, temporary, metadata={"format": FORMAT}))
+    written = [WEIGHTS]
+    _save_tensors(weights, directory / WEIGHTS)
     if ema_state is not None:
         if set(ema_state) != set(weights):
             raise ValueError("ema_state must have exactly the model's state_dict names")
         averaged = {name: tensor.detach().to("cpu").contiguous() for name, tensor in ema_state.items()}
-        _replace_atomically(directory / EMA_WEIGHTS,
-                            lambda temporary: save_file(averaged, temporary, metadata={"format": FORMAT}))
-    _replace_atomically(directory / CONFIG, lambda temporary: Path(temporary).write_text(text + "\n"))
+        _save_tensors(averaged, directory / EMA_WEIGHTS)
+        written.append(EMA_WEIGHTS)
+    document[DIGESTS] = {name: file_digest(directory / name) for name in (*written, *digest_files)}
+    atomic_write_text(directory / CONFIG, json.dumps(document, indent=2, sort_keys=True) + "\n")
     return directory
 
 
@@ -97,10 +151,18 @@ def read_checkpoint_json(path_dir: str | Path) -> dict[str, Any]:
         document = json.loads(path.read_text())
     except FileNotFoundError:
         raise VRDataError(path_dir, f"not a checkpoint directory (no {CONFIG})") from None
-    except (OSError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise VRDataError(path, f"unreadable checkpoint config: {error}") from None
+    if not isinstance(document, dict):
+        raise VRDataError(path, "damaged checkpoint config: not a JSON object")
     if document.get("format") != FORMAT:
         raise VRDataError(path, f"checkpoint format {document.get('format')!r} is not {FORMAT!r}")
+    for key, kind in (("model", dict), ("extra", dict), ("parameters", int)):
+        if not isinstance(document.get(key), kind):
+            raise VRDataError(path, f"damaged checkpoint config: {key!r} is missing or not a {kind.__name__}")
+    files = document.get(DIGESTS, {})
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+        raise VRDataError(path, f"damaged checkpoint config: {DIGESTS!r} is not a table of digests")
     return document
 
 
@@ -149,15 +211,33 @@ def checkpoint_normalisation(path: str | Path) -> InputNormalisation:
     checkpoint that records none was not made by the trainer and gets the mixer's default."""
     document = read_checkpoint_json(resolve_checkpoint(path))
     record = document.get("extra", {}).get("normalisation")
-    return InputNormalisation() if record is None else InputNormalisation.from_dict(record)
+    if record is None:
+        return InputNormalisation()
+    try:
+        return InputNormalisation.from_dict(record)
+    except (KeyError, TypeError, ValueError) as error:
+        raise VRDataError(Path(resolve_checkpoint(path)) / CONFIG,
+                          f"damaged checkpoint config: extra.normalisation {record!r} ({error})") from None
 
 
 def load_weights(path: Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """A safetensors state dict (no unpickling); unreadable files are user errors."""
+    """A safetensors state dict (no unpickling), after checking the file against the digest
+    its checkpoint's `config.json` records; damaged or unreadable files are user errors."""
+    path = Path(path)
+    verify_file(path)
     try:
         return load_file(path, device=str(device))
     except (FileNotFoundError, SafetensorError, OSError) as error:
         raise VRDataError(path, f"unreadable checkpoint weights: {error}") from None
+
+
+def checkpoint_model_config(directory: Path, document: dict) -> FramePrimerConfig:
+    """The model config a checkpoint's `config.json` records; a damaged one is one line."""
+    try:
+        return FramePrimerConfig.from_dict(document["model"])
+    except (VRDataError, TypeError, ValueError) as error:
+        raise VRDataError(Path(directory) / CONFIG,
+                          f"damaged checkpoint config: model {getattr(error, 'reason', error)}") from None
 
 
 def load_model(path_dir: str | Path, device: str | torch.device = "cpu", weights: str = "ema") -> FramePrimerUNet:
@@ -172,7 +252,7 @@ def load_model(path_dir: str | Path, device: str | torch.device = "cpu", weights
         raise VRDataError(None, f"weights must be 'ema' or 'raw', not {weights!r}")
     directory = resolve_checkpoint(path_dir)
     document = read_checkpoint_json(directory)
-    config = FramePrimerConfig.from_dict(document["model"])
+    config = checkpoint_model_config(directory, document)
     weights_path = directory / EMA_WEIGHTS if weights == "ema" and (directory / EMA_WEIGHTS).is_file() else directory / WEIGHTS
     state = load_weights(weights_path, device)
     with torch.device("meta"):

@@ -13,7 +13,9 @@ import torch
 from torch import Tensor, nn
 
 from vr_data.errors import VRDataError
-from vr_model.network.checkpoint import load_weights, read_checkpoint_json, resolve_checkpoint, WEIGHTS
+from vr_model.network.checkpoint import (
+    WEIGHTS, checkpoint_model_config, load_weights, read_checkpoint_json, resolve_checkpoint,
+)
 from vr_model.network.config import FramePrimerConfig
 from vr_model.network.unet import FramePrimerUNet
 from vr_model.train.config import Stage, TrainSection
@@ -47,7 +49,7 @@ def init_from_checkpoint(model: FramePrimerUNet, path, partial: bool = False) ->
     """
     directory = resolve_checkpoint(path, "best")
     document = read_checkpoint_json(directory)
-    theirs = FramePrimerConfig.from_dict(document["model"]).to_dict()
+    theirs = checkpoint_model_config(directory, document).to_dict()
     ours = model.config.to_dict()
     differing = sorted(key for key in set(theirs) | set(ours) if theirs.get(key) != ours.get(key))
     if differing and not partial:

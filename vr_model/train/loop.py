@@ -34,12 +34,12 @@ from vr_data.io import atomic_write_text
 from vr_data.mixer import MixerLoader
 from vr_data.mixer.normalisation import InputNormalisation
 from vr_data.store import open_store
-from vr_model.network.checkpoint import CHECKPOINTS, EMA_WEIGHTS, WEIGHTS, list_checkpoints, load_weights
+from vr_model.network.checkpoint import CHECKPOINTS, EMA_WEIGHTS, WEIGHTS, load_weights
 from vr_model.train.build import (
     ExponentialMovingAverage, build_model, init_from_checkpoint, make_optimizer, nominal_elements, parameter_groups,
     rank_batching,
 )
-from vr_model.train.config import Stage, TrainConfig, dump_config, load_config
+from vr_model.train.config import Stage, TrainConfig, check_store_has_examples, dump_config, load_config
 from vr_model.train.freeze import FreezePlan, apply_plan, unfreeze_into
 from vr_model.train.objectives import OBJECTIVES, StepContext, forward_terms
 from vr_model.train.preempt import StopRequests, TrainingInterrupted, agree, resume_command
@@ -50,8 +50,8 @@ from vr_model.train.setup import (
     make_loader, set_threads, setup_distributed, store_identity,
 )
 from vr_model.train.state import (
-    TrainingState, host_rng_state, prune_checkpoints, remove_unfinished, rng_state, save_training_checkpoint,
-    set_host_rng_state, set_rng_state, write_best,
+    TrainingState, host_rng_state, lock_run_dir, prune_checkpoints, remove_unfinished, resumed_config, rng_state,
+    save_training_checkpoint, set_host_rng_state, set_rng_state, step_directories, write_best,
 )
 from vr_model.train.validation import FixedCrops, Validator, validation_kind, validation_mixer_config
 
@@ -196,18 +196,15 @@ def train(store_path: str | Path, run_dir: str | Path, config: TrainConfig | Non
     """
     run_dir = Path(run_dir)
     if resume:
-        if config is not None:
-            raise VRDataError(run_dir, "a resumed run uses its own config.toml; --config/--set are not allowed")
-        if not (run_dir / CONFIG_TOML).is_file():
-            raise VRDataError(run_dir, f"nothing to resume: no {CONFIG_TOML}")
-        config = load_config(run_dir / CONFIG_TOML)
+        # the run's config.toml; `config` may only extend its curriculum (state.resumed_config)
+        config = resumed_config(run_dir, config, CONFIG_TOML)
     else:
         config = config or TrainConfig()
-        if list_checkpoints(run_dir / CHECKPOINTS):
+        if step_directories(run_dir / CHECKPOINTS):  # damaged ones count too
             raise VRDataError(run_dir, "already holds checkpoints: resume it with --resume, or choose another --out")
     rank, world_size, device = setup_distributed(config.train.device)
     try:
-        with StopRequests(run_dir, world_size) as stop:   # a signal from here on stops after a step
+        with lock_run_dir(run_dir, rank), StopRequests(run_dir, world_size) as stop:   # a signal from here on stops after a step
             run, resume_point = set_up(Path(store_path), run_dir, config, resume, rank, world_size, device)
             stop.run = run
             if init is not None and resume_point is None:
@@ -229,6 +226,7 @@ def set_up(store_path: Path, run_dir: Path, config: TrainConfig, resume: bool, r
     store = open_store(store_path)
     model_config = config.model_config()
     check_store_matches_model(store, model_config, store_path)
+    check_store_has_examples(config, store, store_path)  # e.g. denoise without a pretrain role
     check_crops(config, model_config, world_size)
     store_id = store_identity(store)
     mixer_first = config.mixer_config(config.curriculum[0], 1)

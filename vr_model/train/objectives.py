@@ -87,7 +87,7 @@ def denoise_objective(model: nn.Module, batch: dict, config: "TrainConfig", cont
     settings = config.denoise_config()
     generators = example_generators(config.train.seed, int(batch.get("epoch", 0)), batch["index"].tolist(),
                                     device=mixture.device)
-    noisy = add_noise(mixture, valid, settings, generators, config.mixer["normalisation"])
+    noisy = add_noise(mixture, valid, settings, generators, config.mixer.normalisation)
     prediction = model(noisy.model_input, frame_mask=~valid)               # (B, C, bins + 1, T), unbounded
     bins = prediction.shape[2] - 1  # the model repeats its last bin for Nyquist: that noise is unpredictable
     return masked_error(prediction[:, :, :bins], noisy.noise[:, :, :bins], valid, settings.loss)

@@ -6,9 +6,9 @@ elsewhere does nothing).
   plain lines on stdout otherwise (log files, CI); both fit the terminal's width (`COLUMNS`, 80
   off a terminal) by dropping the least useful fields first (`fit_fields`);
 - `train.log`: the same lines and every notice, plain text, appended (a resumed run continues it);
-- `metrics.jsonl`: one JSON record per log interval and per validation; on resume, records
-  past the checkpoint's step are dropped (rewritten atomically) so the history has no
-  duplicates;
+- `metrics.jsonl`: one JSON record per log interval and per validation; every start trims it to
+  the step it starts from (the checkpoint's, or 0: records a killed run wrote before its first
+  checkpoint are dropped too), rewritten atomically, so the history has no duplicates;
 - `tensorboard/`: the same scalars (`purge_step` on resume hides the replayed steps);
 - `loss.png`: training and validation loss against the step, written at the end.
 """
@@ -20,21 +20,15 @@ import math
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from vr_data.io import atomic_write_text, atomic_write_with
 
 METRICS = "metrics.jsonl"
 TRAIN_LOG = "train.log"
 TENSORBOARD = "tensorboard"
 LOSS_PLOT = "loss.png"
-
-
-def _replace_text(path: Path, text: str) -> None:
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    with os.fdopen(descriptor, "w") as handle:
-        handle.write(text)
-    os.replace(temporary, path)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
@@ -48,6 +42,18 @@ def read_metrics(run_dir: str | Path) -> list[dict]:
             except ValueError:
                 continue
     return records
+
+
+def trim_metrics(run_dir: Path, step: int) -> None:
+    """Drop the records past `step` from `RUN_DIR/metrics.jsonl` (the step a run starts from:
+    its checkpoint's, or 0), so a killed run's records are not repeated by its resume."""
+    path = Path(run_dir) / METRICS
+    if not path.exists():
+        return
+    records = read_metrics(run_dir)
+    kept = [r for r in records if isinstance(r.get("step"), int) and r["step"] <= step]
+    if len(kept) != len(records) or path.stat().st_size != sum(len(json.dumps(r)) + 1 for r in kept):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def format_seconds(seconds: float) -> str:
@@ -99,9 +105,7 @@ class RunLog:
         if not enabled:
             return
         run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None:
-            kept = [r for r in read_metrics(run_dir) if int(r.get("step", 0)) <= resume_step]
-            _replace_text(run_dir / METRICS, "".join(json.dumps(r) + "\n" for r in kept))
+        trim_metrics(run_dir, resume_step or 0)
         self._metrics = open(run_dir / METRICS, "a")
         self._log = open(run_dir / TRAIN_LOG, "a")
         if tensorboard:
@@ -201,9 +205,8 @@ def plot_losses(run_dir: Path) -> Path | None:
     axes.legend()
     figure.tight_layout()
     path = run_dir / LOSS_PLOT
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{LOSS_PLOT}.", suffix=".png", dir=run_dir)
-    os.close(descriptor)
-    figure.savefig(temporary)
-    plt.close(figure)
-    os.replace(temporary, path)
+    try:
+        atomic_write_with(path, lambda temporary: figure.savefig(temporary, format="png"))
+    finally:
+        plt.close(figure)
     return path

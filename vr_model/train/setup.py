@@ -18,10 +18,10 @@ import torch.distributed as dist
 
 from vr_data.errors import VRDataError
 from vr_data.mixer import MixerLoader, WdsMixerDataset, ZarrMixerDataset
-from vr_model.network.checkpoint import list_checkpoints, read_checkpoint_json
+from vr_model.network.checkpoint import read_checkpoint_json
 from vr_model.train.build import rank_batching
 from vr_model.train.config import TrainConfig
-from vr_model.train.state import TrainingState, load_training_state
+from vr_model.train.state import TrainingState, load_training_state, resume_checkpoint
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -122,13 +122,14 @@ class ResumePoint:
 
 def find_resume_point(run_dir: Path, checkpoints_dir: Path, store_path, store_id: str, world_size: int,
                       writer: bool) -> ResumePoint | None:
-    """The latest checkpoint of `run_dir`, checked against this store and world size (None: none yet)."""
-    found = list_checkpoints(checkpoints_dir)
-    if not found:
+    """The latest checkpoint of `run_dir`, checked whole and against this store and world size (None: the
+    run has no checkpoint directory yet)."""
+    newest = resume_checkpoint(run_dir, checkpoints_dir)  # checked whole; a damaged one is refused
+    if newest is None:
         if writer:
             print(f"{run_dir}: no checkpoint yet; starting from step 0", flush=True)
         return None
-    point = ResumePoint(found[-1], load_training_state(found[-1]), read_checkpoint_json(found[-1]))
+    point = ResumePoint(newest, load_training_state(newest), read_checkpoint_json(newest))
     recorded = point.document["extra"].get("store_id")
     if recorded != store_id:
         raise VRDataError(store_path, f"is not the store this run trained on (store id {store_id}, "
