@@ -72,5 +72,5 @@ def test_checkpoint_every_minutes_saves_on_the_clock_beside_the_step_interval(st
     run = tmp_path / "run"
     train(store, run, config("checkpoint.every=1000", "checkpoint.every_minutes=1e-9", stages=((32, 4, 1, 3),)))
     assert [path.name for path in list_checkpoints(run / "checkpoints")] == [f"step-0000000{k}" for k in (1, 2, 3)]
-    with pytest.raises(VRDataError, match="checkpoint.every_minutes must be >= 0"):
+    with pytest.raises(VRDataError, match="checkpoint.every_minutes: input should be greater than or equal to 0"):
         load_config(None, ["checkpoint.every_minutes=-1"])
