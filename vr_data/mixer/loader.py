@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import atexit
+import functools
+import multiprocessing
 import os
 import signal
+import weakref
 
 from torch.utils.data import DataLoader
 
 from vr_data.errors import VRDataError
 from vr_data.mixer.base import MixerBase
 from vr_data.mixer.config import RESUMABLE_CHANGES, MixerConfig, data_differences
+
+# Every open loader's "closing" event, set at exit before multiprocessing's own exit handler (an
+# earlier registration, so it runs later) ends the workers with SIGTERM (see `_start_worker`).
+_CLOSING = weakref.WeakSet()
+atexit.register(lambda: [event.set() for event in list(_CLOSING)])
 
 
 class MixerLoader:
@@ -39,6 +47,7 @@ class MixerLoader:
         self.epoch = dataset.epoch
         self.batch = dataset.start_batch
         self._batches = None
+        self._closing = None   # set when the workers may go: a SIGTERM then ends them (_start_worker)
 
     def __len__(self) -> int:
         return self.dataset.batches_per_rank()
@@ -49,11 +58,14 @@ class MixerLoader:
             self.epoch, self.batch = self.epoch + 1, 0
         if self._batches is None:
             self.dataset.set_position(self.epoch, self.batch)
+            if self.num_workers:
+                self._closing = multiprocessing.get_context("spawn").Event()
+                _CLOSING.add(self._closing)
             loader = DataLoader(
                 self.dataset, batch_size=None, num_workers=self.num_workers, pin_memory=self.pin_memory,
                 prefetch_factor=self.prefetch_factor if self.num_workers else None,
                 multiprocessing_context="spawn" if self.num_workers else None,
-                worker_init_fn=_exit_without_finalising if self.num_workers else None,
+                worker_init_fn=functools.partial(_start_worker, self._closing) if self.num_workers else None,
             )
             self._batches = iter(loader)
         while self.batch < len(self):
@@ -67,6 +79,8 @@ class MixerLoader:
 
     def close(self) -> None:
         """Stop the worker processes (they restart at the current position when needed)."""
+        if self._closing is not None:
+            self._closing.set()
         self._batches = None
 
     def state_dict(self) -> dict:
@@ -107,11 +121,21 @@ class MixerLoader:
         self.batch = min(self.batch, len(self))
 
 
-def _exit_without_finalising(worker_id: int) -> None:
-    """Workers leave with os._exit: interpreter finalisation would tear down tensorstore's
-    threads out of order (std::terminate, SIGABRT), which the DataLoader reports as a crash.
-    They ignore Ctrl-C and SIGTERM (sent to the whole process group): the main process decides
-    when they stop, so a trainer can finish its step and save a checkpoint first."""
+def _start_worker(closing, worker_id: int) -> None:
+    """A worker's set-up.
+
+    Workers leave with os._exit: interpreter finalisation would tear down tensorstore's threads
+    out of order (std::terminate, SIGABRT), which the DataLoader reports as a crash. They ignore
+    Ctrl-C, and SIGTERM until the loader is closing (`closing` set): a signal sent to the whole
+    process group (a terminal's Ctrl-C, a cluster's preemption) leaves the decision to the main
+    process, so a trainer can finish its step and save a checkpoint; the SIGTERM with which the
+    DataLoader and multiprocessing end workers at shutdown still ends them.
+    """
     atexit.register(os._exit, 0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+    def on_sigterm(number, frame) -> None:
+        if closing.is_set():
+            os._exit(0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)

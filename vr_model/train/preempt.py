@@ -4,7 +4,8 @@ The first signal only raises a flag; the loop reads it at the next step boundary
 rank agrees on it (`agree`), saves a checkpoint, writes the interruption to `train.log` and raises
 `TrainingInterrupted` (`vrtrain run` exits with `EXIT_PREEMPTED`, 75). A second signal stops at
 once, without a checkpoint (`vrtrain run` exits 130 for SIGINT, 143 for SIGTERM). Loader workers
-ignore both signals (`vr_data.mixer.loader`): the main process decides when they stop.
+ignore Ctrl-C, and SIGTERM until their loader closes (`vr_data.mixer.loader`): the main process
+decides when they stop.
 """
 
 from __future__ import annotations
