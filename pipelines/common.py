@@ -124,14 +124,11 @@ def humans_on_stderr(active: bool) -> Iterator[None]:
 def write_json(target: str | Path, record: dict) -> None:
     """Write a JSON result: `-` is standard output, anything else an atomic file write (which
     refuses to replace a device, FIFO or directory)."""
-    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
-    if str(target) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    from vr_data.io import atomic_write_bytes
+    from vr_data.io import STDOUT, write_output
 
-    atomic_write_bytes(Path(target), text.encode())
+    write_output(target, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    if str(target) == STDOUT:
+        return
     console.print(f"wrote {target}", highlight=False)
 
 

@@ -16,6 +16,7 @@ from pipelines.common import console, err_console, progress, user_errors
 from pipelines.vrtrain import app
 from vr_data.audio import AUDIO_EXTENSIONS
 from vr_data.errors import VRDataError
+from vr_data.io import check_output_folder
 from vr_data.audio.blocks import SUBTYPES, check_output_format
 from vr_model.inference.masking import DEFAULT_OVERLAP
 from vr_model.inference.separate import SeparationOptions, Separator
@@ -65,6 +66,7 @@ def separate_command(
 ) -> None:
     """Separate songs into instrumental and vocals, at each song's own rate, channels and length."""
     check_output_format(format, subtype)
+    check_output_folder(out)
     found, missing = _find_songs(songs)
     if not found and not missing:
         raise VRDataError(None, "no audio files found in the given paths")
@@ -173,6 +175,7 @@ def eval_command(
     from vr_data.io import atomic_write_json
     from vr_model.inference.evaluate import eval_tracks, evaluate_tracks, plot_track
 
+    check_output_folder(out)
     manifest_path, root = parse_manifest_spec(manifest, root)
     tracks = eval_tracks(read_manifest(manifest_path, root=root), split, limit)
     separator = _separator(checkpoint, onnx, device, weights, _options(crop_frames, overlap, batch_size, tta))
@@ -234,7 +237,7 @@ def _cell(number: float) -> str:
 @user_errors
 def export_command(
     checkpoint: Path = typer.Option(..., help=_CHECKPOINT_HELP),
-    onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write."),
+    onnx: Path = typer.Option(..., "--onnx", help="ONNX file to write ('-': standard output)."),
     weights: Optional[str] = typer.Option(None, help="ema or raw, where the checkpoint has both."),
     check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with torch after export."),
 ) -> None:
@@ -243,14 +246,16 @@ def export_command(
     from vr_model.inference.loading import load_checkpoint_model
 
     model, normalisation, stft_config = load_checkpoint_model(checkpoint, "cpu", weights)
-    export_onnx(model, onnx, normalisation, stft_config)
+    data = export_onnx(model, onnx, normalisation, stft_config)
     config = model.config
-    console.print(f"wrote {onnx} ({onnx.stat().st_size / 1e6:.1f} MB): magnitude (batch, {config.in_channels}, "
-                  f"{config.bins + 1}, frames <= {config.max_frames}) -> mask; normalisation "
-                  f"{normalisation.kind}", highlight=False)
+    # With `--onnx -` the model is on standard output: the report goes to standard error.
+    report = err_console if str(onnx) == "-" else console
+    report.print(f"wrote {onnx} ({len(data) / 1e6:.1f} MB): magnitude (batch, {config.in_channels}, "
+                 f"{config.bins + 1}, frames <= {config.max_frames}) -> mask; normalisation "
+                 f"{normalisation.kind}", highlight=False)
     if check:
-        difference = max_abs_difference(model, onnx, frames=(1, min(37, config.max_frames), config.max_frames),
+        difference = max_abs_difference(model, data, frames=(1, min(37, config.max_frames), config.max_frames),
                                         batch=1)
-        console.print(f"onnxruntime vs torch: max abs difference {difference:.2e}", highlight=False)
+        report.print(f"onnxruntime vs torch: max abs difference {difference:.2e}", highlight=False)
         if not difference <= 1e-4:
             raise VRDataError(onnx, f"the export differs from torch by {difference:.2e} (> 1e-4)")

@@ -126,7 +126,7 @@ class FramePrimerUNet(nn.Module):
     -> mask `(B, in_channels, bins + 1, T)` in [0, 1] (`config.head == "mask"`), or the
     unbounded output of the last 1x1 convolution (`config.head == "linear"`).
 
-    The magnitude is expected normalised as in training (`vr_model.normalisation`: each crop
+    The magnitude is expected normalised as in training (`vr_data.mixer.normalisation`: each crop
     scaled the way the mixer scaled it). The Nyquist bin is dropped on the way in and the
     mask of the last kept bin is replicated for it on the way out. `frame_mask` marks padded
     frames (True = padding) at the end of a crop: they are never attended to and are zeroed
