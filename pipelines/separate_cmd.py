@@ -13,7 +13,7 @@ from rich import box
 from rich.table import Table
 
 from pipelines.common import console, err_console, progress, user_errors
-from pipelines.vrtrain import app
+from pipelines.apps import vrtrain_app as app
 from vr_data.audio import AUDIO_EXTENSIONS
 from vr_data.errors import VRDataError
 from vr_data.io import check_output_folder

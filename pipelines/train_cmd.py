@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from pipelines.common import console, user_errors
-from pipelines.vrtrain import app
+from pipelines.apps import vrtrain_app as app
 from vr_data.errors import VRDataError
 
 
