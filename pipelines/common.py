@@ -143,27 +143,26 @@ def parse_manifest_spec(spec: str, root: Path | None = None) -> tuple[Path, Path
 # ------------------------------------------------------------------------------- progress
 
 
-def progress(unit: str = "items") -> Progress | "PlainProgress":
+def progress(unit: str = "items", *, bar_width: int | None = 40, elapsed: bool = True) -> Progress | "PlainProgress":
     """A progress display; `unit` names what it counts (items, audio-h, min...).
 
-    On a terminal, a rich progress bar. Otherwise (nohup, Slurm, a pipe) a rich bar would print
-    nothing until the end, so plain lines are printed instead: one when a task starts, then at
-    most one per `VR_PROGRESS_INTERVAL` seconds (default 30), and one when it finishes.
-    `VR_PROGRESS=0` switches progress off when not on a terminal.
+    On a terminal, a rich progress bar (`bar_width` columns of bar, the elapsed time unless
+    `elapsed=False`: narrow both to fit 80 columns). Otherwise (nohup, Slurm, a pipe) a rich bar
+    would print nothing until the end, so plain lines are printed instead: one when a task
+    starts, then at most one per `VR_PROGRESS_INTERVAL` seconds (default 30), and one when it
+    finishes. `VR_PROGRESS=0` switches progress off when not on a terminal.
     """
     if not console.is_terminal:
         interval = float(os.environ.get("VR_PROGRESS_INTERVAL", PROGRESS_INTERVAL_S))
         return PlainProgress(unit, interval, enabled=os.environ.get("VR_PROGRESS", "1") != "0")
-    return Progress(
+    columns = [
         TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=bar_width),
         MofNCompleteColumn() if unit == "items" else TextColumn("{task.completed:.2f}/{task.total:.2f} " + unit),
         TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    ]
+    columns += [TimeElapsedColumn()] if elapsed else []
+    return Progress(*columns, TimeRemainingColumn(), console=console, transient=False)
 
 
 class PlainProgress:
