@@ -373,10 +373,6 @@ class ValidationSdr:
     tracks: tuple[str, ...]
     per_track: tuple[float, ...]
 
-    @property
-    def gain(self) -> float:
-        return self.sdr - self.floor
-
 
 def validation_songs(store, k: int, split: str = "valid") -> list:
     """The first `k` pair tracks of `split` by id: the same songs at every validation."""
