@@ -227,7 +227,7 @@ def evaluate(checkpoint: Path, eval_manifest: Path, crop_frames: int, weights: s
     from vr_model.inference.separate import SeparationOptions
 
     started = time.perf_counter()
-    separator = separator_from_checkpoint(checkpoint, weights=weights,
+    separator = separator_from_checkpoint(checkpoint, device="cpu", weights=weights,
                                           options=SeparationOptions(crop_frames=crop_frames, overlap=0.5))
     config = separator.stft
     report = EvalReport()

@@ -124,14 +124,11 @@ def humans_on_stderr(active: bool) -> Iterator[None]:
 def write_json(target: str | Path, record: dict) -> None:
     """Write a JSON result: `-` is standard output, anything else an atomic file write (which
     refuses to replace a device, FIFO or directory)."""
-    text = json.dumps(record, indent=1, sort_keys=True) + "\n"
-    if str(target) == "-":
-        sys.stdout.write(text)
-        sys.stdout.flush()
-        return
-    from vr_data.io import atomic_write_bytes
+    from vr_data.io import STDOUT, write_output
 
-    atomic_write_bytes(Path(target), text.encode())
+    write_output(target, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    if str(target) == STDOUT:
+        return
     console.print(f"wrote {target}", highlight=False)
 
 
@@ -146,27 +143,26 @@ def parse_manifest_spec(spec: str, root: Path | None = None) -> tuple[Path, Path
 # ------------------------------------------------------------------------------- progress
 
 
-def progress(unit: str = "items") -> Progress | "PlainProgress":
+def progress(unit: str = "items", *, bar_width: int | None = 40, elapsed: bool = True) -> Progress | "PlainProgress":
     """A progress display; `unit` names what it counts (items, audio-h, min...).
 
-    On a terminal, a rich progress bar. Otherwise (nohup, Slurm, a pipe) a rich bar would print
-    nothing until the end, so plain lines are printed instead: one when a task starts, then at
-    most one per `VR_PROGRESS_INTERVAL` seconds (default 30), and one when it finishes.
-    `VR_PROGRESS=0` switches progress off when not on a terminal.
+    On a terminal, a rich progress bar (`bar_width` columns of bar, the elapsed time unless
+    `elapsed=False`: narrow both to fit 80 columns). Otherwise (nohup, Slurm, a pipe) a rich bar
+    would print nothing until the end, so plain lines are printed instead: one when a task
+    starts, then at most one per `VR_PROGRESS_INTERVAL` seconds (default 30), and one when it
+    finishes. `VR_PROGRESS=0` switches progress off when not on a terminal.
     """
     if not console.is_terminal:
         interval = float(os.environ.get("VR_PROGRESS_INTERVAL", PROGRESS_INTERVAL_S))
         return PlainProgress(unit, interval, enabled=os.environ.get("VR_PROGRESS", "1") != "0")
-    return Progress(
+    columns = [
         TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
+        BarColumn(bar_width=bar_width),
         MofNCompleteColumn() if unit == "items" else TextColumn("{task.completed:.2f}/{task.total:.2f} " + unit),
         TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=False,
-    )
+    ]
+    columns += [TimeElapsedColumn()] if elapsed else []
+    return Progress(*columns, TimeRemainingColumn(), console=console, transient=False)
 
 
 class PlainProgress:

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from pipelines.common import console, user_errors
-from pipelines.vrdata import app
+from pipelines.apps import vrdata_app as app
 
 
 @app.command("preview-mix")

@@ -13,7 +13,7 @@ from pipelines.common import (
     EXIT_DAMAGE, console, dask_executor, default_workers, humans_on_stderr, parse_manifest_spec, progress,
     user_errors, write_json,
 )
-from pipelines.vrdata import app
+from pipelines.apps import vrdata_app as app
 from vr_data.errors import ConfigError, VRDataError
 from vr_data.catalog.layouts import LAYOUTS
 from vr_data.catalog.manifest import SPLITS, read_manifest, rejects_path, write_manifest, write_rejects

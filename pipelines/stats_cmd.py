@@ -15,7 +15,7 @@ from rich.table import Table
 from pipelines.common import (
     console, dask_executor, default_workers, humans_on_stderr, progress, user_errors, write_json,
 )
-from pipelines.vrdata import app
+from pipelines.apps import vrdata_app as app
 from vr_data.catalog.manifest import SPLITS
 from vr_data.io import check_writable
 from vr_data.stats.report import ProgressHooks, classify_inputs, describe

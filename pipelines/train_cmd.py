@@ -7,8 +7,8 @@ from pathlib import Path
 
 import typer
 
+from pipelines.apps import vrtrain_app as app
 from pipelines.common import console, err_console, user_errors
-from pipelines.vrtrain import app
 from vr_data.errors import VRDataError
 
 

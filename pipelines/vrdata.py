@@ -1,14 +1,15 @@
-"""`vrdata`: the data CLI. Each command lives in its own module and registers on `app`."""
+"""`vrdata`: the data CLI. Each command lives in its own module and registers on
+`pipelines.apps.vrdata_app` when imported; this module imports them, so `app` has them all."""
 
 from __future__ import annotations
 
-import importlib
-
-import typer
-
+# Importing a command module registers its commands, in this order in `--help`.
+from pipelines import scan_cmd  # noqa: F401, I001
+from pipelines import shards_cmd  # noqa: F401
+from pipelines import mix_cmd  # noqa: F401
+from pipelines import stats_cmd  # noqa: F401
+from pipelines.apps import vrdata_app as app
 from pipelines.common import run_app, version_option
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Vocal-remover datasets: scan, shards, stats.")
 
 
 @app.callback()
@@ -18,13 +19,6 @@ def cli(version: bool = version_option("vrdata")) -> None:
     Exit codes: 0 ok, 1 damage found (verify), 2 user error, 70 internal error (a bug),
     130 interrupted.
     """
-
-
-# Command modules register themselves on `app` when imported. A module that fails to import is
-# an error, never skipped: a renamed module must not make its command vanish.
-_COMMAND_MODULES = ("pipelines.scan_cmd", "pipelines.shards_cmd", "pipelines.mix_cmd", "pipelines.stats_cmd")
-for _name in _COMMAND_MODULES:
-    importlib.import_module(_name)
 
 
 def main() -> None:

@@ -1,15 +1,15 @@
 """`vrtrain`: the model CLI (presets, training, separation, evaluation, export).
 
-Each group of commands lives in its own module and registers on `app` when imported.
+Each group of commands lives in its own module (`train_cmd`, `separate_cmd`) and registers on
+`pipelines.apps.vrtrain_app` when imported; this module imports them, so `app` has them all.
 """
 
 from __future__ import annotations
 
-import importlib
-
-import typer
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and run frame-primer vocal removers.")
+# Importing a command module registers its commands, in this order in `--help`.
+from pipelines import train_cmd  # noqa: F401, I001
+from pipelines import separate_cmd  # noqa: F401
+from pipelines.apps import vrtrain_app as app
 
 
 def _version_option():
@@ -51,12 +51,6 @@ def presets() -> None:
                             f"{'/'.join(map(str, config.decoder_primers))}")
     console.print(table)
     console.print(details)
-
-
-# Command modules register themselves on `app` when imported; a failing import is an error.
-_COMMAND_MODULES: tuple[str, ...] = ("pipelines.train_cmd", "pipelines.separate_cmd")
-for _name in _COMMAND_MODULES:
-    importlib.import_module(_name)
 
 
 def main() -> None:

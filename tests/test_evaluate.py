@@ -129,11 +129,21 @@ def test_floor_and_ceiling_on_a_pair_with_known_values():
 
 
 def test_ideal_ratio_mask_of_disjoint_stems_recovers_each():
+    """Stems in bins far apart (no shared noise): the ratio mask gives each stem back, to within
+    the windows' leakage, and what it removes from the mixture is the other stem."""
     config = StftConfig(n_fft=256, hop_length=64)
-    instrumental, vocals = two_stems(1.0, 44100, seed=3)
+    rate = 44100
+    t = np.arange(rate) / rate
+    fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.05)
+    bin_hz = rate / config.n_fft
+    instrumental = np.stack([0.4 * np.sin(2 * np.pi * 8 * bin_hz * t) * fade] * 2).astype(np.float32)
+    vocals = np.stack([0.3 * np.sin(2 * np.pi * 60 * bin_hz * t) * fade] * 2).astype(np.float32)
     estimate = ideal_ratio_mask(instrumental + vocals, instrumental, config)
     assert estimate.shape == instrumental.shape
-    assert global_sdr(instrumental, estimate) > global_sdr(instrumental, instrumental + vocals)
+    assert global_sdr(instrumental, estimate) > 40.0
+    assert global_sdr(vocals, instrumental + vocals - estimate) > 40.0
+    # Shared noise would make the floor the limit: the mixture alone scores about 2.5 dB here.
+    assert global_sdr(instrumental, instrumental + vocals) < 5.0
 
 
 def test_a_silent_vocal_stem_gives_no_inf_and_no_crash(tmp_path):
@@ -200,10 +210,11 @@ def test_validation_sdr_from_the_store_is_the_floor_for_an_identity_model(built_
     assert silent.sdr == pytest.approx(0.0, abs=1e-3)   # an all-zero estimate: 10 log10(E / E)
     assert validation_sdr(identity, InputNormalisation(), store, k=2, split="nonexistent") is None
     learned = validation_sdr(random_model(1, config), InputNormalisation(), store, k=2, split=split, crop_frames=16)
-    assert math.isfinite(learned.sdr) and learned.per_track and learned.gain == learned.sdr - learned.floor
+    assert math.isfinite(learned.sdr) and len(learned.per_track) == len(learned.tracks)
+    assert abs(learned.sdr - result.sdr) > 0.01   # a real mask changes the score: it is the model's
 
 
-def test_the_trainers_sdr_hook_logs_model_floor_and_ceiling(built_store):
+def test_the_trainers_sdr_hook_returns_model_floor_and_ceiling_fields(built_store):
     """`vr_model.train.validation` calls `vr_model.inference.evaluate.valid_sdr` when validation.sdr_songs > 0."""
     import torch
 

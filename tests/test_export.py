@@ -18,7 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
     model = random_model(7)
-    path = export_onnx(model, tmp_path_factory.mktemp("onnx") / "small.onnx", InputNormalisation("crop_max"), STFT)
+    path = tmp_path_factory.mktemp("onnx") / "small.onnx"
+    data = export_onnx(model, path, InputNormalisation("crop_max"), STFT)
+    assert path.read_bytes() == data
     return model, path
 
 

@@ -114,7 +114,7 @@ def test_backward_data_kernel_convolution_equals_conv2d_with_gradients():
 
 
 def test_frame_conv2d_keeps_conv2d_for_strides_few_channels_and_autocast():
-    from vr_model import layers
+    from vr_model.network import layers
 
     torch.manual_seed(0)
     cases = [

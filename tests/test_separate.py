@@ -16,7 +16,7 @@ from vr_data.errors import VRDataError
 from vr_data.mixer.normalisation import InputNormalisation
 from vr_model.inference.loading import separator_from_checkpoint
 from vr_model.inference.masking import CropMasker, TorchMaskNetwork, crop_grid_frames, crossfade_window
-from vr_model.inference.separate import SeparationOptions
+from vr_model.inference.separate import SeparationOptions, Separator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -49,7 +49,9 @@ def test_streaming_stft_of_a_signal_shorter_than_the_padding():
     np.testing.assert_array_equal(frames, stft(audio, config))
 
 
-def test_identity_model_reconstructs_the_song_to_60_db_across_crop_and_block_boundaries():
+def test_identity_model_reconstructs_the_song_to_60_db_across_block_boundaries():
+    """The STFT, inverse STFT and block handling lose nothing (a mask of 1 cannot show how
+    crops are weighted: the position-dependent tests below do)."""
     audio = song(2.0, 44100, 2)
     model_separator = separator(identity_model())
     for block in (4_999, 70_000):
@@ -60,11 +62,70 @@ def test_identity_model_reconstructs_the_song_to_60_db_across_crop_and_block_bou
         assert np.abs(instrumental - audio).max() < 1e-4
 
 
-def test_identity_model_with_tta_and_no_overlap_still_reconstructs():
-    audio = song(1.5, 44100, 2)
-    options = SeparationOptions(crop_frames=32, overlap=0.0, batch_size=2, tta=True)
-    instrumental = separator(identity_model(), options).separate_audio(audio, 44100, block_samples=3_001)
-    assert snr_db(audio, instrumental) >= 60.0
+class PositionNetwork:
+    """A mask that depends on where a frame sits in its crop (and on the channel and bin), so
+    each crop covering a frame gives it another value: the song's mask then depends on which
+    crops cover the frame and how they are weighted and placed."""
+
+    channels, bins, max_frames = 2, STFT.bins, 64
+
+    def __call__(self, magnitude):
+        import torch
+
+        _, channels, bins, frames = magnitude.shape
+        position = torch.arange(frames, dtype=torch.float32) / max(frames - 1, 1)          # (T,)
+        channel = torch.tensor([0.0, 0.15])[:channels, None, None]                        # (C, 1, 1)
+        tilt = torch.linspace(0.0, 0.1, bins)[None, :, None]                               # (1, F, 1)
+        mask = 0.2 + 0.5 * position[None, None, :] + channel + tilt                        # (C, F, T)
+        return mask.expand(magnitude.shape[0], -1, -1, -1).contiguous()
+
+
+def reference_pass_mask(frames: int, crop: int, overlap: float, offset: int = 0, swap: bool = False) -> np.ndarray:
+    """One crop grid's mask `(2, bins, frames)`, frame by frame: crops start at offset + k * hop
+    (the first clipped at frame 0 keeps its window's tail), the last is aligned to the end, and
+    each frame is the window-weighted mean of the crops covering it."""
+    import torch
+
+    overlap_frames = min(int(round(crop * overlap)), crop - 1)
+    hop = crop - overlap_frames
+    window = crossfade_window(crop, overlap_frames)
+    crops = []   # (first, stop, weights)
+    start = offset
+    while True:
+        if start + crop > frames:
+            first = max(frames - crop, 0)
+            crops.append((first, frames, window[:frames - first]))
+            break
+        first = max(start, 0)
+        crops.append((first, start + crop, window[first - start:]))
+        if start + crop >= frames:
+            break
+        start += hop
+    total, weight = np.zeros((2, STFT.bins, frames)), np.zeros(frames)
+    for first, stop, weights in crops:
+        mask = PositionNetwork()(torch.zeros(1, 2, STFT.bins, stop - first))[0].numpy()
+        total[..., first:stop] += (mask[::-1] if swap else mask) * weights
+        weight[first:stop] += weights
+    return (total / weight).astype(np.float32)
+
+
+@pytest.mark.parametrize("tta, overlap", [(False, 0.5), (False, 0.25), (True, 0.0), (True, 0.5)])
+def test_a_position_dependent_mask_is_weighted_and_placed_as_the_reference_across_boundaries(tta, overlap):
+    audio = song(1.0, 44100, 2, seed=6)
+    spec = stft(audio, STFT)
+    frames = spec.shape[-1]
+    options = SeparationOptions(crop_frames=32, overlap=overlap, batch_size=3, tta=tta)
+    model_separator = Separator(PositionNetwork(), InputNormalisation(), STFT, options)
+    hop = 32 - min(int(round(32 * overlap)), 31)
+    passes = [(0, False)] + ([(-(hop // 2), False), (0, True)] if tta else [])
+    mask = np.mean([reference_pass_mask(frames, 32, overlap, offset, swap) for offset, swap in passes], axis=0)
+    expected = istft(mask * spec, STFT, length=audio.shape[1])
+    for block in (3_001, 70_000):
+        instrumental = model_separator.separate_audio(audio, 44100, block_samples=block)
+        np.testing.assert_allclose(instrumental, expected, rtol=0, atol=2e-5)
+    # The swapped pass and the shift really moved the result (a wrong weight would show).
+    plain = reference_pass_mask(frames, 32, overlap)
+    assert np.abs(mask - plain).max() > (0.01 if tta else -1)
 
 
 def test_block_size_changes_nothing_for_a_real_network_with_tta():

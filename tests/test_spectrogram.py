@@ -13,10 +13,8 @@ from vr_data.dsp.stft import (
     StftConfig,
     istft,
     istft_frames_major,
-    istft_torch,
     stft,
     stft_frames_major,
-    stft_torch,
 )
 
 SAMPLE_RATE = 44100
@@ -135,19 +133,3 @@ def test_config_round_trips_and_validates() -> None:
         StftConfig(pad_mode="edge")
     with pytest.raises(VRDataError):
         stft(np.zeros((2, 100), np.float32), StftConfig(center=False, pad_end=False))
-
-
-@pytest.mark.parametrize("config", [StftConfig(), StftConfig(n_fft=1024, hop_length=256, pad_end=False)], ids=["default", "1024-256"])
-def test_torch_versions_match_numpy(config: StftConfig) -> None:
-    torch = pytest.importorskip("torch")
-    samples = 20_001
-    audio = _signal("tonal", samples, seed=3)
-    spec = stft(audio, config)
-    spec_torch = stft_torch(torch.from_numpy(audio), config)
-    _assert_close(spec_torch.numpy(), spec)
-    batched = stft_torch(torch.from_numpy(np.stack([audio, audio])), config)
-    assert tuple(batched.shape) == (2, *spec.shape)
-    audio_torch = istft_torch(torch.from_numpy(np.ascontiguousarray(spec)), config, length=samples)
-    _assert_close(audio_torch.numpy(), istft(spec, config, length=samples), relative=1e-5)
-    default_length = istft_torch(torch.from_numpy(np.ascontiguousarray(spec)), config)
-    assert default_length.shape[-1] == config.samples_for(spec.shape[2])

@@ -141,6 +141,27 @@ class AtomicOutput:
             self.temporary.unlink(missing_ok=True)
 
 
+def check_output_folder(folder: str | Path) -> None:
+    """Fail early when files cannot be written into `folder` (created if missing): a device or a
+    descriptor path (`/dev/stdout`), an existing non-folder, or a folder we may not write into.
+    One VRDataError naming the folder (exit 2 at the CLI), instead of one failure per file."""
+    folder = Path(folder)
+    absolute = os.path.abspath(folder)
+    if absolute.startswith(("/dev/", "/proc/")) and not absolute.startswith("/dev/shm/"):
+        raise VRDataError(folder, "names a device or a descriptor, not a folder for output files", UNWRITABLE)
+    existing = folder
+    while not existing.exists() and not existing.is_symlink():
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "a regular file" if existing.is_file() else (not_regular_reason(existing) or "special").removeprefix(
+            "not a regular file: ")
+        raise VRDataError(folder, f"cannot write output files here: {existing} is not a folder ({what})",
+                          UNWRITABLE)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise VRDataError(folder, f"cannot write output files here: no permission to write in {existing}",
+                          UNWRITABLE)
+
+
 def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
     """Atomically create or replace `path` with a file that `write(temporary)` writes.
 

@@ -26,7 +26,7 @@ import soxr
 
 from vr_data import errors
 from vr_data.errors import VRDataError
-from vr_data.io import not_regular_reason, os_reason
+from vr_data.io import atomic_write_with, not_regular_reason, os_reason
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aif", ".aiff", ".m4a", ".mp4", ".aac", ".opus")
 _FFMPEG_EXTENSIONS = (".m4a", ".mp4", ".aac")
@@ -302,10 +302,14 @@ def _downmix_to_stereo(audio: np.ndarray) -> np.ndarray:
 
 
 def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = DEFAULT_SAMPLE_RATE, **kwargs) -> None:
-    """Write `(channels, samples)` float audio; the format follows the file extension."""
+    """Write `(channels, samples)` float audio; the format follows the file extension.
+
+    Through `vr_data.io.atomic_write_with`: a failure leaves no partial file and a device, a
+    FIFO or a folder (or a symlink to one) is refused, not replaced."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.asarray(audio, dtype=np.float32).T, sample_rate, **kwargs)
+    samples = np.asarray(audio, dtype=np.float32).T
+    format = kwargs.pop("format", None) or path.suffix.lstrip(".").upper()   # the temporary name has no suffix
+    atomic_write_with(path, lambda temporary: sf.write(str(temporary), samples, sample_rate, format=format, **kwargs))
 
 
 # libsndfile messages that mislead once we know the file is a regular, readable file.

@@ -8,7 +8,7 @@ versions here compute the same thing without librosa's per-call overhead: one st
 view, one batched real FFT, and an overlap-add done hop-block by hop-block.
 
 Shapes: audio float32 `(channels, samples)`, spectrograms complex64 `(channels, bins, frames)`
-with `bins = n_fft // 2 + 1`. `stft_torch`/`istft_torch` do the same on torch tensors (GPU).
+with `bins = n_fft // 2 + 1`.
 """
 
 from __future__ import annotations
@@ -253,62 +253,3 @@ def _workers() -> int:
     """Threads scipy.fft may use. One: parallel work comes from processes (dask workers,
     DataLoader workers), and threads in each of them would oversubscribe the cores."""
     return _FFT_THREADS
-
-
-# ---------------------------------------------------------------------------- torch (GPU) versions
-
-
-def stft_torch(audio, config: StftConfig = StftConfig()):
-    """`stft` on a torch tensor `(channels, samples)` or `(batch, channels, samples)`, any device.
-
-    Returns complex `(..., bins, frames)`; matches `stft` to float32 precision.
-    """
-    import torch
-
-    lead = audio.shape[:-1]
-    flat = audio.reshape(-1, audio.shape[-1])
-    end_zeros = config.padded_samples(flat.shape[-1]) - flat.shape[-1]
-    if end_zeros:
-        flat = torch.nn.functional.pad(flat, (0, end_zeros))
-    window = _torch_window(config, audio.device, audio.dtype)
-    spec = torch.stft(
-        flat,
-        n_fft=config.n_fft,
-        hop_length=config.hop_length,
-        win_length=config.n_fft,
-        window=window,
-        center=config.center,
-        pad_mode=config.pad_mode,
-        normalized=False,
-        onesided=True,
-        return_complex=True,
-    )
-    return spec.reshape(*lead, *spec.shape[-2:])
-
-
-def istft_torch(spec, config: StftConfig = StftConfig(), length: int | None = None):
-    """`istft` on a complex torch tensor `(..., bins, frames)`, any device; real `(..., samples)`."""
-    import torch
-
-    lead = spec.shape[:-2]
-    flat = spec.reshape(-1, *spec.shape[-2:])
-    real_dtype = spec.real.dtype
-    window = _torch_window(config, spec.device, real_dtype)
-    audio = torch.istft(
-        flat,
-        n_fft=config.n_fft,
-        hop_length=config.hop_length,
-        win_length=config.n_fft,
-        window=window,
-        center=config.center,
-        normalized=False,
-        onesided=True,
-        length=length if length is not None else config.samples_for(spec.shape[-1]),
-    )
-    return audio.reshape(*lead, audio.shape[-1])
-
-
-def _torch_window(config: StftConfig, device, dtype):
-    import torch
-
-    return torch.from_numpy(np.array(window_array(config))).to(device=device, dtype=dtype)

@@ -12,9 +12,9 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from vr_data.errors import VRDataError
+from vr_data.mixer.normalisation import KINDS as NORMALISATIONS
 from vr_data.mixer.sampling import KINDS
 
-NORMALISATIONS = ("crop_max", "stats", "none")
 # What the `pretrain` kind's library holds: the pretrain role, and optionally other roles' audio.
 PRETRAIN_SOURCES = ("pretrain", "pair_mixture", "pair_instrumental", "instrumental")
 SILENCE_RULES = ("resample", "count", "keep")

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from vr_data.audio import write_audio
+from vr_data.io import atomic_write_with
 from vr_data.mixer.kernels import mix_complex
 
 
@@ -86,6 +87,6 @@ def _sheet(examples: list[dict], stft_config, path: Path) -> Path:
             axis.set_ylabel("kHz", fontsize=7)
             axis.tick_params(labelsize=6)
     figure.tight_layout()
-    figure.savefig(path, dpi=80)
+    atomic_write_with(path, lambda temporary: figure.savefig(temporary, dpi=80, format="png"))
     plt.close(figure)
     return path

@@ -51,11 +51,11 @@ def _figure(rows: int, width: float = 8.0, height: float = 2.4):
 def _save(figure, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
+    from vr_data.io import atomic_write_with
+
     figure.tight_layout()
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    figure.savefig(temporary, dpi=100)
+    atomic_write_with(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
     plt.close(figure)
-    temporary.replace(path)
     return path
 
 

@@ -246,6 +246,13 @@ def _finite_or_none(value):
 # ----------------------------------------------------------------------------- manifests
 
 
+def song_name(track_id: str) -> str:
+    """The readable part of a manifest id (`vr_data.catalog.manifest.item_id`: a slug of the
+    song's path and 8 hex digits of its hash): `artist-song-1a2b3c4d` -> `artist-song`."""
+    slug, _, digest = track_id.rpartition("-")
+    return slug if slug and len(digest) == 8 and all(c in "0123456789abcdef" for c in digest) else track_id
+
+
 @dataclass(frozen=True)
 class EvalTrack:
     """A pair of a manifest: its id and where to find its sources."""
@@ -365,10 +372,6 @@ class ValidationSdr:
     ceiling: float
     tracks: tuple[str, ...]
     per_track: tuple[float, ...]
-
-    @property
-    def gain(self) -> float:
-        return self.sdr - self.floor
 
 
 def validation_songs(store, k: int, split: str = "valid") -> list:

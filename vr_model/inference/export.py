@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -35,52 +34,53 @@ INPUT, OUTPUT = "magnitude", "mask"
 
 
 def export_onnx(model: torch.nn.Module, path: str | Path, normalisation: InputNormalisation,
-                stft_config: StftConfig, trace_frames: int = 32) -> Path:
-    """Write `model`'s mask network to `path` (atomically) with its contract as metadata."""
+                stft_config: StftConfig, trace_frames: int = 32) -> bytes:
+    """Write `model`'s mask network with its contract as metadata to `path` and return the
+    file's bytes. `path` `-` streams them to standard output; any other path is written through
+    `vr_data.io` (atomically; a device, a FIFO, a folder or a symlink to one is refused)."""
     import onnx
+
+    from vr_data.io import check_writable, write_output
 
     config = model.config
     if config.head != "mask":
         raise VRDataError(None, f"this model's head is {config.head!r}; only mask models are exported")
     if stft_config.bins != config.bins + 1:
         raise VRDataError(None, f"the STFT gives {stft_config.bins} bins, the model takes {config.bins + 1}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if str(path) != "-":
+        check_writable(path)   # before the export's minutes of tracing
     frames = max(2, min(trace_frames, config.max_frames))
     device = next(model.parameters()).device
     example = torch.rand(1, config.in_channels, config.bins + 1, frames, device=device)
     was_training = model.training
     model.eval()
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(descriptor)
     try:
-        with warnings.catch_warnings(), torch.no_grad(), _plain_frame_norms(model):
-            # Tracer warnings name the shape checks in forward(), which the trace freezes as
-            # constants; the dynamic axes are verified by the parity test instead.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (example,), temporary, input_names=[INPUT], output_names=[OUTPUT],
-                dynamic_axes={INPUT: {0: "batch", 3: "frames"}, OUTPUT: {0: "batch", 3: "frames"}},
-                opset_version=OPSET, dynamo=False, do_constant_folding=True,
-            )
-        document = onnx.load(temporary)
-        metadata = {
-            "format": FORMAT,
-            "model": json.dumps(config.to_dict(), sort_keys=True),
-            "normalisation": json.dumps(normalisation.to_dict(), sort_keys=True),
-            "stft": json.dumps(stft_config.to_dict(), sort_keys=True),
-        }
-        for key, value in metadata.items():
-            entry = document.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(document, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        with tempfile.TemporaryDirectory(prefix="vr-export-") as folder:
+            traced = Path(folder) / "model.onnx"
+            with warnings.catch_warnings(), torch.no_grad(), _plain_frame_norms(model):
+                # Tracer warnings name the shape checks in forward(), which the trace freezes as
+                # constants; the dynamic axes are verified by the parity test instead.
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model, (example,), str(traced), input_names=[INPUT], output_names=[OUTPUT],
+                    dynamic_axes={INPUT: {0: "batch", 3: "frames"}, OUTPUT: {0: "batch", 3: "frames"}},
+                    opset_version=OPSET, dynamo=False, do_constant_folding=True,
+                )
+            document = onnx.load(str(traced))
     finally:
         model.train(was_training)
-    return path
+    metadata = {
+        "format": FORMAT,
+        "model": json.dumps(config.to_dict(), sort_keys=True),
+        "normalisation": json.dumps(normalisation.to_dict(), sort_keys=True),
+        "stft": json.dumps(stft_config.to_dict(), sort_keys=True),
+    }
+    for key, value in metadata.items():
+        entry = document.metadata_props.add()
+        entry.key, entry.value = key, value
+    data = document.SerializeToString()
+    write_output(path, data)
+    return data
 
 
 @contextlib.contextmanager
@@ -118,11 +118,13 @@ def _plain_frame_norm(norm, features: torch.Tensor) -> torch.Tensor:
 class OnnxMaskNetwork:
     """An exported mask network run by onnxruntime; a `vr_model.inference.masking.MaskNetwork`."""
 
-    def __init__(self, path: str | Path, device: str = "cpu", threads: int | None = None):
+    def __init__(self, path: str | Path | bytes, device: str = "cpu", threads: int | None = None):
+        """`path`: an ONNX file, or its bytes (what `export_onnx` returns)."""
         import onnxruntime
 
-        path = Path(path)
-        if not path.is_file():
+        model = path if isinstance(path, bytes) else None
+        path = Path("<onnx bytes>") if model is not None else Path(path)
+        if model is None and not path.is_file():
             raise VRDataError(path, "ONNX file not found")
         options = onnxruntime.SessionOptions()
         if threads is not None:
@@ -133,7 +135,8 @@ class OnnxMaskNetwork:
                 raise VRDataError(path, "--device cuda: this onnxruntime has no CUDA provider (install onnxruntime-gpu)")
             providers.insert(0, "CUDAExecutionProvider")
         try:
-            self.session = onnxruntime.InferenceSession(str(path), options, providers=providers)
+            self.session = onnxruntime.InferenceSession(model if model is not None else str(path), options,
+                                                        providers=providers)
         except Exception as error:  # onnxruntime raises its own Fail/InvalidGraph types
             raise VRDataError(path, f"cannot load the ONNX model ({str(error).splitlines()[0][:160]})") from None
         metadata = self.session.get_modelmeta().custom_metadata_map
@@ -161,7 +164,7 @@ def separator_from_onnx(path: str | Path, device: str = "cpu", options=None):
     return Separator(network, network.normalisation, network.stft, options or SeparationOptions())
 
 
-def max_abs_difference(model: torch.nn.Module, path: str | Path, frames: tuple[int, ...] = (1, 7, 32),
+def max_abs_difference(model: torch.nn.Module, path: str | Path | bytes, frames: tuple[int, ...] = (1, 7, 32),
                        batch: int = 2, seed: int = 0) -> float:
     """Largest |onnxruntime - torch| over random normalised inputs of each frame count."""
     network = OnnxMaskNetwork(path)

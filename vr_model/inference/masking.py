@@ -11,8 +11,8 @@ an exported one). Conventions (docs/separation.md):
   shorter crop (`crop_grid_frames` lists the first pass's crops);
 - masks are cross-faded with Hann ramps (`crossfade_window`), normalised by the summed weights,
   so a frame covered by one crop gets exactly that crop's mask;
-- `tta`: a second crop grid shifted by half a hop, and a left/right-swapped pass; the passes'
-  masks are averaged. (Half a hop, not half a crop: at an overlap of 0.5 a half-crop shift
+- `shifts` N: N crop grids, grid k starting k/N of a hop earlier; `tta`: at least 2 shifts
+  (a grid shifted by half a hop) and a left/right-swapped pass; the passes' masks are averaged. (Half a hop, not half a crop: at an overlap of 0.5 a half-crop shift
   lands on the first grid's own crop positions.)
 """
 
@@ -118,8 +118,9 @@ class CropMasker:
     """
 
     def __init__(self, network: MaskNetwork, normalisation: InputNormalisation, crop_frames: int | None = None,
-                 overlap: float = DEFAULT_OVERLAP, batch_size: int = 4, tta: bool = False, swap_channels: bool = True):
-        crop_frames = crop_frames or network.max_frames
+                 overlap: float = DEFAULT_OVERLAP, batch_size: int = 4, tta: bool = False, swap_channels: bool = True,
+                 shifts: int = 1):
+        crop_frames = network.max_frames if crop_frames is None else crop_frames
         if not 1 <= crop_frames <= network.max_frames:
             raise VRDataError(None, f"crop_frames must be in 1..{network.max_frames}, got {crop_frames}")
         if not 0.0 <= overlap < 1.0:
@@ -133,15 +134,15 @@ class CropMasker:
         self.hop = crop_frames - overlap_frames
         self.batch_size = batch_size
         self._window = crossfade_window(crop_frames, overlap_frames)
-        self.passes = [_Pass(offset=0, swap=False)]
-        if tta:
-            # Half a hop, not half a crop: at the default overlap of 0.5 a half-crop shift puts the
-            # crops back on the first grid's positions, and the pass would add nothing.
-            shift = self.hop // 2
-            if shift:
-                self.passes.append(_Pass(offset=-shift, swap=False))
-            if swap_channels and network.channels == 2:
-                self.passes.append(_Pass(offset=0, swap=True))
+        if shifts < 1:
+            raise VRDataError(None, f"shifts must be at least 1, got {shifts}")
+        # Grid k starts k/shifts of a hop earlier. A hop, not a crop: at an overlap of 0.5 a
+        # half-crop shift puts the crops back on the first grid's positions, adding nothing.
+        shifts = max(shifts, 2) if tta else shifts
+        offsets = sorted({-(k * self.hop // shifts) for k in range(shifts)}, reverse=True)
+        self.passes = [_Pass(offset=offset, swap=False) for offset in offsets]
+        if tta and swap_channels and network.channels == 2:
+            self.passes.append(_Pass(offset=0, swap=True))
         self._spec: np.ndarray | None = None   # mixture frames [self._base, self._base + buffered)
         self._base = 0
         self.frames = 0                          # mixture frames pushed

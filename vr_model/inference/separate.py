@@ -45,12 +45,26 @@ ProgressCallback = Callable[[int], None]  # called with the song's samples writt
 class SeparationOptions:
     """How a song is cut for the network. `crop_frames`: frames per crop (default: the model's
     `max_frames`); `overlap`: fraction of a crop shared with the next, [0, 1); `batch_size`: crops
-    per network call; `tta`: add the shifted and the left/right-swapped passes."""
+    per network call; `shifts`: crop grids, each shifted by a further 1/shifts of a hop, whose
+    masks are averaged (demucs' name); `tta`: at least 2 shifts, plus a left/right-swapped pass.
+    Refused when built (before any song is read) if out of range; `Separator` checks
+    `crop_frames` against the network's `max_frames`."""
 
     crop_frames: int | None = None
     overlap: float = DEFAULT_OVERLAP
     batch_size: int = 4
     tta: bool = False
+    shifts: int = 1
+
+    def __post_init__(self) -> None:
+        if self.crop_frames is not None and self.crop_frames < 1:
+            raise VRDataError(None, f"crop_frames must be at least 1, got {self.crop_frames}")
+        if not 0.0 <= self.overlap < 1.0:
+            raise VRDataError(None, f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise VRDataError(None, f"batch_size must be at least 1, got {self.batch_size}")
+        if self.shifts < 1:
+            raise VRDataError(None, f"shifts must be at least 1, got {self.shifts}")
 
 
 @dataclass
@@ -65,11 +79,15 @@ class Separator:
     def __post_init__(self) -> None:
         if self.stft.bins != self.network.bins:
             raise VRDataError(None, f"the STFT gives {self.stft.bins} bins, the model takes {self.network.bins}")
+        crop_frames = self.options.crop_frames
+        if crop_frames is not None and not 1 <= crop_frames <= self.network.max_frames:
+            raise VRDataError(None, f"crop_frames must be in 1..{self.network.max_frames} (the model's "
+                                    f"max_frames), got {crop_frames}")
 
     def masker(self, swap_channels: bool = True) -> CropMasker:
         options = self.options
         return CropMasker(self.network, self.normalisation, options.crop_frames, options.overlap,
-                          options.batch_size, options.tta, swap_channels)
+                          options.batch_size, options.tta, swap_channels, options.shifts)
 
     def instrumental_spectrogram(self, mixture_spec: np.ndarray) -> np.ndarray:
         """Complex `(channels, bins, frames)` mixture -> instrumental, the whole song at once

@@ -25,10 +25,6 @@ def set_fast_paths(enabled: bool) -> None:
     _FAST_PATHS = bool(enabled)
 
 
-def fast_paths() -> bool:
-    return _FAST_PATHS
-
-
 def _precise(flat: Tensor) -> Tensor:
     return flat.to(torch.promote_types(flat.dtype, torch.float32))
 
