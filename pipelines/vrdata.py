@@ -8,7 +8,10 @@ import typer
 
 from pipelines.common import run_app, version_option
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Vocal-remover datasets: scan, shards, stats.")
+# rich_markup_mode=None: click's help layout, readable at 80 columns (rich's panels cut long option
+# names with '…' and wrapped descriptions in a 20-character column).
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Vocal-remover datasets: scan, shards, stats.")
 
 
 @app.callback()

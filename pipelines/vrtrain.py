@@ -9,7 +9,10 @@ import importlib
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train and run frame-primer vocal removers.")
+# rich_markup_mode=None: click's help layout, readable at 80 columns (rich's panels cut long option
+# names with '…' and wrapped descriptions in a 20-character column).
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Train and run frame-primer vocal removers.")
 
 
 def _version_option():
