@@ -216,3 +216,13 @@ def test_run_warns_when_the_warmup_is_longer_than_the_run(store, tmp_path):  # n
                  "--set", "curriculum=[{crop_frames=32, batch_size=4, accumulation=1, steps=1}]")
     assert result.exit_code == 0, result.output
     assert "warning: train.warmup_steps 2 is more than the run's 1 steps" in result.output
+
+
+def test_counters_of_the_wrong_type_are_one_line(run_copy):
+    for checkpoint in (run_copy / "checkpoints").glob("step-*"):
+        document = json.loads((checkpoint / "state.json").read_text())
+        document["counters"]["examples"] = "many"
+        (checkpoint / "state.json").write_text(json.dumps(document))
+        rewrite_digest(checkpoint, "state.json")
+    line = one_error_line(cli("run", "--resume", str(run_copy)))
+    assert "state.json" in line and "counters.examples: input should be a valid integer" in line
