@@ -37,7 +37,7 @@ from vr_model.train.build import (
     ExponentialMovingAverage, build_model, init_from_checkpoint, make_optimizer, nominal_elements, parameter_groups,
     rank_batching,
 )
-from vr_model.train.config import TrainConfig, check_store_has_examples, dump_config, load_config
+from vr_model.train.config import TrainConfig, check_store_has_examples, dump_config
 from vr_data.io import atomic_write_text  # [ckpt]
 from vr_model.train.objectives import OBJECTIVES, StepContext
 from vr_model.train.runlog import RunLog, format_seconds
