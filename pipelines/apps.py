@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import typer
 
-vrtrain_app = typer.Typer(add_completion=False, no_args_is_help=True,
+# rich_markup_mode=None: click's help layout, readable at 80 columns (rich's panels cut long option
+# names with '…' and wrapped descriptions in a 20-character column).
+vrtrain_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                           help="Train and run frame-primer vocal removers.")
-vrdata_app = typer.Typer(add_completion=False, no_args_is_help=True,
+vrdata_app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                          help="Vocal-remover datasets: scan, shards, stats.")

@@ -283,3 +283,15 @@ def test_manifest_spec_splits_at_the_equals_sign_unless_the_file_exists(tmp_path
     odd = tmp_path / "a=b.jsonl"
     odd.write_text("")
     assert split_manifest_spec(str(odd)) == (odd, None)
+
+
+def test_a_zero_byte_wav_is_unreadable_and_a_header_without_frames_is_empty(tmp_path):
+    """As docs/manifest.md says: `empty` is an audio file with no samples; 0 bytes is no audio."""
+    sf.write(str(tmp_path / "header.wav"), np.zeros((0, 2), np.float32), 44100)
+    (tmp_path / "zero.wav").write_bytes(b"")
+    codes = {}
+    for name in ("header.wav", "zero.wav"):
+        with pytest.raises(VRDataError) as caught:
+            decode_file(tmp_path / name)
+        codes[name] = caught.value.code
+    assert codes == {"header.wav": errors.EMPTY, "zero.wav": errors.UNREADABLE}

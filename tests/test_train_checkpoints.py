@@ -208,3 +208,21 @@ def test_a_finished_run_gets_more_steps_on_its_last_stage_and_nothing_else(run_c
     assert result.exit_code == 0, result.output
     assert "done: step 5, 1 steps" in result.output
     assert sorted(step_losses(run_copy)) == [1, 2, 3, 4, 5]
+
+
+def test_run_warns_when_the_warmup_is_longer_than_the_run(store, tmp_path):  # noqa: F811
+    sets = [item for value in TINY for item in ("--set", value)]   # warmup 2 steps
+    result = cli("run", "--store", str(store), "--out", str(tmp_path / "run"), *sets,
+                 "--set", "curriculum=[{crop_frames=32, batch_size=4, accumulation=1, steps=1}]")
+    assert result.exit_code == 0, result.output
+    assert "warning: train.warmup_steps 2 is more than the run's 1 steps" in result.output
+
+
+def test_counters_of_the_wrong_type_are_one_line(run_copy):
+    for checkpoint in (run_copy / "checkpoints").glob("step-*"):
+        document = json.loads((checkpoint / "state.json").read_text())
+        document["counters"]["examples"] = "many"
+        (checkpoint / "state.json").write_text(json.dumps(document))
+        rewrite_digest(checkpoint, "state.json")
+    line = one_error_line(cli("run", "--resume", str(run_copy)))
+    assert "state.json" in line and "counters.examples: input should be a valid integer" in line

@@ -39,7 +39,7 @@ from vr_model.train.build import (
     ExponentialMovingAverage, build_model, init_from_checkpoint, make_optimizer, nominal_elements, parameter_groups,
     rank_batching,
 )
-from vr_model.train.config import Stage, TrainConfig, check_store_has_examples, dump_config, load_config
+from vr_model.train.config import Stage, TrainConfig, check_store_has_examples, dump_config
 from vr_model.train.freeze import FreezePlan, apply_plan, unfreeze_into
 from vr_model.train.objectives import OBJECTIVES, StepContext, forward_terms
 from vr_model.train.preempt import StopRequests, TrainingInterrupted, agree, resume_command

@@ -195,13 +195,21 @@ class _LoaderPosition(_Strict):
     config: dict | None = None
 
 
+class _Counters(_Strict):
+    examples: int = Field(0, ge=0)
+    nonfinite_steps: int = Field(0, ge=0)
+    nonfinite_streak: int = Field(0, ge=0)
+    best_valid_loss: float | None = None
+    ema_updates: int = Field(0, ge=0)
+
+
 class _StateDocument(_Strict):
     """The shape `state.json` must have (checked before anything is restored)."""
 
     step: int = Field(ge=0)
     stage: int = Field(ge=0)
     loaders: list[_LoaderPosition] = Field(min_length=1)
-    counters: dict = Field(default_factory=dict)
+    counters: _Counters = Field(default_factory=_Counters)
     host_rng: dict = Field(default_factory=dict)
 
 
@@ -210,11 +218,17 @@ class _RngState(BaseModel):
     torch: torch.Tensor
 
 
+class _OptimizerState(BaseModel):
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="allow")
+    state: dict
+    param_groups: list[dict] = Field(min_length=1)
+
+
 class _TrainerDocument(BaseModel):
     """The shape `trainer.pt` must have."""
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
-    optimizer: dict
+    optimizer: _OptimizerState
     scaler: dict
     rng: list[_RngState] = Field(min_length=1)
 
@@ -253,7 +267,7 @@ def load_training_state(checkpoint_dir: Path) -> TrainingState:
                                                           f"running code ({reason[:120]})") from None
     return TrainingState(step=state.step, stage=state.stage, loaders=record["loaders"],
                          optimizer=tensors["optimizer"], scaler=tensors["scaler"], rng=tensors["rng"],
-                         counters=state.counters, host_rng=state.host_rng)
+                         counters=record.get("counters", {}), host_rng=state.host_rng)
 
 
 def step_directories(checkpoints_dir: Path) -> list[Path]:
