@@ -183,6 +183,20 @@ def atomic_write_with(path: str | Path, write: Callable[[Path], None]) -> None:
     output.commit()
 
 
+def current_umask() -> int:
+    """The process's umask, read without changing it (Linux's /proc; elsewhere set and restored)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     """Write `data` to a temporary name beside `path`, flush it to disk, then rename into place."""
     atomic_write_with(path, lambda temporary: temporary.write_bytes(data))

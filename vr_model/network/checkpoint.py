@@ -90,10 +90,6 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
         except SafetensorError as error:
             code = errno.ENOSPC if "code: 28" in str(error) else errno.EIO
             raise OSError(code, os.strerror(code)) from None
-        # safetensors creates its file 0600; a run's files follow the umask as other tools' do.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
 
     atomic_write_with(path, write)
 
