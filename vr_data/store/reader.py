@@ -31,15 +31,15 @@ import tensorstore as ts
 
 from vr_data.store.codec import CodecConfig, decode
 from vr_data.errors import VRDataError
-from vr_data.catalog.manifest import resolve_under
 from vr_data.dsp.stft import StftConfig
-from vr_data.store.arrays import ArrayIntegrity, array_integrity, open_array, shard_key
+from vr_data.store import remote
+from vr_data.store.arrays import ArrayIntegrity, array_integrity, default_context, open_array, shard_key
 from vr_data.store.format import (
     REJECTS_JSONL, STORE_JSON, TRACKS_JSONL, WDS_DIR, WDS_INDEX, ZARR_DIR, BuildReject, StoreMeta, TrackRecord,
     WdsShard, read_json, read_store_meta,
 )
 from vr_data.store.plan import Geometry
-from vr_data.store.wds import iter_tar_samples
+from vr_data.store.wds import iter_tar_samples, wds_member_path
 
 DEFAULT_CACHE_BYTES = 64 * 2**20
 
@@ -68,8 +68,9 @@ class _Region:
 class Store:
     """A complete store opened for reading; cheap to pickle (arrays reopen in each process)."""
 
-    def __init__(self, path: Path, meta: StoreMeta, tracks: list[TrackRecord], cache_bytes: int = DEFAULT_CACHE_BYTES):
-        self.path = Path(path)
+    def __init__(self, path: Path | remote.ObjectPath, meta: StoreMeta, tracks: list[TrackRecord],
+                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+        self.path = remote.location(path)  # a directory or an s3:// prefix
         self.meta = meta
         self.config = StftConfig.from_dict(meta.stft)
         self.codec = CodecConfig.from_dict(meta.codec)
@@ -133,7 +134,7 @@ class Store:
             if name not in self.meta.arrays:
                 raise VRDataError(self.path, f"no array {name!r} in this store (has {', '.join(self.meta.arrays)})")
             if self._context is None:
-                self._context = ts.Context({"cache_pool": {"total_bytes_limit": self.cache_bytes}})
+                self._context = default_context(self.path, {"cache_pool": {"total_bytes_limit": self.cache_bytes}})
             self._arrays[name] = open_array(self.path / ZARR_DIR / name, self._context, read_only=True)
         return self._arrays[name]
 
@@ -156,7 +157,7 @@ class Store:
         shard_frames = int(self.meta.arrays[region.name].get("shard_frames", self.geometry.shard_frames))
         return range(region.first // shard_frames, (max(region.last, region.first + 1) - 1) // shard_frames + 1)
 
-    def _shard_files(self, region: _Region) -> list[tuple[int, Path]]:
+    def _shard_files(self, region: _Region) -> list[tuple[int, Path | remote.ObjectPath]]:
         """(shard index, file) of every shard the region touches."""
         return [(index, shard_key(self.path / ZARR_DIR / region.name, index)) for index in self._shard_indexes(region)]
 
@@ -168,7 +169,7 @@ class Store:
             if (region.name, index) in self._present_shards:
                 continue
             path = shard_key(self.path / ZARR_DIR / region.name, index)
-            if not path.is_file():
+            if not remote.is_file(path):
                 raise VRDataError(path, f"Zarr shard missing in {region.describe()}; the store is damaged: "
                                         "run vrdata verify")
             self._present_shards.add((region.name, index))
@@ -240,7 +241,7 @@ class Store:
 
 def open_store(path: str | Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Store:
     """Open the complete store at `path`; an incomplete or unknown one is a one-line VRDataError."""
-    path = Path(path)
+    path = remote.location(path)
     meta = read_store_meta(path)
     if meta is None:
         raise VRDataError(path, f"not a store ({STORE_JSON} missing)")
@@ -265,7 +266,7 @@ def iter_wds_samples(store: Store, role: str, shards: Sequence[WdsShard | str] |
     chosen = store.wds_shards(role) if shards is None else shards
     for shard in chosen:
         relative = shard.path if isinstance(shard, WdsShard) else shard
-        yield from iter_tar_samples(resolve_under(store.path / WDS_DIR, relative))
+        yield from iter_tar_samples(wds_member_path(store.path / WDS_DIR, relative))
 
 
 def _first_line(error: Exception) -> str:
@@ -273,11 +274,13 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:240] if text else type(error).__name__
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        raise VRDataError(path, "file not found (an incomplete or damaged store)")
+def _read_jsonl(path: Path | remote.ObjectPath) -> list[dict]:
+    try:
+        text = remote.read_text(path)
+    except FileNotFoundError:
+        raise VRDataError(path, "file not found (an incomplete or damaged store)") from None
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))
