@@ -13,7 +13,7 @@ from pipelines.vrdata import app
 @app.command("preview-mix")
 @user_errors
 def preview_mix_command(
-    store: Path = typer.Argument(..., help="A complete store (vrdata build-shards)."),
+    store: str = typer.Argument(..., help="A complete store (vrdata build-shards): a directory or s3://bucket/prefix."),
     n: int = typer.Option(8, "--n", help="How many examples."),
     out: Path = typer.Option(..., "--out", help="Folder for the WAVs and sheet.png."),
     crop_frames: int = typer.Option(256, help="Crop length in frames."),

@@ -15,7 +15,8 @@ from vr_data.errors import VRDataError
 @app.command("run")
 @user_errors
 def run_command(
-    store: Path = typer.Option(None, "--store", help="The store to train on (vrdata build-shards). "
+    store: str = typer.Option(None, "--store", help="The store to train on (vrdata build-shards; a directory or "
+                                                   "s3://bucket/prefix). "
                                                     "With --resume: defaults to the run's store."),
     out: Path = typer.Option(None, "--out", help="The run directory (config, checkpoints, logs)."),
     config: Path = typer.Option(None, "--config", help="A TOML run config (`vrtrain config` prints every key)."),
@@ -47,7 +48,7 @@ def run_command(
                                       "--objective, --freeze, --unfreeze-after, --init or --init-partial")
         if store is None:
             try:
-                store = Path(json.loads((resume / RUN_JSON).read_text())["store"])
+                store = json.loads((resume / RUN_JSON).read_text())["store"]
             except (OSError, ValueError, KeyError):
                 raise VRDataError(resume, f"no {RUN_JSON} naming the store; pass --store") from None
         summary = train(store, resume, None, resume=True)

@@ -120,6 +120,7 @@ def location(value: str | Path | ObjectPath) -> Location:
 _client_lock = threading.Lock()
 _client: dict = {"pid": None, "fs": None}
 _retries = {"count": 0}
+_fetched = {"bytes": 0}
 
 
 def retry_count() -> int:
@@ -258,6 +259,7 @@ def read_bytes(path: Location) -> bytes:
     data = call(path, lambda: _fs().cat_file(path.fs_path), missing_ok=True)
     if data is None:
         raise FileNotFoundError(str(path))
+    _fetched["bytes"] += len(data)
     return data
 
 
@@ -274,6 +276,7 @@ def read_range(path: Location, start: int, stop: int) -> bytes:
     data = call(path, lambda: _fs().cat_file(path.fs_path, start=start, end=stop), missing_ok=True)
     if data is None:
         raise FileNotFoundError(str(path))
+    _fetched["bytes"] += len(data)
     return data
 
 
@@ -344,7 +347,23 @@ def kvstore(path: Location) -> dict:
         spec["endpoint"] = endpoint_url()
     if region() or endpoint_url():
         spec["aws_region"] = region() or "us-east-1"
+    # Where the keys come from, as botocore decides: named, so the AWS SDK inside tensorstore
+    # does not probe (and log about) absent ~/.aws files.
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        spec["aws_credentials"] = {"type": "environment"}
+    elif os.environ.get("AWS_PROFILE"):
+        spec["aws_credentials"] = {"type": "profile", "profile": os.environ["AWS_PROFILE"]}
     return spec
+
+
+def bytes_fetched() -> int:
+    """Bytes this process has read from object storage: tensorstore's S3 reads (the Zarr
+    arrays) plus ranged GETs made here (tars, side files)."""
+    import tensorstore as ts
+
+    zarr = sum(value.get("value", 0) for metric in ts.experimental_collect_matching_metrics("/tensorstore/kvstore/s3/bytes_read")
+               for value in metric.get("values", []))
+    return int(zarr) + _fetched["bytes"]
 
 
 def s3_context_spec() -> dict:
@@ -404,3 +423,17 @@ class RangeFile:
 
     def close(self) -> None:
         self._block = b""
+
+
+def sha256(path: Location, block_bytes: int = 8 * 2**20) -> str:
+    """sha256 of a whole file or object, read in blocks (ranged GETs remotely)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    handle = open(path, "rb") if isinstance(path, Path) else RangeFile(path, block_bytes)
+    try:
+        while block := handle.read(block_bytes):
+            digest.update(block)
+    finally:
+        handle.close()
+    return digest.hexdigest()

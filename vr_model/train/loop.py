@@ -30,6 +30,7 @@ import torch.distributed as dist
 from vr_data.errors import VRDataError
 from vr_data.mixer import MixerLoader, WdsMixerDataset, ZarrMixerDataset
 from vr_data.store import open_store
+from vr_data.store.remote import ObjectPath, location
 from vr_model.checkpoint import CHECKPOINTS, EMA_WEIGHTS, WEIGHTS, list_checkpoints, load_weights, read_checkpoint_json
 from vr_model.freeze import FreezePlan, apply_plan, unfreeze_into
 from vr_model.normalisation import InputNormalisation
@@ -98,7 +99,7 @@ def train(store_path: str | Path, run_dir: str | Path, config: TrainConfig | Non
     # -- processes, device, precision ------------------------------------------------------------
     rank, world_size, device = setup_distributed(config.train.device)
     try:
-        return _train(Path(store_path), run_dir, config, resume, init, init_partial, rank, world_size, device)
+        return _train(location(store_path), run_dir, config, resume, init, init_partial, rank, world_size, device)
     finally:
         if world_size > 1 and dist.is_initialized():
             dist.destroy_process_group()
@@ -154,7 +155,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_unfinished(checkpoints_dir)
         _write_text(run_dir / CONFIG_TOML, dump_config(config))
-        _write_text(run_dir / RUN_JSON, json.dumps({"store": str(Path(store_path).resolve()), "store_id": store_id,
+        _write_text(run_dir / RUN_JSON, json.dumps({"store": _store_name(store_path), "store_id": store_id,
                                                     "world_size": world_size}, indent=1) + "\n")
     total_steps = config.total_steps()
     log = RunLog(run_dir, writer, total_steps, config.log.progress, config.log.tensorboard,
@@ -432,6 +433,11 @@ def cpu_threads(world_size: int, loader_workers: int) -> int:
     except AttributeError:
         cores = os.cpu_count() or 1
     return max(1, cores // max(1, world_size) - loader_workers)
+
+
+def _store_name(store_path) -> str:
+    """How run.json names the store: an absolute path, or the s3:// URL (no credentials in it)."""
+    return str(store_path) if isinstance(store_path, ObjectPath) else str(Path(store_path).resolve())
 
 
 def check_store_matches_model(store, model_config, store_path) -> None:
