@@ -126,7 +126,11 @@ def s3_server():
     lookups off. Yields the endpoint URL; stopped at the end of the session."""
     import os
 
+    import logging
+
     from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
