@@ -383,3 +383,49 @@ def test_store_urls_outside_the_prefix_or_of_other_schemes_are_refused():
     with pytest.raises(VRDataError, match="not a valid bucket name"):
         remote.location("s3://A_B/a")
     assert str(remote.location("s3://vr-bucket//a/b/")) == "s3://vr-bucket/a/b"
+
+
+def test_a_disk_cache_serves_the_second_epoch_and_stays_within_its_bound(s3_store, tmp_path):
+    from vr_data.mixer import MixerConfig, ZarrMixerDataset
+
+    config = MixerConfig(crop_frames=GEOMETRY.chunk_frames, batch_size=4, seed=3, examples_per_epoch=16,
+                         proportions={"pair": 0.5, "augmented": 0.5, "pretrain": 0.0})
+
+    def one_epoch(dataset) -> tuple[int, list]:
+        before = remote.bytes_fetched()
+        batches = [batch["mixture"].clone() for batch, _ in zip(dataset, range(4))]
+        return remote.bytes_fetched() - before, batches
+
+    plain = ZarrMixerDataset(s3_store, config)
+    _, expected = one_epoch(plain)
+    os.environ["VR_CACHE_DIR"] = str(tmp_path / "cache")
+    try:
+        cached = ZarrMixerDataset(s3_store, config)
+        first, first_batches = one_epoch(cached)
+        second, second_batches = one_epoch(ZarrMixerDataset(s3_store, config))
+    finally:
+        del os.environ["VR_CACHE_DIR"]
+    assert first > 0 and second == 0
+    assert all(torch_equal(a, b) and torch_equal(a, c) for a, b, c in zip(expected, first_batches, second_batches))
+    # A bound of two shards: the least recently used go, the two used last stay.
+    cache = cached.store.disk_cache
+    shards = sorted(cache.root.glob("zarr/*/c/*/0/0/0"))
+    for order, shard in enumerate(shards):
+        os.utime(shard, (1_000_000 + order, 1_000_000))
+    cache.limit_bytes = sum(shard.stat().st_size for shard in shards[-2:])
+    cache.evict()
+    assert sorted(cache.root.glob("zarr/*/c/*/0/0/0")) == shards[-2:]
+
+
+def test_a_damaged_shard_in_the_disk_cache_fails_its_checksum(s3_store, tmp_path):
+    store = open_store(s3_store, cache_dir=tmp_path / "cache", cache_gb=1)
+    track = store.tracks_by_role("pair")[0]
+    store.read_frames(track, "mixture", 0, 8)
+    shard = next(store.disk_cache.root.glob(f"zarr/{track.arrays['mixture']}/c/*/0/0/0"))
+    offset, size = chunk_spans(shard)[0]
+    data = bytearray(shard.read_bytes())
+    data[offset + size // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    fresh = open_store(s3_store, cache_dir=tmp_path / "cache", cache_gb=1)
+    with pytest.raises(VRDataError, match="damaged Zarr chunk"):
+        fresh.read_frames(track, "mixture", 0, GEOMETRY.chunk_frames)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import contextlib
 import os
 import re
 import warnings
@@ -33,6 +34,7 @@ from vr_data.store.codec import CodecConfig, decode
 from vr_data.errors import VRDataError
 from vr_data.dsp.stft import StftConfig
 from vr_data.store import remote
+from vr_data.store.cache import ShardCache, cache_from_environment
 from vr_data.store.arrays import ArrayIntegrity, array_integrity, default_context, open_array, shard_key
 from vr_data.store.format import (
     REJECTS_JSONL, STORE_JSON, TRACKS_JSONL, WDS_DIR, WDS_INDEX, ZARR_DIR, BuildReject, StoreMeta, TrackRecord,
@@ -69,8 +71,9 @@ class Store:
     """A complete store opened for reading; cheap to pickle (arrays reopen in each process)."""
 
     def __init__(self, path: Path | remote.ObjectPath, meta: StoreMeta, tracks: list[TrackRecord],
-                 cache_bytes: int = DEFAULT_CACHE_BYTES):
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, disk_cache: ShardCache | None = None):
         self.path = remote.location(path)  # a directory or an s3:// prefix
+        self.disk_cache = disk_cache  # remote stores: whole shards kept on local disk (cache.py)
         self.meta = meta
         self.config = StftConfig.from_dict(meta.stft)
         self.codec = CodecConfig.from_dict(meta.codec)
@@ -135,7 +138,11 @@ class Store:
                 raise VRDataError(self.path, f"no array {name!r} in this store (has {', '.join(self.meta.arrays)})")
             if self._context is None:
                 self._context = default_context(self.path, {"cache_pool": {"total_bytes_limit": self.cache_bytes}})
-            self._arrays[name] = open_array(self.path / ZARR_DIR / name, self._context, read_only=True)
+            if self.disk_cache is not None:
+                self._arrays[name] = open_array(self.disk_cache.array_dir(name), ts.Context(
+                    {"cache_pool": {"total_bytes_limit": self.cache_bytes}}), read_only=True)
+            else:
+                self._arrays[name] = open_array(self.path / ZARR_DIR / name, self._context, read_only=True)
         return self._arrays[name]
 
     def _region(self, track: TrackRecord | str, source: str, start: int, stop: int | None) -> _Region:
@@ -148,7 +155,7 @@ class Store:
             raise ValueError(f"frames {start}:{stop} are outside track {track.id} (0:{track.frames})")
         name = track.arrays[source]
         region = _Region(self.array(name), track.zarr_start + start, track.zarr_start + stop, name, track)
-        if self.integrity[name].every_chunk_stored:
+        if self.integrity[name].every_chunk_stored and self.disk_cache is None:  # the cache checks as it pins
             self._check_shards_exist(region)
         return region
 
@@ -194,27 +201,37 @@ class Store:
         """`read_frames` of many `(track, source, start, stop)` at once: all reads are issued
         before any is awaited, so tensorstore overlaps their I/O and decompression."""
         regions = [self._region(*request) for request in requests]
-        futures = [region.array[region.first:region.last].read() for region in regions]
-        out = []
-        for future, region in zip(futures, regions):
-            try:
-                out.append(future.result())
-            except (ValueError, RuntimeError) as error:
-                raise self._read_error(region, error) from None
+        with self._pinned(regions):
+            futures = [region.array[region.first:region.last].read() for region in regions]
+            out = []
+            for future, region in zip(futures, regions):
+                try:
+                    out.append(future.result())
+                except (ValueError, RuntimeError) as error:
+                    raise self._read_error(region, error) from None
         return out
+
+    def _pinned(self, regions: list[_Region]):
+        """With a disk cache: the regions' shards held on local disk while they are read."""
+        if self.disk_cache is None:
+            return contextlib.nullcontext()
+        shards = [(region.name, index) for region in regions for index in self._shard_indexes(region)]
+        tracks = {(region.name, index): region.describe() for region in regions for index in self._shard_indexes(region)}
+        return self.disk_cache.pinned(shards, lambda name, index: tracks.get((name, index), f"array {name}"))
 
     def read_many_into(self, requests: Iterable[FrameRequest], outs: Sequence[np.ndarray]) -> None:
         """`read_many`, each region written straight into `outs[i]` (C-contiguous float16 views of
         shape `(stop - start, 2, 2, bins)`, e.g. slices of a batch buffer): no array per read and
         no copy afterwards. All reads are in flight at once."""
         regions = [self._region(*request) for request in requests]
-        futures = [ts.array(out, copy=False, write=True).write(region.array[region.first:region.last])
-                   for region, out in zip(regions, outs)]
-        for future, region in zip(futures, regions):
-            try:
-                future.result()
-            except (ValueError, RuntimeError) as error:
-                raise self._read_error(region, error) from None
+        with self._pinned(regions):
+            futures = [ts.array(out, copy=False, write=True).write(region.array[region.first:region.last])
+                       for region, out in zip(regions, outs)]
+            for future, region in zip(futures, regions):
+                try:
+                    future.result()
+                except (ValueError, RuntimeError) as error:
+                    raise self._read_error(region, error) from None
 
     def read_spectrogram(self, track: TrackRecord | str, source: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Complex64 `(2, bins, frames)` of frames `[start, stop)` (a view of a frames-major buffer)."""
@@ -239,8 +256,12 @@ class Store:
         return f"Store({str(self.path)!r}, tracks={len(self.tracks)}, hours={self.hours():.2f})"
 
 
-def open_store(path: str | Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Store:
-    """Open the complete store at `path`; an incomplete or unknown one is a one-line VRDataError."""
+def open_store(path: str | Path, cache_bytes: int = DEFAULT_CACHE_BYTES, *, cache_dir: str | Path | None = None,
+               cache_gb: float | None = None) -> Store:
+    """Open the complete store at `path` (a directory or `s3://bucket/prefix`); an incomplete or
+    unknown one is a one-line VRDataError. `cache_bytes` bounds the in-memory chunk cache;
+    `cache_dir`/`cache_gb` (or `VR_CACHE_DIR`/`VR_CACHE_GB`) keep a remote store's shards on
+    local disk (`vr_data.store.cache`)."""
     path = remote.location(path)
     meta = read_store_meta(path)
     if meta is None:
@@ -249,7 +270,7 @@ def open_store(path: str | Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Stor
         raise VRDataError(path, "store is incomplete (a build is running, was interrupted or is appending); "
                                 "rerun the same vrdata build-shards command to finish it")
     tracks = [TrackRecord.from_json(record) for record in _read_jsonl(path / TRACKS_JSONL)]
-    store = Store(path, meta, tracks, cache_bytes)
+    store = Store(path, meta, tracks, cache_bytes, cache_from_environment(path, cache_dir, cache_gb))
     if not store.chunk_checksums:
         warnings.warn(f"{path}: store built before chunk checksums: a damaged Zarr chunk or tar member can be "
                       "read as wrong values, and a deleted Zarr shard as silence, without an error; run "
