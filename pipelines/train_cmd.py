@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from pipelines.common import console, user_errors
+from pipelines.common import console, set_cache_environment, user_errors
 from pipelines.vrtrain import app
 from vr_data.errors import VRDataError
 
@@ -30,11 +30,16 @@ def run_command(
     freeze: str = typer.Option(None, "--freeze", help="none or encoders: frozen while finetuning (= --set train.freeze=...)."),
     unfreeze_after: int = typer.Option(None, "--unfreeze-after", metavar="STEPS",
                                        help="Train the frozen part again after STEPS steps (= --set train.unfreeze_after=...)."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="s3:// stores: keep the shards read on this local disk "
+                                                            "(= VR_CACHE_DIR; docs/store.md)."),
+    cache_gb: float = typer.Option(None, "--cache-gb", help="Bound of --cache-dir in GB (default 50; least recently "
+                                                           "used shards are evicted)."),
 ) -> None:
     """Train (or with --resume continue training) a model; under torchrun, one process per GPU."""
     from vr_model.train import load_config, train
     from vr_model.train.loop import RUN_JSON
 
+    set_cache_environment(cache_dir, cache_gb)
     if init_partial and init is None:
         raise VRDataError(None, "--init-partial goes with --init CHECKPOINT")
     shortcuts = [f"train.{key}={value}" for key, value in
