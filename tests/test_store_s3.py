@@ -112,15 +112,17 @@ def _kill_after(command: list[str], bucket: str, done_prefix: str, records: int)
 @pytest.mark.slow
 def test_sigkilled_build_in_a_bucket_is_locked_for_a_lease_then_resumes_identically(
         s3_bucket, corpus, built_store, tmp_path, monkeypatch):
-    monkeypatch.setenv("VR_STORE_LOCK_LEASE", "2")
+    monkeypatch.setenv("VR_STORE_LOCK_LEASE", "6")
     url = f"s3://{s3_bucket}/store"
     command = [sys.executable, "-c", "from pipelines.vrdata import main; main()", *build_args(corpus, url)]
     _kill_after(command, s3_bucket, "store/.build/done/", 2)
+    killed = time.monotonic()
     assert json.loads(remote.read_bytes(remote.location(url) / "store.json"))["complete"] is False
     assert "store/.build/lock" in keys(s3_bucket, "store/.build/")  # a dead builder's lock stays...
     refused = vrdata(*build_args(corpus, url))
+    assert time.monotonic() - killed < 4, "too slow to see the lock within its lease"
     assert refused.exit_code == 2 and "in use by PID" in refused.output  # ...for one lease
-    time.sleep(2.5)
+    time.sleep(max(0.0, killed + 6.5 - time.monotonic()))
     finished = vrdata(*build_args(corpus, url))
     assert finished.exit_code == 0, finished.output
     assert "resuming" in finished.output
@@ -191,6 +193,7 @@ def test_a_build_into_a_locked_bucket_store_is_refused_in_one_line(s3_bucket, co
     assert f"s3://{s3_bucket}/store: in use by PID {os.getpid()}" in result.output
 
 
+@pytest.mark.slow
 def test_verify_finds_a_damaged_zarr_object_and_a_damaged_tar_in_a_bucket(s3_store, tmp_path):
     bucket, prefix = "vr-session-store", "stores/damaged"
     copy_prefix(bucket, "stores/corpus", prefix)
@@ -230,6 +233,7 @@ def test_zarr_mixer_on_a_bucket_gives_the_local_batches(s3_store, built_store):
         assert int(remote_batch["storage_retries"]) == 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("chunks_per_crop", [1, 2, 4])
 def test_zarr_mixer_fetches_byte_ranges_of_inner_chunks_not_whole_shards(s3_store, built_store, chunks_per_crop):
     """Bytes fetched per example against the compressed bytes of the frames the example uses
@@ -267,6 +271,7 @@ def torch_equal(left, right) -> bool:
     return bool((left == right).all())
 
 
+@pytest.mark.slow
 def test_wds_mixer_streams_tars_from_a_bucket(s3_store, built_store):
     from vr_data.mixer import MixerConfig, WdsMixerDataset
 
@@ -277,6 +282,7 @@ def test_wds_mixer_streams_tars_from_a_bucket(s3_store, built_store):
     assert torch_equal(remote_batch["mixture"], local_batch["mixture"])
 
 
+@pytest.mark.slow
 def test_stats_then_training_and_resume_on_a_bucket_store(s3_store, tmp_path):
     import tomllib  # noqa: F401  (the config is text)
 
@@ -385,6 +391,7 @@ def test_store_urls_outside_the_prefix_or_of_other_schemes_are_refused():
     assert str(remote.location("s3://vr-bucket//a/b/")) == "s3://vr-bucket/a/b"
 
 
+@pytest.mark.slow
 def test_a_disk_cache_serves_the_second_epoch_and_stays_within_its_bound(s3_store, tmp_path):
     from vr_data.mixer import MixerConfig, ZarrMixerDataset
 
