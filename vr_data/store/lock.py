@@ -98,7 +98,7 @@ class Lease:
 
     def _put(self, if_match: str | None) -> bool:
         """Rewrite the lock if its ETag is `if_match`; False if it is not."""
-        fs = remote._fs()
+        fs = remote.client()
         try:
             response = remote.call(self.path, lambda: fs.call_s3(
                 "put_object", Bucket=self.path.bucket, Key=self.path.key, Body=self.body, IfMatch=if_match),
@@ -114,7 +114,7 @@ class Lease:
 
     def _head(self) -> tuple[str | None, float, str]:
         """(ETag or None, seconds since last written by the server's clock, holder text)."""
-        fs = remote._fs()
+        fs = remote.client()
         response = remote.call(self.path, lambda: fs.call_s3("head_object", Bucket=self.path.bucket,
                                                               Key=self.path.key), missing_ok=True)
         if response is None:

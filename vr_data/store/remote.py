@@ -118,7 +118,7 @@ def location(value: str | Path | ObjectPath) -> Location:
 
 
 _client_lock = threading.Lock()
-_client: dict = {"pid": None, "fs": None}
+_client: dict = {"key": None, "fs": None}
 _retries = {"count": 0}
 _fetched = {"bytes": 0}
 
@@ -137,10 +137,12 @@ def region() -> str | None:
     return os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or None
 
 
-def _fs():
-    """This process's s3fs filesystem (a forked worker makes its own)."""
+def client():
+    """This process's s3fs filesystem: a forked worker makes its own, and so does a change of
+    the environment it was made from (endpoint, region, key id, profile)."""
+    key = (os.getpid(), endpoint_url(), region(), os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"))
     with _client_lock:
-        if _client["pid"] != os.getpid():
+        if _client["key"] != key:
             import s3fs
 
             client_kwargs = {}
@@ -152,7 +154,7 @@ def _fs():
                 use_listings_cache=False,
             )
             fs.retries = 1  # our loop retries (and counts) instead
-            _client.update(pid=os.getpid(), fs=fs)
+            _client.update(key=key, fs=fs)
         return _client["fs"]
 
 
@@ -235,7 +237,7 @@ def exists(path: Location) -> bool:
     """A file or directory (local), an object or a non-empty prefix (remote)."""
     if isinstance(path, Path):
         return path.exists()
-    return is_file(path) or bool(call(path, lambda: _fs().ls(path.fs_path + "/", detail=False), missing_ok=True))
+    return is_file(path) or bool(call(path, lambda: client().ls(path.fs_path + "/", detail=False), missing_ok=True))
 
 
 def is_file(path: Location) -> bool:
@@ -246,7 +248,7 @@ def size(path: Location) -> int | None:
     """Bytes of the file or object, None if there is none."""
     if isinstance(path, Path):
         return path.stat().st_size if path.is_file() else None
-    info = call(path, lambda: _fs().info(path.fs_path, refresh=True), missing_ok=True)
+    info = call(path, lambda: client().info(path.fs_path, refresh=True), missing_ok=True)
     if info is None or info.get("type") != "file":
         return None
     return int(info["size"])
@@ -256,7 +258,7 @@ def read_bytes(path: Location) -> bytes:
     """The whole file or object; a missing one raises FileNotFoundError (as `Path.read_bytes`)."""
     if isinstance(path, Path):
         return path.read_bytes()
-    data = call(path, lambda: _fs().cat_file(path.fs_path), missing_ok=True)
+    data = call(path, lambda: client().cat_file(path.fs_path), missing_ok=True)
     if data is None:
         raise FileNotFoundError(str(path))
     _fetched["bytes"] += len(data)
@@ -273,7 +275,7 @@ def read_range(path: Location, start: int, stop: int) -> bytes:
         with open(path, "rb") as handle:
             handle.seek(start)
             return handle.read(stop - start)
-    data = call(path, lambda: _fs().cat_file(path.fs_path, start=start, end=stop), missing_ok=True)
+    data = call(path, lambda: client().cat_file(path.fs_path, start=start, end=stop), missing_ok=True)
     if data is None:
         raise FileNotFoundError(str(path))
     _fetched["bytes"] += len(data)
@@ -286,7 +288,7 @@ def list_sizes(prefix: Location) -> dict[str, int]:
         if not prefix.is_dir():
             return {}
         return {p.relative_to(prefix).as_posix(): p.stat().st_size for p in prefix.rglob("*") if p.is_file()}
-    found = call(prefix, lambda: _fs().find(prefix.fs_path + "/", detail=True), missing_ok=True) or {}
+    found = call(prefix, lambda: client().find(prefix.fs_path + "/", detail=True), missing_ok=True) or {}
     root = prefix.fs_path + "/"
     return {name[len(root):]: int(info["size"]) for name, info in found.items()
             if name.startswith(root) and info.get("type") == "file"}
@@ -300,7 +302,7 @@ def write_bytes(path: Location, data: bytes) -> None:
     if isinstance(path, Path):
         atomic_write_bytes(path, data)
         return
-    call(path, lambda: _fs().pipe_file(path.fs_path, data), writing=True)
+    call(path, lambda: client().pipe_file(path.fs_path, data), writing=True)
 
 
 def write_json(path: Location, record: dict) -> None:
@@ -315,7 +317,7 @@ def write_lines(path: Location, records: list[dict]) -> None:
 def create_new(path: ObjectPath, data: bytes) -> bool:
     """PUT with `If-None-Match: *`: True if this call created the object, False if it existed."""
     try:
-        call(path, lambda: _fs().pipe_file(path.fs_path, data, mode="create"), writing=True)
+        call(path, lambda: client().pipe_file(path.fs_path, data, mode="create"), writing=True)
     except FileExistsError:
         return False
     return True
@@ -324,7 +326,7 @@ def create_new(path: ObjectPath, data: bytes) -> bool:
 def upload(local: Path, path: ObjectPath) -> None:
     """A finished local file to the object `path` (multipart beyond 50 MB; the object appears
     only when the upload completes)."""
-    call(path, lambda: _fs().put_file(str(local), path.fs_path), writing=True)
+    call(path, lambda: client().put_file(str(local), path.fs_path), writing=True)
 
 
 def delete(path: Location) -> None:
@@ -332,7 +334,7 @@ def delete(path: Location) -> None:
     if isinstance(path, Path):
         path.unlink(missing_ok=True)
         return
-    call(path, lambda: _fs().rm_file(path.fs_path), missing_ok=True, writing=True)
+    call(path, lambda: client().rm_file(path.fs_path), missing_ok=True, writing=True)
 
 
 # ---------------------------------------------------------------------------- tensorstore
