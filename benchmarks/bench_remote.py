@@ -11,7 +11,8 @@ then draws `--examples` examples from the Zarr mixer at each crop length with th
 
 - bytes fetched from the bucket (tensorstore's S3 byte counter: shard indexes plus inner-chunk
   ranges), against the crops' stored bytes (the frames the mixer asked the store for, counted at
-  its reads, times the store's compressed bytes per frame: crops at a track's end are shorter),
+  its reads, times the compressed bytes per frame of the array read: crops at a track's end are
+  shorter, and vocals with rests compress better than mixtures),
   the ratio, and the ratio `1 + (chunk - 1) / crop` expected of whole crops at random frames;
 - the same with the disk cache (`--cache-dir`): first pass, then the second pass (0 expected).
 
@@ -71,12 +72,18 @@ def run(scratch: Path, args) -> None:
     url = "s3://vr-bench/store"
     built = build_store(manifests, url)
     store = open_store(url)
-    frames = sum(track.frames * len(track.arrays) for track in store.tracks)
-    bytes_per_frame = built.zarr_bytes / frames  # includes the zero padding after each track: a slight overestimate
+    # Compressed bytes per frame of each array (the zero padding after each track included: a
+    # slight overestimate), so a crop's stored bytes are those of the arrays it is read from.
+    frames: dict[str, int] = {}
+    for track in store.tracks:
+        for name in track.arrays.values():
+            frames[name] = frames.get(name, 0) + track.frames
+    bytes_per_frame = {name: sum(remote.list_sizes(remote.location(url) / "zarr" / name).values()) / count
+                       for name, count in frames.items()}
     chunk = store.geometry.chunk_frames
-    print(f"store: {len(store.tracks)} tracks, {store.hours() * 3600:.0f} s of audio, Zarr {built.zarr_bytes / 1e6:.1f} MB, "
-          f"{bytes_per_frame:.0f} B per stored frame and source; inner chunk {chunk} frames, "
-          f"shard {store.geometry.shard_frames}")
+    print(f"store: {len(store.tracks)} tracks, {store.hours() * 3600:.0f} s of audio, Zarr {built.zarr_bytes / 1e6:.1f} MB; "
+          f"bytes per stored frame: " + ", ".join(f"{name} {value:.0f}" for name, value in sorted(bytes_per_frame.items()))
+          + f"; inner chunk {chunk} frames, shard {store.geometry.shard_frames}")
     print(f"{'crop':>6} {'fetched/example':>16} {'crops stored':>13} {'ratio':>6} {'expected':>9}")
     for crop in (int(value) for value in args.crops.split(",")):
         # One example per batch: the reads of a batch are issued together, and tensorstore reads a
@@ -85,9 +92,9 @@ def run(scratch: Path, args) -> None:
                              silence_rule="keep", proportions={"pair": 0.5, "augmented": 0.5, "pretrain": 0.0})
         dataset = ZarrMixerDataset(url, config)
         dataset.store.cache_bytes = 0
-        requested = _count_frames(dataset.store)
+        requested = _count_bytes(dataset.store, bytes_per_frame)
         fetched, examples = _draw(dataset, args.examples, remote)
-        crop_bytes = requested["frames"] * bytes_per_frame / examples
+        crop_bytes = requested["bytes"] / examples
         print(f"{crop:>6} {fetched / examples:>16.0f} {crop_bytes:>13.0f} {fetched / examples / crop_bytes:>6.2f} "
               f"{1 + (chunk - 1) / crop:>9.2f}")
     crop = 512
@@ -101,14 +108,16 @@ def run(scratch: Path, args) -> None:
         print(f"disk cache, crop {crop}, {label}: {fetched / examples:.0f} bytes fetched per example")
 
 
-def _count_frames(store) -> dict:
-    """Count the frames read through `store.read_many_into` (what the mixer asks for)."""
-    counter = {"frames": 0}
+def _count_bytes(store, bytes_per_frame: dict[str, float]) -> dict:
+    """Count the stored bytes of the frames read through `store.read_many_into` (what the mixer
+    asks for), at each array's bytes per frame."""
+    counter = {"bytes": 0.0}
     read = store.read_many_into
 
     def counting(requests, outs):
         requests = list(requests)
-        counter["frames"] += sum(stop - start for _, _, start, stop in requests)
+        counter["bytes"] += sum((stop - start) * bytes_per_frame[store.track(track).arrays[source]]
+                                for track, source, start, stop in requests)
         return read(requests, outs)
 
     store.read_many_into = counting

@@ -249,12 +249,21 @@ def test_zarr_mixer_fetches_byte_ranges_of_inner_chunks_not_whole_shards(s3_stor
                          proportions={"pair": 0.5, "augmented": 0.5, "pretrain": 0.0})
     dataset = ZarrMixerDataset(s3_store, config)
     dataset.store.cache_bytes = 0
-    requested = {"frames": 0}
+    store = open_store(built_store)
+    frames: dict[str, int] = {}
+    for track in store.tracks:
+        for name in track.arrays.values():
+            frames[name] = frames.get(name, 0) + track.frames
+    shards = {name: list((built_store / "zarr" / name / "c").glob("*/0/0/0")) for name in frames}
+    bytes_per_frame = {name: sum(size for shard in shards[name] for _, size in chunk_spans(shard)) / frames[name]
+                       for name in frames}
+    requested = {"bytes": 0.0}
     read = dataset.store.read_many_into
 
     def counting(requests, outs):
         requests = list(requests)
-        requested["frames"] += sum(stop - start for _, _, start, stop in requests)
+        requested["bytes"] += sum((stop - start) * bytes_per_frame[store.track(track).arrays[source]]
+                                  for track, source, start, stop in requests)
         return read(requests, outs)
 
     dataset.store.read_many_into = counting
@@ -264,17 +273,14 @@ def test_zarr_mixer_fetches_byte_ranges_of_inner_chunks_not_whole_shards(s3_stor
         if examples >= 48:
             break
     fetched = (remote.bytes_fetched() - before) / examples
-    shards = [shard for array in (built_store / "zarr").iterdir() if array.is_dir()
-              for shard in (array / "c").glob("*/0/0/0")]
-    chunk_bytes = [size for shard in shards for _, size in chunk_spans(shard)]
-    bytes_per_frame = sum(chunk_bytes) / (len(chunk_bytes) * GEOMETRY.chunk_frames)
-    crop_bytes = requested["frames"] * bytes_per_frame / examples
+    crop_bytes = requested["bytes"] / examples
+    all_shards = [shard for found in shards.values() for shard in found]
     ratio = fetched / crop_bytes
     print(f"\ncrop {crop} frames ({chunks_per_crop} chunks): {fetched:.0f} B fetched per example, crop stored "
           f"{crop_bytes:.0f} B, ratio {ratio:.2f} (expected about {1 + 1 / chunks_per_crop:.2f}); whole shard "
-          f"{np.mean([s.stat().st_size for s in shards]):.0f} B")
+          f"{np.mean([s.stat().st_size for s in all_shards]):.0f} B")
     assert ratio < 1 + 1 / chunks_per_crop + 0.25
-    assert fetched < 2 * np.mean([s.stat().st_size for s in shards])
+    assert fetched < 2 * np.mean([s.stat().st_size for s in all_shards])
 
 
 def torch_equal(left, right) -> bool:
@@ -446,3 +452,14 @@ def test_a_damaged_shard_in_the_disk_cache_fails_its_checksum(s3_store, tmp_path
     fresh = open_store(s3_store, cache_dir=tmp_path / "cache", cache_gb=1)
     with pytest.raises(VRDataError, match="damaged Zarr chunk"):
         fresh.read_frames(track, "mixture", 0, GEOMETRY.chunk_frames)
+
+
+@pytest.mark.slow
+def test_preview_mix_of_a_bucket_store_with_a_disk_cache(s3_store, tmp_path):
+    result = vrdata("preview-mix", s3_store, "--n", "2", "--out", str(tmp_path / "preview"), "--crop-frames", "32",
+                    "--cache-dir", str(tmp_path / "cache"), "--cache-gb", "1")
+    os.environ.pop("VR_CACHE_DIR", None)
+    os.environ.pop("VR_CACHE_GB", None)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "preview" / "sheet.png").is_file()
+    assert list((tmp_path / "cache").rglob("c/*/0/0/0"))  # shards went through the cache
