@@ -234,7 +234,7 @@ def test_zarr_mixer_on_a_bucket_gives_the_local_batches(s3_store, built_store):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("chunks_per_crop", [1, 2, 4])
+@pytest.mark.parametrize("chunks_per_crop", [1, 2])
 def test_zarr_mixer_fetches_byte_ranges_of_inner_chunks_not_whole_shards(s3_store, built_store, chunks_per_crop):
     """Bytes fetched per example against the compressed bytes of the frames the mixer asked the
     store for, with the chunk cache off (a large store rarely hits it). A crop of C frames at a
@@ -279,8 +279,8 @@ def test_zarr_mixer_fetches_byte_ranges_of_inner_chunks_not_whole_shards(s3_stor
     print(f"\ncrop {crop} frames ({chunks_per_crop} chunks): {fetched:.0f} B fetched per example, crop stored "
           f"{crop_bytes:.0f} B, ratio {ratio:.2f} (expected about {1 + 1 / chunks_per_crop:.2f}); whole shard "
           f"{np.mean([s.stat().st_size for s in all_shards]):.0f} B")
+    # Whole shard objects (4 chunks here) would give about 4 / chunks_per_crop.
     assert ratio < 1 + 1 / chunks_per_crop + 0.25
-    assert fetched < 2 * np.mean([s.stat().st_size for s in all_shards])
 
 
 def torch_equal(left, right) -> bool:

@@ -124,8 +124,16 @@ _fetched = {"bytes": 0}
 
 
 def retry_count() -> int:
-    """Requests retried after a transient error in this process so far."""
-    return _retries["count"]
+    """Requests retried after a transient error in this process so far: ours (s3fs) plus
+    tensorstore's S3 retries (its `/tensorstore/kvstore/s3/retries` counter)."""
+    return _retries["count"] + _tensorstore_counter("/tensorstore/kvstore/s3/retries")
+
+
+def _tensorstore_counter(name: str) -> int:
+    import tensorstore as ts
+
+    return int(sum(value.get("value", 0) for metric in ts.experimental_collect_matching_metrics(name)
+                   for value in metric.get("values", [])))
 
 
 def endpoint_url() -> str | None:
@@ -361,11 +369,7 @@ def kvstore(path: Location) -> dict:
 def bytes_fetched() -> int:
     """Bytes this process has read from object storage: tensorstore's S3 reads (the Zarr
     arrays) plus ranged GETs made here (tars, side files)."""
-    import tensorstore as ts
-
-    zarr = sum(value.get("value", 0) for metric in ts.experimental_collect_matching_metrics("/tensorstore/kvstore/s3/bytes_read")
-               for value in metric.get("values", []))
-    return int(zarr) + _fetched["bytes"]
+    return _tensorstore_counter("/tensorstore/kvstore/s3/bytes_read") + _fetched["bytes"]
 
 
 def s3_context_spec() -> dict:
