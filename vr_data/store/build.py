@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tensorstore as ts
 
 from vr_data import __version__, errors
 from vr_data.store.codec import CodecConfig, encode
@@ -44,7 +43,7 @@ from vr_data.audio.decode import UNAVAILABLE, silence_reason
 from vr_data.io import UNWRITABLE, os_reason
 from vr_data.store.format import (
     BUILD_DIR, DONE_DIR, PLAN_JSON, REJECTS_JSONL, ROLE_SOURCES, STORE_JSON, TRACKS_JSONL, WDS_DIR, WDS_INDEX,
-    ZARR_DIR, BuildReject, StoreMeta, TrackRecord, WdsShard, array_name, read_json, read_store_meta,
+    ZARR_DIR, BuildReject, StoreMeta, TrackRecord, WdsShard, array_name, read_store_meta,
 )
 from vr_data.store.plan import BuildPlan, Geometry, PlannedTrack, new_plan, planned_roles
 from vr_data.store.wds import TrackTarWriter, compressed_npy, npy_parts, sample_key
