@@ -96,6 +96,21 @@ def version_option(program: str) -> typer.models.OptionInfo:
     return typer.Option(False, "--version", callback=show, is_eager=True, help="Print the version and exit.")
 
 
+def set_cache_environment(cache_dir: Path | None, cache_gb: float | None) -> None:
+    """`--cache-dir`/`--cache-gb` as `VR_CACHE_DIR`/`VR_CACHE_GB`, which `open_store` reads in this
+    process and in its loader workers (vr_data.store.cache)."""
+    if cache_gb is not None and not cache_gb > 0:
+        raise ConfigError(None, f"--cache-gb must be above 0, not {cache_gb:g}")
+    if cache_gb is not None and cache_dir is None:
+        raise ConfigError(None, "--cache-gb goes with --cache-dir DIR")
+    if cache_dir is not None:
+        if cache_dir.exists() and not cache_dir.is_dir():
+            raise VRDataError(cache_dir, "--cache-dir exists and is not a directory")
+        os.environ["VR_CACHE_DIR"] = str(cache_dir)
+    if cache_gb is not None:
+        os.environ["VR_CACHE_GB"] = str(cache_gb)
+
+
 def check_workers(workers: int) -> int:
     """`--workers` must be >= 0 (0: in this process); a ConfigError otherwise."""
     if workers < 0:

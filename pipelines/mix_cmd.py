@@ -6,14 +6,14 @@ from pathlib import Path
 
 import typer
 
-from pipelines.common import console, user_errors
 from pipelines.apps import vrdata_app as app
+from pipelines.common import console, set_cache_environment, user_errors
 
 
 @app.command("preview-mix")
 @user_errors
 def preview_mix_command(
-    store: Path = typer.Argument(..., help="A complete store (vrdata build-shards)."),
+    store: str = typer.Argument(..., help="A complete store (vrdata build-shards): a directory or s3://bucket/prefix."),
     n: int = typer.Option(8, "--n", help="How many examples."),
     out: Path = typer.Option(..., "--out", help="Folder for the WAVs and sheet.png."),
     crop_frames: int = typer.Option(256, help="Crop length in frames."),
@@ -22,6 +22,8 @@ def preview_mix_command(
     pair: float = typer.Option(0.5, help="Proportion of pair examples."),
     augmented: float = typer.Option(0.5, help="Proportion of augmented (instrumental + vocal) examples."),
     pretrain: float = typer.Option(0.0, help="Proportion of pretraining examples."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="s3:// stores: keep the shards read on this local disk."),
+    cache_gb: float = typer.Option(None, "--cache-gb", help="Bound of --cache-dir in GB (default 50)."),
 ) -> None:
     """Listen to and look at what the mixer feeds the model."""
     from vr_data.catalog.manifest import SPLITS
@@ -29,6 +31,7 @@ def preview_mix_command(
     from vr_data.mixer import MixerConfig, ZarrMixerDataset
     from vr_data.mixer.preview import preview_examples, write_preview
 
+    set_cache_environment(cache_dir, cache_gb)
     if split not in SPLITS:
         raise ConfigError(None, f"--split must be one of {', '.join(SPLITS)}, not {split!r}")
     if n < 1:

@@ -16,6 +16,7 @@ from pipelines.common import (
     user_errors, write_json,
 )
 from pipelines.apps import vrdata_app as app
+from vr_data.store.remote import Location, location
 from vr_data.errors import ConfigError, VRDataError
 from vr_data.store.build import (
     DEFAULT_CODEC, BuildOptions, BuildResult, DryRun, build_store, existing_configs, plan_store,
@@ -34,7 +35,7 @@ from vr_data.store.verify import verify_store
 def build_shards_command(
     manifests: list[str] = typer.Argument(..., metavar="MANIFEST...",
                                           help="Manifests (M.jsonl, or M.jsonl=ROOT when the files moved)."),
-    out: Path = typer.Option(..., "--out", help="Store directory to create, resume or append to."),
+    out: str = typer.Option(..., "--out", help="Store directory or s3://bucket/prefix to create, resume or append to."),
     root: Optional[Path] = typer.Option(None, help="Where the files are, for a single MANIFEST (else M.jsonl=ROOT)."),
     append: bool = typer.Option(False, help="Add the manifests' new items to an existing store."),
     codec: Optional[str] = typer.Option(None, help=f"Storage codec: {', '.join(CODECS)} (default f16-q)."),
@@ -62,6 +63,7 @@ def build_shards_command(
     json_out: Optional[str] = typer.Option(None, "--json", help="Also write a JSON summary to this file ('-': stdout)."),
 ) -> None:
     """Build a Zarr + WebDataset spectrogram store from MANIFESTs (parallel, resumable)."""
+    out = location(out)
     loaded = load_manifests(manifests, root)
     if json_out not in (None, "-"):
         check_writable(json_out)
@@ -102,7 +104,7 @@ def load_manifests(specs: list[str], root: Path | None) -> list:
     return [read_manifest(path, root=spec_root or root) for path, spec_root in parsed]
 
 
-def _build(loaded, out: Path, stft, codec_config, geometry, options: BuildOptions, workers: int,
+def _build(loaded, out: Location, stft, codec_config, geometry, options: BuildOptions, workers: int,
            scheduler: str | None, append: bool) -> BuildResult:
     with dask_executor(workers, scheduler) as executor, progress("audio-h") as bar:
         task = bar.add_task(f"build {out.name}", total=0.0, rate="")
@@ -146,7 +148,7 @@ def print_dry_run(plan: DryRun) -> None:
     console.print("nothing written (--dry-run)", highlight=False)
 
 
-def _configs(out: Path, stft_given: dict, codec_given: dict, geometry_given: dict):
+def _configs(out: Location, stft_given: dict, codec_given: dict, geometry_given: dict):
     """Configs to ask for: None where nothing was given, else the given values over the store's
     own (or the defaults), so an option equal to the existing store's value is not a conflict."""
     existing = existing_configs(out) or (StftConfig(), DEFAULT_CODEC, Geometry())
@@ -193,12 +195,13 @@ def print_build_summary(result: BuildResult) -> None:
 @app.command("verify")
 @user_errors
 def verify_command(
-    store: Path = typer.Argument(..., help="Store directory to check."),
+    store: str = typer.Argument(..., help="Store directory or s3://bucket/prefix to check."),
     workers: int = typer.Option(0, min=0, help="Local dask worker processes (0: in this process)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Also write the report as JSON to this file ('-': stdout)."),
 ) -> None:
     """Re-read a store: tar checksums, Zarr vs WebDataset, frame counts vs manifests; exit 1 on damage."""
+    store = location(store)
     opened = open_store(store)  # refuses what is not a complete store, before any cluster starts
     if json_out not in (None, "-"):
         check_writable(json_out)

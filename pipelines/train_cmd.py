@@ -8,14 +8,15 @@ from pathlib import Path
 import typer
 
 from pipelines.apps import vrtrain_app as app
-from pipelines.common import console, err_console, user_errors
+from pipelines.common import console, err_console, set_cache_environment, user_errors
 from vr_data.errors import VRDataError
 
 
 @app.command("run")
 @user_errors
 def run_command(
-    store: Path = typer.Option(None, "--store", help="The store to train on (vrdata build-shards). "
+    store: str = typer.Option(None, "--store", help="The store to train on (vrdata build-shards; a directory or "
+                                                   "s3://bucket/prefix). "
                                                     "With --resume: defaults to the run's store."),
     out: Path = typer.Option(None, "--out", help="The run directory (config, checkpoints, logs)."),
     config: Path = typer.Option(None, "--config", help="A TOML run config (`vrtrain config` prints every key)."),
@@ -29,6 +30,10 @@ def run_command(
     freeze: str = typer.Option(None, "--freeze", help="none or encoders: frozen while finetuning (= --set train.freeze=...)."),
     unfreeze_after: int = typer.Option(None, "--unfreeze-after", metavar="STEPS",
                                        help="Train the frozen part again after STEPS steps (= --set train.unfreeze_after=...)."),
+    cache_dir: Path = typer.Option(None, "--cache-dir", help="s3:// stores: keep the shards read on this local disk "
+                                                            "(= VR_CACHE_DIR; docs/store.md)."),
+    cache_gb: float = typer.Option(None, "--cache-gb", help="Bound of --cache-dir in GB (default 50; least recently "
+                                                           "used shards are evicted)."),
 ) -> None:
     """Train (or with --resume continue training) a model; under torchrun, one process per GPU.
 
@@ -37,6 +42,7 @@ def run_command(
     from vr_model.train import TrainingInterrupted, load_config, train
     from vr_model.train.loop import CONFIG_TOML, RUN_JSON
 
+    set_cache_environment(cache_dir, cache_gb)
     if init_partial and init is None:
         raise VRDataError(None, "--init-partial goes with --init CHECKPOINT")
     shortcuts = [f"train.{key}={value}" for key, value in
@@ -51,7 +57,7 @@ def run_command(
                                       "may add steps to the last stage or append a stage)")
         if store is None:
             try:
-                store = Path(json.loads((resume / RUN_JSON).read_text())["store"])
+                store = json.loads((resume / RUN_JSON).read_text())["store"]
             except (OSError, ValueError, KeyError, TypeError):
                 raise VRDataError(resume, f"no {RUN_JSON} naming the store; pass --store") from None
     try:

@@ -117,3 +117,49 @@ def mixer_store(tmp_path_factory) -> Path:
         manifests.append(read_manifest(path))
     build_store(manifests, directory / "store", stft=STFT, geometry=GEOMETRY)
     return directory / "store"
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """A real S3 server for the session: moto's standalone server on 127.0.0.1 at a free port,
+    with the environment a user would set (endpoint, region, a key pair) and instance-metadata
+    lookups off. Yields the endpoint URL; stopped at the end of the session."""
+    import os
+
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    settings = {"AWS_ENDPOINT_URL": endpoint, "AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "vr-test-key",
+                "AWS_SECRET_ACCESS_KEY": "vr-test-secret", "AWS_EC2_METADATA_DISABLED": "true"}
+    saved = {name: os.environ.get(name) for name in [*settings, "AWS_PROFILE"]}
+    os.environ.update(settings)
+    os.environ.pop("AWS_PROFILE", None)
+    try:
+        yield endpoint
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
+
+@pytest.fixture
+def s3_bucket(s3_server, request) -> str:
+    """A new empty bucket on the session's S3 server; returns its name."""
+    import re
+
+    import boto3
+
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower())[:40].strip("-")
+    bucket = f"vr-{name}-{len(request.session.items)}-{id(request) % 100000}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return bucket

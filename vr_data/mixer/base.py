@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from vr_data.errors import VRDataError
+from vr_data.store import remote
 from vr_data.mixer.config import CropBuffers, MixerConfig, Recipe, draw_recipe
 from vr_data.mixer.kernels import crop_level_dbfs, mix_magnitudes
 from vr_data.mixer.normalisation import InputNormalisation
@@ -67,7 +68,7 @@ class MixerBase(IterableDataset):
         super().__init__()
         from vr_data.store import open_store
 
-        self.store_path = Path(store_path)
+        self.store_path = remote.location(store_path)  # a directory or an s3:// prefix
         self.store = open_store(self.store_path)
         self.config = config
         self.rank, self.world_size = rank_and_world(rank, world_size)
@@ -189,8 +190,16 @@ class MixerBase(IterableDataset):
             "index": torch.as_tensor(np.asarray(indices, np.int64)),
             "normalisation": self.config.normalisation,
             "silent_crops": torch.as_tensor(sum(r.silent for r in recipes)),
+            "storage_retries": torch.as_tensor(self._new_retries()),
             "epoch": epoch, "batch": k,
         }
+
+    def _new_retries(self) -> int:
+        """Object-storage requests this process retried since its previous batch (0 for a local store)."""
+        total = remote.retry_count()
+        new = total - getattr(self, "_retries_seen", 0)
+        self._retries_seen = total
+        return new
 
     def _outputs(self, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """Output tensors for one batch: fresh ones, or the next pair of a ring of reused buffers

@@ -96,5 +96,5 @@ class InputNormalisation:
             return cls(kind=kind)
         from vr_data.store.normalisation import load_normalisation
 
-        mean, _ = load_normalisation(Path(store_path), stats_role)
+        mean, _ = load_normalisation(store_path, stats_role)
         return cls(kind="stats", bin_scale=tuple(np.exp(-mean).astype(np.float32).tolist()))

@@ -28,12 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
-from vr_data.catalog.manifest import resolve_under
 from vr_data.errors import VRDataError
 from vr_data.mixer.base import MixerBase
 from vr_data.mixer.config import CropBuffers, Recipe
 from vr_data.mixer.sampling import KINDS, example_rng
-from vr_data.store.wds import iter_tar_samples
+from vr_data.store.wds import iter_tar_samples, wds_member_path
 
 _STREAM_SALT = {"pair": 1, "augmented": 2, "pretrain": 3, "vocal": 4}
 
@@ -194,7 +193,7 @@ class WdsMixerDataset(MixerBase):
             for track, _ in library.entries:
                 for shard in track.wds_shards:
                     try:
-                        resolve_under(self.wds_dir, shard)
+                        wds_member_path(self.wds_dir, shard)
                     except VRDataError as error:
                         raise VRDataError(self.store_path / "tracks.jsonl", f"track {track.id}: WebDataset shard "
                                                                           f"{shard!r}: {error.reason}") from None

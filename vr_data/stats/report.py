@@ -29,7 +29,7 @@ from vr_data.store.normalisation import save_store_stats
 from vr_data.stats.settings import StatsSettings
 from vr_data.stats.store_stats import StoreContent, measure_track, store_durations, store_rows, track_tasks
 from vr_data.stats.totals import durations_by_role, manifest_durations, manifest_row, pair_offsets, role_totals
-from vr_data.store import open_store
+from vr_data.store import open_store, remote
 from vr_data.store.format import STORE_JSON
 
 REPORT_KIND = "vr-stats"
@@ -60,11 +60,15 @@ def classify_inputs(paths: Sequence[str | Path], root: str | Path | None = None)
 
 def _classify(paths: Sequence[str | Path], root: str | Path | None) -> tuple[list[tuple[Path, Path | None]], list[Path]]:
     """`([(manifest, root or None)], stores)`: see `classify_inputs`."""
-    parsed = [split_manifest_spec(path) for path in paths]
+    remote_stores = [remote.location(path) for path in paths if remote.is_remote(path)]
+    for store in remote_stores:
+        if not remote.is_file(store / STORE_JSON):
+            raise VRDataError(store, f"not a store (no {STORE_JSON})", errors.MISSING)
+    parsed = [split_manifest_spec(path) for path in paths if not remote.is_remote(path)]
     if root is not None and (len(parsed) != 1 or parsed[0][0].is_dir()):
         raise VRDataError(None, "--root applies to a single manifest; give one manifest with it")
     kept = set(without_rejects_files(path for path, _ in parsed))
-    manifests, stores = [], []
+    manifests, stores = [], list(remote_stores)
     for path, spec_root in parsed:
         if path not in kept:
             continue

@@ -28,7 +28,7 @@ from vr_data.stats.content import log_magnitude_json
 from vr_data.stats.settings import StatsSettings
 from vr_data.stats.spectral import SLICE_ROWS, frame_mean_square, level_db, log_magnitude_moments
 from vr_data.stats.totals import amount
-from vr_data.store import Store, open_store
+from vr_data.store import Store, open_store, remote
 from vr_data.store.format import STORE_JSON
 
 SLICE_FRAMES = SLICE_ROWS // 2  # frames of a stereo slice: as many rows as one float64 pass takes
@@ -73,6 +73,8 @@ def _opened(path: str, stamp: int) -> Store:
 
 def open_cached(path: str | Path) -> Store:
     path = str(path)
+    if remote.is_remote(path):  # an object's version: its ETag-derived content hash would cost a read
+        return _opened(path, hash(remote.read_bytes(remote.location(path) / STORE_JSON)))
     return _opened(path, os.stat(Path(path) / STORE_JSON).st_mtime_ns)
 
 

@@ -24,7 +24,7 @@ import tensorstore as ts
 
 from vr_data.store.codec import CodecConfig, has_chunk_checksums, zarr_codecs_json
 from vr_data.errors import VRDataError
-from vr_data.io import atomic_write_json
+from vr_data.store import remote
 from vr_data.store.format import CHANNELS, REIM
 
 DIMENSION_NAMES = ["frames", "channel", "reim", "bins"]
@@ -43,19 +43,20 @@ class ArrayIntegrity:
 
 def array_integrity(path: Path) -> ArrayIntegrity:
     """The integrity guarantees of the array at `path`, from its `zarr.json`."""
+    node = remote.location(path) / "zarr.json"
     try:
-        metadata = json.loads((Path(path) / "zarr.json").read_text(encoding="utf-8"))
+        metadata = json.loads(remote.read_text(node))
     except (OSError, json.JSONDecodeError) as error:
-        raise VRDataError(Path(path) / "zarr.json", f"cannot read array metadata ({_first_line(error)})") from None
+        raise VRDataError(node, f"cannot read array metadata ({_first_line(error)})") from None
     stored = bool(metadata.get("attributes", {}).get("vr_store", {}).get("every_chunk_stored", False))
     return ArrayIntegrity(chunk_checksums=has_chunk_checksums(metadata.get("codecs", [])), every_chunk_stored=stored)
 
 
 def write_group(zarr_dir: Path) -> None:
     """The Zarr v3 group node `zarr/zarr.json` (arrays are its children)."""
-    path = Path(zarr_dir) / "zarr.json"
-    if not path.exists():
-        atomic_write_json(path, {"zarr_format": 3, "node_type": "group", "attributes": {}})
+    path = remote.location(zarr_dir) / "zarr.json"
+    if not remote.is_file(path):
+        remote.write_json(path, {"zarr_format": 3, "node_type": "group", "attributes": {}})
 
 
 def array_metadata(frames: int, bins: int, chunk_frames: int, shard_frames: int, codec: CodecConfig) -> dict:
@@ -72,8 +73,8 @@ def array_metadata(frames: int, bins: int, chunk_frames: int, shard_frames: int,
     }
 
 
-def _spec(path: Path) -> dict:
-    return {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(Path(path).resolve())}}
+def _spec(path: Path | remote.ObjectPath) -> dict:
+    return {"driver": "zarr3", "kvstore": remote.kvstore(remote.location(path))}
 
 
 def ensure_array(path: Path, frames: int, bins: int, chunk_frames: int, shard_frames: int,
@@ -83,8 +84,8 @@ def ensure_array(path: Path, frames: int, bins: int, chunk_frames: int, shard_fr
     Growing rewrites only `zarr.json` (`resize_metadata_only`): existing shards stay valid
     because the shard grid does not depend on the length.
     """
-    path = Path(path)
-    if (path / "zarr.json").exists():
+    path = remote.location(path)
+    if remote.is_file(path / "zarr.json"):
         array = open_array(path)
         if array.shape[1:] != (CHANNELS, REIM, bins):
             raise VRDataError(path, f"array has shape {array.shape}, expected (frames, {CHANNELS}, {REIM}, {bins})")
@@ -92,13 +93,13 @@ def ensure_array(path: Path, frames: int, bins: int, chunk_frames: int, shard_fr
             array.resize(exclusive_max=[frames, CHANNELS, REIM, bins], resize_metadata_only=True).result()
         return
     metadata = array_metadata(frames, bins, chunk_frames, shard_frames, codec)
-    ts.open({**_spec(path), "metadata": metadata}, create=True).result()
+    ts.open({**_spec(path), "metadata": metadata}, create=True, context=default_context(path)).result()
 
 
 def open_array(path: Path, context: ts.Context | None = None, read_only: bool = False) -> ts.TensorStore:
     """Open an existing array; errors name the array path."""
-    path = Path(path)
-    if not (path / "zarr.json").exists():
+    path = remote.location(path)
+    if not remote.is_file(path / "zarr.json"):
         raise VRDataError(path, "Zarr array not found (zarr.json missing)")
     spec = _spec(path)
     if read_only:
@@ -107,15 +108,24 @@ def open_array(path: Path, context: ts.Context | None = None, read_only: bool = 
         # Zeros too: then every shard of a track exists, and a missing one is known to be damage.
         spec["store_data_equal_to_fill_value"] = True
     try:
-        kwargs = {"context": context} if context is not None else {}
-        return ts.open(spec, read=True, write=not read_only, **kwargs).result()
+        context = context if context is not None else default_context(path)
+        return ts.open(spec, read=True, write=not read_only, context=context).result()
     except ValueError as error:
         raise VRDataError(path, f"cannot open Zarr array ({_first_line(error)})") from None
 
 
-def shard_key(array_dir: Path, shard_index: int) -> Path:
+def default_context(path: Path | remote.ObjectPath, spec: dict | None = None) -> ts.Context:
+    """A tensorstore context for arrays at `path`: `spec`'s resources, plus request retries
+    with backoff for a bucket."""
+    spec = dict(spec or {})
+    if isinstance(path, remote.ObjectPath):
+        spec.update(remote.s3_context_spec())
+    return ts.Context(spec)
+
+
+def shard_key(array_dir: Path | remote.ObjectPath, shard_index: int) -> Path | remote.ObjectPath:
     """The file of shard `shard_index` (default chunk key encoding, `c/` + indexes joined by `/`)."""
-    return Path(array_dir) / "c" / str(shard_index) / "0" / "0" / "0"
+    return remote.location(array_dir) / "c" / str(shard_index) / "0" / "0" / "0"
 
 
 def read_region(array: ts.TensorStore, start: int, stop: int, name: str) -> np.ndarray:

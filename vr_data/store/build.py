@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import tensorstore as ts
 
 from vr_data import __version__, errors
 from vr_data.store.codec import CodecConfig, encode
@@ -36,13 +35,15 @@ from vr_data.catalog.manifest import Item, Manifest, file_sha256
 from vr_data.catalog.sources import load_item_source
 from vr_data.parallel import map_unordered
 from vr_data.dsp.stft import StftConfig, block_stft
-from vr_data.store.arrays import ensure_array, open_array, write_group
+from vr_data.store import remote
+from vr_data.store.arrays import default_context, ensure_array, open_array, write_group
+from vr_data.store.lock import build_lock
 from vr_data.audio import load_audio
 from vr_data.audio.decode import UNAVAILABLE, silence_reason
-from vr_data.io import UNWRITABLE, atomic_write_json, atomic_write_lines, exclusive_lock, os_reason
+from vr_data.io import UNWRITABLE, os_reason
 from vr_data.store.format import (
     BUILD_DIR, DONE_DIR, PLAN_JSON, REJECTS_JSONL, ROLE_SOURCES, STORE_JSON, TRACKS_JSONL, WDS_DIR, WDS_INDEX,
-    ZARR_DIR, BuildReject, StoreMeta, TrackRecord, WdsShard, array_name, read_json, read_store_meta,
+    ZARR_DIR, BuildReject, StoreMeta, TrackRecord, WdsShard, array_name, read_store_meta,
 )
 from vr_data.store.plan import BuildPlan, Geometry, PlannedTrack, new_plan, planned_roles
 from vr_data.store.wds import TrackTarWriter, compressed_npy, npy_parts, sample_key
@@ -201,15 +202,15 @@ def build_store(
     called once before the tasks run, `on_track(outcome)` as each finishes.
     """
     started = time.perf_counter()
-    out = Path(out)
-    created = not out.exists()
+    out = remote.location(out)  # a directory or an s3:// prefix (docs/store.md: remote stores)
+    created = isinstance(out, Path) and not out.exists()
     _check_out(out)
     refused = False
     try:
-        with exclusive_lock(out / BUILD_DIR / LOCK_FILE, "vrdata build-shards", subject=out):
+        with build_lock(out / BUILD_DIR / LOCK_FILE, "vrdata build-shards", subject=out) as lease:
             try:
                 return _build_locked(manifests, out, stft, codec, geometry, options, executor, append, on_start,
-                                     on_track, started)
+                                     on_track, started, lease)
             except BaseException:
                 # Refused before its plan was written, a first build leaves no empty store
                 # directory behind. Only the lock holder tidies: a builder refused because
@@ -221,12 +222,12 @@ def build_store(
             _remove_empty_tree(out)
 
 
-def _build_locked(manifests, out: Path, stft, codec, geometry, options, executor, append, on_start, on_track,
-                  started: float) -> BuildResult:
+def _build_locked(manifests, out: remote.Location, stft, codec, geometry, options, executor, append, on_start,
+                  on_track, started: float, lease=None) -> BuildResult:
     plan, added, meta = _load_or_plan(out, manifests, stft, codec, geometry, append)
     # A plan saved by an append that was killed before it marked the store incomplete has
     # tracks without done-records: those still need building.
-    if meta is not None and meta.complete and not added and all(_done_path(out, t.id).exists() for t in plan.tracks):
+    if meta is not None and meta.complete and not added and all(remote.is_file(_done_path(out, t.id)) for t in plan.tracks):
         outcomes = [_skipped(track, _read_done(out, track.id)) for track in plan.tracks]
         return BuildResult(out, outcomes, time.perf_counter() - started, *_sizes(out), already_complete=True)
     # Everything is validated before the first write, so a refused command (an --append without
@@ -235,8 +236,8 @@ def _build_locked(manifests, out: Path, stft, codec, geometry, options, executor
     _check_roots({task.root: task.manifest_path for task in tasks})
     # The plan first (a directory with a plan is a store to resume), then the incomplete mark,
     # before any array or tar changes; until the mark, readers see the previous complete store.
-    plan.save(out / PLAN_JSON)
-    atomic_write_json(out / STORE_JSON, _store_meta(plan, complete=False).to_json())
+    remote.write_json(out / PLAN_JSON, plan.to_json())
+    remote.write_json(out / STORE_JSON, _store_meta(plan, complete=False).to_json())
     _ensure_arrays(out, plan)
     _remove_temporaries(out)
     if on_start is not None:
@@ -251,12 +252,14 @@ def _build_locked(manifests, out: Path, stft, codec, geometry, options, executor
         raise VRDataError(out, f"{len(failed)} of {len(plan.tracks)} tracks could not read their files "
                                f"({failed[0].reason}); the store stays incomplete: fix the paths "
                                "(M.jsonl=ROOT) and rerun the same command")
+    if lease is not None:
+        lease.confirm()  # a builder that lost its lease must not mark another's store complete
     finalise_store(out, plan)
     ordered = [outcomes[track.id] for track in plan.tracks]
     return BuildResult(out, ordered, time.perf_counter() - started, *_sizes(out))
 
 
-def _tasks(out: Path, plan: BuildPlan, manifests: list[Manifest],
+def _tasks(out: remote.Location, plan: BuildPlan, manifests: list[Manifest],
            options: BuildOptions) -> tuple[list[TrackOutcome], list[TrackTask]]:
     """Tracks done earlier (skipped) and the tasks of the rest; refuses a track to build whose
     manifest was not given."""
@@ -277,8 +280,13 @@ def _tasks(out: Path, plan: BuildPlan, manifests: list[Manifest],
     return skipped, tasks
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: remote.Location) -> None:
     """`--out` must be a store, an empty directory or nothing yet; creates it."""
+    if isinstance(out, remote.ObjectPath):
+        if not remote.is_file(out / PLAN_JSON) and any(not name.startswith(BUILD_DIR + "/")
+                                                       for name in remote.list_sizes(out)):
+            raise VRDataError(out, "holds objects and is not a store (no plan.json); choose another --out")
+        return
     if out.exists() and not out.is_dir():
         raise VRDataError(out, "--out exists and is not a directory; give a store directory")
     if out.is_dir() and any(p.name != BUILD_DIR for p in out.iterdir()) and not (out / PLAN_JSON).exists():
@@ -336,8 +344,8 @@ def plan_store(
     (spread over the plan) with the store's STFT and codec, and scales their compressed bytes
     per frame to all the frames to build.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
+    out = remote.location(out)
+    if isinstance(out, Path) and out.exists() and not out.is_dir():
         raise VRDataError(out, "--out exists and is not a directory; give a store directory")
     plan, added, meta = _load_or_plan(out, manifests, stft, codec, geometry, append)
     skipped, tasks = _tasks(out, plan, manifests, BuildOptions())
@@ -354,7 +362,7 @@ def plan_store(
                 wds_bytes += plain
             else:
                 wds_bytes += plain * wds_ratio
-    return DryRun(store=out, new_store=meta is None and not (out / PLAN_JSON).exists(),
+    return DryRun(store=out, new_store=meta is None and not remote.is_file(out / PLAN_JSON),
                   to_build=[task.track for task in tasks], done=len(skipped), zarr_bytes=zarr_bytes,
                   wds_bytes=wds_bytes, sample_seconds=seconds, sample_tracks=used, frames=frames)
 
@@ -415,8 +423,8 @@ def _sample_compression(tasks: list[TrackTask], plan: BuildPlan, count: int,
 
 def existing_configs(out: str | Path) -> tuple[StftConfig, CodecConfig, Geometry] | None:
     """The configs of the store (complete or not) at `out`, or None if there is none yet."""
-    path = Path(out) / PLAN_JSON
-    if not path.exists():
+    path = remote.location(out) / PLAN_JSON
+    if not remote.is_file(path):
         return None
     plan = BuildPlan.load(path)
     return plan.stft, plan.codec, plan.geometry
@@ -425,8 +433,8 @@ def existing_configs(out: str | Path) -> tuple[StftConfig, CodecConfig, Geometry
 def _load_or_plan(out: Path, manifests: list[Manifest], stft, codec, geometry, append: bool):
     """The plan (existing or new, extended with new items), the new tracks, and store.json if any."""
     plan_path = out / PLAN_JSON
-    meta = read_store_meta(out) if out.is_dir() else None
-    if plan_path.exists():
+    meta = read_store_meta(out) if not isinstance(out, Path) or out.is_dir() else None
+    if remote.is_file(plan_path):
         plan = BuildPlan.load(plan_path)
         _check_same(out, "STFT config", plan.stft, stft)
         _check_same(out, "codec", plan.codec, codec)
@@ -436,7 +444,7 @@ def _load_or_plan(out: Path, manifests: list[Manifest], stft, codec, geometry, a
             raise VRDataError(out, f"{len(added)} items of the given manifests are not in this store; "
                                    "pass --append to add them (or build into a new --out)")
         return plan, added, meta
-    if out.is_dir() and any(p.name != BUILD_DIR for p in out.iterdir()):
+    if isinstance(out, Path) and out.is_dir() and any(p.name != BUILD_DIR for p in out.iterdir()):
         raise VRDataError(out, "exists, is not empty and is not a store (no plan.json); choose another --out")
     plan = new_plan(stft or StftConfig(), codec or DEFAULT_CODEC, geometry or Geometry())
     added = plan.extend(manifests)
@@ -464,7 +472,7 @@ def _store_meta(plan: BuildPlan, complete: bool) -> StoreMeta:
     )
 
 
-def _ensure_arrays(out: Path, plan: BuildPlan) -> None:
+def _ensure_arrays(out: remote.Location, plan: BuildPlan) -> None:
     write_group(out / ZARR_DIR)
     for name, frames in plan.frames_by_array().items():
         ensure_array(out / ZARR_DIR / name, frames, plan.stft.bins, plan.geometry.chunk_frames,
@@ -472,32 +480,34 @@ def _ensure_arrays(out: Path, plan: BuildPlan) -> None:
 
 
 def _remove_temporaries(out: Path) -> None:
-    """Temporary files of killed tasks (`.NAME.tmp-PID`): never read, safe to delete."""
+    """Temporary files of killed tasks (`.NAME.tmp-PID`): never read, safe to delete. A bucket has
+    none: objects appear whole or not at all."""
+    if not isinstance(out, Path):
+        return
     for directory in (out / WDS_DIR, out / BUILD_DIR):
         if directory.exists():
             for path in directory.rglob(".*.tmp-*"):
                 path.unlink(missing_ok=True)
 
 
-def _done_path(out: Path, track_id: str) -> Path:
+def _done_path(out: remote.Location, track_id: str) -> remote.Location:
     return out / BUILD_DIR / DONE_DIR / f"{track_id}.json"
 
 
 def _read_done(out: Path, track_id: str) -> dict | None:
     path = _done_path(out, track_id)
-    if not path.exists():
-        return None
     try:
-        return read_json(path)
-    except VRDataError:
+        return json.loads(remote.read_bytes(path))
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None  # unreadable: rebuild the track
 
 
 def _outputs_exist(out: Path, done: dict) -> bool:
     if done.get("status") == "rejected":
         return True
-    return all((out / WDS_DIR / shard["path"]).is_file() and (out / WDS_DIR / shard["path"]).stat().st_size == shard["bytes"]
-               for shard in done.get("wds", []))
+    return all(remote.size(out / WDS_DIR / shard["path"]) == shard["bytes"] for shard in done.get("wds", []))
 
 
 def _skipped(track: PlannedTrack, done: dict) -> TrackOutcome:
@@ -509,7 +519,7 @@ def _skipped(track: PlannedTrack, done: dict) -> TrackOutcome:
     return TrackOutcome(track.id, track.role, "skipped", record.duration, record=record, shards=shards)
 
 
-def finalise_store(out: Path, plan: BuildPlan) -> None:
+def finalise_store(out: remote.Location, plan: BuildPlan) -> None:
     """Write tracks.jsonl, wds/index.json, rejects.jsonl, then store.json `complete: true` last."""
     records, shards, rejects = [], [], []
     for track in plan.tracks:
@@ -526,17 +536,15 @@ def finalise_store(out: Path, plan: BuildPlan) -> None:
         samples[shard["role"]] = samples.get(shard["role"], 0) + shard["samples"]
     index = {"format": "vr-wds-index", "version": 1, "segment_frames": plan.geometry.segment_frames,
              "samples": samples, "bytes": sum(s["bytes"] for s in shards), "shards": shards}
-    atomic_write_lines(out / TRACKS_JSONL, records)
-    atomic_write_json(out / WDS_DIR / WDS_INDEX, index)
-    atomic_write_lines(out / REJECTS_JSONL, rejects)
-    atomic_write_json(out / STORE_JSON, _store_meta(plan, complete=True).to_json())
+    remote.write_lines(out / TRACKS_JSONL, records)
+    remote.write_json(out / WDS_DIR / WDS_INDEX, index)
+    remote.write_lines(out / REJECTS_JSONL, rejects)
+    remote.write_json(out / STORE_JSON, _store_meta(plan, complete=True).to_json())
 
 
-def _sizes(out: Path) -> tuple[int, int]:
-    """Bytes on disk of `zarr/` and of `wds/`."""
-    def total(directory: Path) -> int:
-        return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file()) if directory.exists() else 0
-    return total(out / ZARR_DIR), total(out / WDS_DIR)
+def _sizes(out: remote.Location) -> tuple[int, int]:
+    """Bytes stored under `zarr/` and under `wds/`."""
+    return sum(remote.list_sizes(out / ZARR_DIR).values()), sum(remote.list_sizes(out / WDS_DIR).values())
 
 
 # ---------------------------------------------------------------------------- one track (a task)
@@ -571,7 +579,7 @@ def build_track(task: TrackTask) -> TrackOutcome:
             paths=tuple(entry.path for entry in task.item.files.values()), code=error.code,
             reason=reason, duration=track.duration,
         )
-        atomic_write_json(_done_path(Path(task.store), track.id), {"status": "rejected", "reject": reject.to_json()})
+        remote.write_json(_done_path(remote.location(task.store), track.id), {"status": "rejected", "reject": reject.to_json()})
         return TrackOutcome(track.id, track.role, "rejected", track.duration, reject=reject, stats=stats)
     except (OSError, ValueError, RuntimeError) as error:
         problem = _write_failure(error)
@@ -580,7 +588,7 @@ def build_track(task: TrackTask) -> TrackOutcome:
         raise VRDataError(task.store, f"cannot write the store ({problem})", UNWRITABLE) from None
     del audio
     done = {"status": "built", "track": record.to_json(), "wds": [shard.to_json() for shard in shards]}
-    atomic_write_json(_done_path(Path(task.store), track.id), done)
+    remote.write_json(_done_path(remote.location(task.store), track.id), done)
     if task.options.measure_memory:
         stats["peak_rss_kb"] = _status_kb("VmHWM")
     return TrackOutcome(track.id, track.role, "built", record.duration, record=record, shards=shards, stats=stats)
@@ -644,10 +652,10 @@ def _write_track(task: TrackTask, audio: dict[str, np.ndarray], stats: dict) -> 
     if frames > track.reserved_frames:
         raise VRDataError(None, f"decodes to {frames} frames, more than the {track.reserved_frames} reserved from "
                                 "the manifest's duration (file changed? rescan)", errors.LENGTH_MISMATCH)
-    store = Path(task.store)
+    store = remote.location(task.store)
     names = {source: array_name(track.role, source) for source in audio}
     # One compression thread: a build's parallelism is its worker processes, one per core.
-    context = ts.Context({"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 2}})
+    context = default_context(store, {"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 2}})
     arrays = {source: open_array(store / ZARR_DIR / name, context) for source, name in names.items()}
     writer = TrackTarWriter(store / WDS_DIR / track.role, track.id, track.role, track.id,
                             geometry.wds_shard_bytes, relative_to=store / WDS_DIR) if geometry.wds else None

@@ -15,6 +15,7 @@ from pathlib import Path
 from vr_data import errors
 from vr_data.errors import VRDataError
 from vr_data.io import atomic_write_bytes, atomic_write_json, atomic_write_lines  # noqa: F401  (re-exported)
+from vr_data.store import remote
 
 STORE_FORMAT = "vr-store"
 STORE_VERSION = 1
@@ -180,20 +181,20 @@ class StoreMeta:
         )
 
 
-def read_json(path: Path) -> dict:
-    """A JSON file as a dict; a missing or unparsable file is a VRDataError naming it."""
+def read_json(path: Path | remote.ObjectPath) -> dict:
+    """A JSON file or object as a dict; a missing or unparsable one is a VRDataError naming it."""
     try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(remote.read_text(remote.location(path)))
     except FileNotFoundError:
         raise VRDataError(path, "file not found", errors.MISSING) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise VRDataError(path, f"not valid JSON ({error})") from None
 
 
-def read_store_meta(store: Path) -> StoreMeta | None:
-    """`store.json` of `store`, or None when there is none yet."""
-    path = Path(store) / STORE_JSON
-    if not path.exists():
+def read_store_meta(store: Path | remote.ObjectPath) -> StoreMeta | None:
+    """`store.json` of `store` (a directory or an s3:// prefix), or None when there is none yet."""
+    path = remote.location(store) / STORE_JSON
+    if not remote.is_file(path):
         return None
     return StoreMeta.from_json(read_json(path), path)
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import contextlib
 import os
 import re
 import warnings
@@ -31,15 +32,16 @@ import tensorstore as ts
 
 from vr_data.store.codec import CodecConfig, decode
 from vr_data.errors import VRDataError
-from vr_data.catalog.manifest import resolve_under
 from vr_data.dsp.stft import StftConfig
-from vr_data.store.arrays import ArrayIntegrity, array_integrity, open_array, shard_key
+from vr_data.store import remote
+from vr_data.store.cache import ShardCache, cache_from_environment
+from vr_data.store.arrays import ArrayIntegrity, array_integrity, default_context, open_array, shard_key
 from vr_data.store.format import (
     REJECTS_JSONL, STORE_JSON, TRACKS_JSONL, WDS_DIR, WDS_INDEX, ZARR_DIR, BuildReject, StoreMeta, TrackRecord,
     WdsShard, read_json, read_store_meta,
 )
 from vr_data.store.plan import Geometry
-from vr_data.store.wds import iter_tar_samples
+from vr_data.store.wds import iter_tar_samples, wds_member_path
 
 DEFAULT_CACHE_BYTES = 64 * 2**20
 
@@ -68,8 +70,10 @@ class _Region:
 class Store:
     """A complete store opened for reading; cheap to pickle (arrays reopen in each process)."""
 
-    def __init__(self, path: Path, meta: StoreMeta, tracks: list[TrackRecord], cache_bytes: int = DEFAULT_CACHE_BYTES):
-        self.path = Path(path)
+    def __init__(self, path: Path | remote.ObjectPath, meta: StoreMeta, tracks: list[TrackRecord],
+                 cache_bytes: int = DEFAULT_CACHE_BYTES, disk_cache: ShardCache | None = None):
+        self.path = remote.location(path)  # a directory or an s3:// prefix
+        self.disk_cache = disk_cache  # remote stores: whole shards kept on local disk (cache.py)
         self.meta = meta
         self.config = StftConfig.from_dict(meta.stft)
         self.codec = CodecConfig.from_dict(meta.codec)
@@ -133,8 +137,12 @@ class Store:
             if name not in self.meta.arrays:
                 raise VRDataError(self.path, f"no array {name!r} in this store (has {', '.join(self.meta.arrays)})")
             if self._context is None:
-                self._context = ts.Context({"cache_pool": {"total_bytes_limit": self.cache_bytes}})
-            self._arrays[name] = open_array(self.path / ZARR_DIR / name, self._context, read_only=True)
+                self._context = default_context(self.path, {"cache_pool": {"total_bytes_limit": self.cache_bytes}})
+            if self.disk_cache is not None:
+                self._arrays[name] = open_array(self.disk_cache.array_dir(name), ts.Context(
+                    {"cache_pool": {"total_bytes_limit": self.cache_bytes}}), read_only=True)
+            else:
+                self._arrays[name] = open_array(self.path / ZARR_DIR / name, self._context, read_only=True)
         return self._arrays[name]
 
     def _region(self, track: TrackRecord | str, source: str, start: int, stop: int | None) -> _Region:
@@ -147,7 +155,7 @@ class Store:
             raise ValueError(f"frames {start}:{stop} are outside track {track.id} (0:{track.frames})")
         name = track.arrays[source]
         region = _Region(self.array(name), track.zarr_start + start, track.zarr_start + stop, name, track)
-        if self.integrity[name].every_chunk_stored:
+        if self.integrity[name].every_chunk_stored and self.disk_cache is None:  # the cache checks as it pins
             self._check_shards_exist(region)
         return region
 
@@ -156,7 +164,7 @@ class Store:
         shard_frames = int(self.meta.arrays[region.name].get("shard_frames", self.geometry.shard_frames))
         return range(region.first // shard_frames, (max(region.last, region.first + 1) - 1) // shard_frames + 1)
 
-    def _shard_files(self, region: _Region) -> list[tuple[int, Path]]:
+    def _shard_files(self, region: _Region) -> list[tuple[int, Path | remote.ObjectPath]]:
         """(shard index, file) of every shard the region touches."""
         return [(index, shard_key(self.path / ZARR_DIR / region.name, index)) for index in self._shard_indexes(region)]
 
@@ -168,7 +176,7 @@ class Store:
             if (region.name, index) in self._present_shards:
                 continue
             path = shard_key(self.path / ZARR_DIR / region.name, index)
-            if not path.is_file():
+            if not remote.is_file(path):
                 raise VRDataError(path, f"Zarr shard missing in {region.describe()}; the store is damaged: "
                                         "run vrdata verify")
             self._present_shards.add((region.name, index))
@@ -193,27 +201,37 @@ class Store:
         """`read_frames` of many `(track, source, start, stop)` at once: all reads are issued
         before any is awaited, so tensorstore overlaps their I/O and decompression."""
         regions = [self._region(*request) for request in requests]
-        futures = [region.array[region.first:region.last].read() for region in regions]
-        out = []
-        for future, region in zip(futures, regions):
-            try:
-                out.append(future.result())
-            except (ValueError, RuntimeError) as error:
-                raise self._read_error(region, error) from None
+        with self._pinned(regions):
+            futures = [region.array[region.first:region.last].read() for region in regions]
+            out = []
+            for future, region in zip(futures, regions):
+                try:
+                    out.append(future.result())
+                except (ValueError, RuntimeError) as error:
+                    raise self._read_error(region, error) from None
         return out
+
+    def _pinned(self, regions: list[_Region]):
+        """With a disk cache: the regions' shards held on local disk while they are read."""
+        if self.disk_cache is None:
+            return contextlib.nullcontext()
+        shards = [(region.name, index) for region in regions for index in self._shard_indexes(region)]
+        tracks = {(region.name, index): region.describe() for region in regions for index in self._shard_indexes(region)}
+        return self.disk_cache.pinned(shards, lambda name, index: tracks.get((name, index), f"array {name}"))
 
     def read_many_into(self, requests: Iterable[FrameRequest], outs: Sequence[np.ndarray]) -> None:
         """`read_many`, each region written straight into `outs[i]` (C-contiguous float16 views of
         shape `(stop - start, 2, 2, bins)`, e.g. slices of a batch buffer): no array per read and
         no copy afterwards. All reads are in flight at once."""
         regions = [self._region(*request) for request in requests]
-        futures = [ts.array(out, copy=False, write=True).write(region.array[region.first:region.last])
-                   for region, out in zip(regions, outs)]
-        for future, region in zip(futures, regions):
-            try:
-                future.result()
-            except (ValueError, RuntimeError) as error:
-                raise self._read_error(region, error) from None
+        with self._pinned(regions):
+            futures = [ts.array(out, copy=False, write=True).write(region.array[region.first:region.last])
+                       for region, out in zip(regions, outs)]
+            for future, region in zip(futures, regions):
+                try:
+                    future.result()
+                except (ValueError, RuntimeError) as error:
+                    raise self._read_error(region, error) from None
 
     def read_spectrogram(self, track: TrackRecord | str, source: str, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Complex64 `(2, bins, frames)` of frames `[start, stop)` (a view of a frames-major buffer)."""
@@ -238,9 +256,13 @@ class Store:
         return f"Store({str(self.path)!r}, tracks={len(self.tracks)}, hours={self.hours():.2f})"
 
 
-def open_store(path: str | Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Store:
-    """Open the complete store at `path`; an incomplete or unknown one is a one-line VRDataError."""
-    path = Path(path)
+def open_store(path: str | Path, cache_bytes: int = DEFAULT_CACHE_BYTES, *, cache_dir: str | Path | None = None,
+               cache_gb: float | None = None) -> Store:
+    """Open the complete store at `path` (a directory or `s3://bucket/prefix`); an incomplete or
+    unknown one is a one-line VRDataError. `cache_bytes` bounds the in-memory chunk cache;
+    `cache_dir`/`cache_gb` (or `VR_CACHE_DIR`/`VR_CACHE_GB`) keep a remote store's shards on
+    local disk (`vr_data.store.cache`)."""
+    path = remote.location(path)
     meta = read_store_meta(path)
     if meta is None:
         raise VRDataError(path, f"not a store ({STORE_JSON} missing)")
@@ -248,7 +270,7 @@ def open_store(path: str | Path, cache_bytes: int = DEFAULT_CACHE_BYTES) -> Stor
         raise VRDataError(path, "store is incomplete (a build is running, was interrupted or is appending); "
                                 "rerun the same vrdata build-shards command to finish it")
     tracks = [TrackRecord.from_json(record) for record in _read_jsonl(path / TRACKS_JSONL)]
-    store = Store(path, meta, tracks, cache_bytes)
+    store = Store(path, meta, tracks, cache_bytes, cache_from_environment(path, cache_dir, cache_gb))
     if not store.chunk_checksums:
         warnings.warn(f"{path}: store built before chunk checksums: a damaged Zarr chunk or tar member can be "
                       "read as wrong values, and a deleted Zarr shard as silence, without an error; run "
@@ -265,7 +287,7 @@ def iter_wds_samples(store: Store, role: str, shards: Sequence[WdsShard | str] |
     chosen = store.wds_shards(role) if shards is None else shards
     for shard in chosen:
         relative = shard.path if isinstance(shard, WdsShard) else shard
-        yield from iter_tar_samples(resolve_under(store.path / WDS_DIR, relative))
+        yield from iter_tar_samples(wds_member_path(store.path / WDS_DIR, relative))
 
 
 def _first_line(error: Exception) -> str:
@@ -273,11 +295,13 @@ def _first_line(error: Exception) -> str:
     return text.splitlines()[0][:240] if text else type(error).__name__
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    if not path.exists():
-        raise VRDataError(path, "file not found (an incomplete or damaged store)")
+def _read_jsonl(path: Path | remote.ObjectPath) -> list[dict]:
+    try:
+        text = remote.read_text(path)
+    except FileNotFoundError:
+        raise VRDataError(path, "file not found (an incomplete or damaged store)") from None
     records = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
                 records.append(json.loads(line))

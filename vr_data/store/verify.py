@@ -18,13 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from vr_data.errors import VRDataError
-from vr_data.catalog.manifest import file_sha256, read_manifest, resolve_under
+from vr_data.catalog.manifest import file_sha256, read_manifest
 from vr_data.parallel import map_unordered
 from vr_data.store import Store, open_store
 from vr_data.store.arrays import open_array, read_region, shard_key
 from vr_data.store.format import WDS_DIR, ZARR_DIR, TrackRecord, WdsShard
 from vr_data.store.plan import expected_frames, planned_roles
-from vr_data.store.wds import iter_tar_samples, sample_key
+from vr_data.store import remote
+from vr_data.store.wds import iter_tar_samples, sample_key, wds_member_path
 
 
 @dataclass(frozen=True)
@@ -93,15 +94,15 @@ def verify_store(
 def _check_shard(task: tuple[Path, WdsShard]) -> str | None:
     store_path, shard = task
     try:
-        path = resolve_under(store_path / WDS_DIR, shard.path)
+        path = wds_member_path(store_path / WDS_DIR, shard.path)
     except VRDataError as error:
         return error.reason
-    if not path.is_file():
+    size = remote.size(path)
+    if size is None:
         return "file missing"
-    size = path.stat().st_size
     if size != shard.bytes:
         return f"{size} bytes, index.json says {shard.bytes}"
-    digest = file_sha256(path)
+    digest = remote.sha256(path)
     if digest != shard.sha256:
         return f"sha256 {digest[:12]}... differs from index.json's {shard.sha256[:12]}..."
     return None
@@ -131,7 +132,7 @@ def _check_track(task: tuple[Path, TrackRecord, int, int, bool]) -> tuple[list[s
     segment = 0
     for tar in track.wds_shards:
         try:
-            for sample in iter_tar_samples(resolve_under(store_path / WDS_DIR, tar)):
+            for sample in iter_tar_samples(wds_member_path(store_path / WDS_DIR, tar)):
                 problems.extend(_compare_sample(track, sample, segment, segment_frames, stored))
                 for source in track.arrays:
                     local = slice(segment * segment_frames, (segment + 1) * segment_frames)
@@ -193,7 +194,7 @@ def _manifest_location(store_path: Path, recorded: str) -> Path:
     recorded the path as given, relative to the build's working directory, which is tried
     first and then the store's parent folder."""
     path = Path(recorded)
-    if path.is_absolute() or path.is_file():
+    if path.is_absolute() or path.is_file() or isinstance(store_path, remote.ObjectPath):
         return path
     beside = Path(store_path).resolve().parent / path
     return beside if beside.is_file() else path

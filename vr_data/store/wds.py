@@ -24,13 +24,16 @@ import json
 import os
 import re
 import tarfile
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import google_crc32c
 import numpy as np
 
+from vr_data import errors
 from vr_data.errors import VRDataError
+from vr_data.store import remote
 from vr_data.store.format import WdsShard
 
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
@@ -93,12 +96,12 @@ class TrackTarWriter:
     """
 
     def __init__(self, directory: Path, stem: str, role: str, track_id: str, target_bytes: int, relative_to: Path):
-        self.directory = Path(directory)
+        self.directory = remote.location(directory)  # a directory or an s3:// prefix
         self.stem = stem
         self.role = role
         self.track_id = track_id
         self.target_bytes = target_bytes
-        self.relative_to = Path(relative_to)
+        self.relative_to = remote.location(relative_to)
         self.shards: list[WdsShard] = []
         self._part = -1
         self._handle = None
@@ -138,9 +141,14 @@ class TrackTarWriter:
     def _next_part(self) -> None:
         self._finish_part()
         self._part += 1
-        self.directory.mkdir(parents=True, exist_ok=True)
         self._final = self.directory / f"{self.stem}-{self._part:04d}.tar"
-        self._temporary = self.directory / f".{self._final.name}.tmp-{os.getpid()}"
+        if isinstance(self.directory, Path):
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._temporary = self.directory / f".{self._final.name}.tmp-{os.getpid()}"
+        else:  # written locally, then uploaded whole: the object appears complete or not at all
+            descriptor, name = tempfile.mkstemp(prefix=f".{self._final.name}.", suffix=".tmp")
+            os.close(descriptor)
+            self._temporary = Path(name)
         self._handle = open(self._temporary, "wb")
         self._digest = hashlib.sha256()
         self._size = 0
@@ -157,7 +165,13 @@ class TrackTarWriter:
         os.fsync(self._handle.fileno())
         self._handle.close()
         self._handle = None
-        os.replace(self._temporary, self._final)
+        if isinstance(self._final, Path):
+            os.replace(self._temporary, self._final)
+        else:
+            try:
+                remote.upload(self._temporary, self._final)
+            finally:
+                self._temporary.unlink(missing_ok=True)
         self.shards.append(WdsShard(
             path=self._final.relative_to(self.relative_to).as_posix(), role=self.role, track=self.track_id,
             samples=self._samples, bytes=self._size, sha256=self._digest.hexdigest(),
@@ -168,7 +182,20 @@ def _padded(size: int) -> int:
     return -(-size // _BLOCK) * _BLOCK
 
 
-def iter_tar_samples(path: Path) -> Iterator[dict]:
+def wds_member_path(wds_dir: Path | remote.ObjectPath, relative: str) -> Path | remote.ObjectPath:
+    """The tar `relative` (from `index.json` or `tracks.jsonl`) under `wds_dir`, refusing paths
+    that lead outside it (absolute, `..`, a symlink out of a local directory)."""
+    if isinstance(wds_dir, Path):
+        from vr_data.catalog.manifest import resolve_under
+
+        return resolve_under(wds_dir, relative)
+    parts = relative.split("/")
+    if relative.startswith("/") or re.match(r"^[A-Za-z]:", relative) or any(p in ("", ".", "..") for p in parts):
+        raise VRDataError(relative, f"path escapes the dataset root {wds_dir}", errors.ESCAPES_ROOT)
+    return wds_dir / relative
+
+
+def iter_tar_samples(path: Path | remote.ObjectPath) -> Iterator[dict]:
     """Samples of one tar in order: `{"__key__", "json": dict, source: float16 array...}`.
 
     Refuses (VRDataError naming the tar) members that are not plain files, names with a
@@ -178,11 +205,13 @@ def iter_tar_samples(path: Path) -> Iterator[dict]:
     member has a checksum, every member must have one. Tars of stores built before member
     checksums have none and are read unchecked.
     """
-    path = Path(path)
+    path = remote.location(path)
     current: dict | None = None
     checksummed: bool | None = None  # decided by the first member
     try:
-        with tarfile.open(path, mode="r:") as archive:
+        opened = tarfile.open(path, mode="r:") if isinstance(path, Path) else \
+            tarfile.open(fileobj=remote.RangeFile(path), mode="r:")
+        with opened as archive:
             for member in archive:
                 key, extension = _check_member(path, member)
                 if current is not None and current["__key__"] != key:

@@ -34,6 +34,7 @@ from vr_data.io import atomic_write_text
 from vr_data.mixer import MixerLoader
 from vr_data.mixer.normalisation import InputNormalisation
 from vr_data.store import open_store
+from vr_data.store.remote import location
 from vr_model.network.checkpoint import CHECKPOINTS, EMA_WEIGHTS, WEIGHTS, load_weights
 from vr_model.train.build import (
     ExponentialMovingAverage, build_model, init_from_checkpoint, make_optimizer, nominal_elements, parameter_groups,
@@ -47,7 +48,7 @@ from vr_model.train.runlog import RunLog, format_loss, format_seconds
 from vr_model.train.schedule import learning_rate
 from vr_model.train.setup import (
     ResumePoint, autocast_dtype, check_crops, check_init_stft, check_store_matches_model, find_resume_point,
-    make_loader, set_threads, setup_distributed, store_identity,
+    make_loader, set_threads, setup_distributed, store_identity, store_name,
 )
 from vr_model.train.state import (
     TrainingState, host_rng_state, lock_run_dir, prune_checkpoints, remove_unfinished, resumed_config, rng_state,
@@ -205,7 +206,7 @@ def train(store_path: str | Path, run_dir: str | Path, config: TrainConfig | Non
     rank, world_size, device = setup_distributed(config.train.device)
     try:
         with lock_run_dir(run_dir, rank), StopRequests(run_dir, world_size) as stop:   # a signal from here on stops after a step
-            run, resume_point = set_up(Path(store_path), run_dir, config, resume, rank, world_size, device)
+            run, resume_point = set_up(location(store_path), run_dir, config, resume, rank, world_size, device)
             stop.run = run
             if init is not None and resume_point is None:
                 init_weights(run, init, init_partial)
@@ -237,7 +238,7 @@ def set_up(store_path: Path, run_dir: Path, config: TrainConfig, resume: bool, r
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_unfinished(checkpoints_dir)
         atomic_write_text(run_dir / CONFIG_TOML, dump_config(config))
-        atomic_write_text(run_dir / RUN_JSON, json.dumps({"store": str(store_path.resolve()), "store_id": store_id,
+        atomic_write_text(run_dir / RUN_JSON, json.dumps({"store": store_name(store_path), "store_id": store_id,
                                                     "world_size": world_size}, indent=1) + "\n")
     log = RunLog(run_dir, rank == 0, config.total_steps(), config.log.progress, config.log.tensorboard,
                  resume_step=point.state.step if point else None)

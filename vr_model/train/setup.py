@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 from vr_data.errors import VRDataError
 from vr_data.mixer import MixerLoader, WdsMixerDataset, ZarrMixerDataset
+from vr_data.store.remote import Location, is_remote
 from vr_model.network.checkpoint import read_checkpoint_json
 from vr_model.train.build import rank_batching
 from vr_model.train.config import TrainConfig
@@ -100,6 +101,11 @@ def check_init_stft(init_document: dict, checkpoint: str, store, partial: bool) 
     if recorded is not None and recorded != store.config.to_dict() and not partial:
         raise VRDataError(checkpoint, f"--init checkpoint was trained on another STFT ({recorded}) than the store's "
                                       f"({store.config.to_dict()})")
+
+
+def store_name(store_path: Location) -> str:
+    """How run.json names the store: an absolute path, or the s3:// URL (no credentials in it)."""
+    return str(store_path) if is_remote(store_path) else str(Path(store_path).resolve())
 
 
 def store_identity(store) -> str:
