@@ -408,6 +408,8 @@ def test_store_urls_outside_the_prefix_or_of_other_schemes_are_refused():
     with pytest.raises(VRDataError, match="not a valid bucket name"):
         remote.location("s3://A_B/a")
     assert str(remote.location("s3://vr-bucket//a/b/")) == "s3://vr-bucket/a/b"
+    with pytest.raises(VRDataError, match="leads outside the store's prefix"):
+        remote.location("s3://vr-bucket/store") / "zarr/../../other"
 
 
 @pytest.mark.slow
