@@ -110,7 +110,7 @@ def _kill_after(command: list[str], bucket: str, done_prefix: str, records: int)
 
 
 @pytest.mark.slow
-def test_sigkilled_build_in_a_bucket_is_locked_for_a_lease_then_resumes_identically(
+def test_sigkilled_build_in_a_bucket_is_locked_for_a_lease_then_resumes_identically_on_dask_workers(
         s3_bucket, corpus, built_store, tmp_path, monkeypatch):
     monkeypatch.setenv("VR_STORE_LOCK_LEASE", "6")
     url = f"s3://{s3_bucket}/store"
@@ -123,7 +123,10 @@ def test_sigkilled_build_in_a_bucket_is_locked_for_a_lease_then_resumes_identica
     assert time.monotonic() - killed < 4, "too slow to see the lock within its lease"
     assert refused.exit_code == 2 and "in use by PID" in refused.output  # ...for one lease
     time.sleep(max(0.0, killed + 6.5 - time.monotonic()))
-    finished = vrdata(*build_args(corpus, url))
+    # The resume runs on two dask worker processes: they write straight to the bucket.
+    arguments = build_args(corpus, url)
+    arguments[arguments.index("--workers") + 1] = "2"
+    finished = vrdata(*arguments)
     assert finished.exit_code == 0, finished.output
     assert "resuming" in finished.output
     assert_same_contents(store_contents(built_store), store_contents(download(url, tmp_path / "copy")))
@@ -405,6 +408,8 @@ def test_store_urls_outside_the_prefix_or_of_other_schemes_are_refused():
     with pytest.raises(VRDataError, match="not a valid bucket name"):
         remote.location("s3://A_B/a")
     assert str(remote.location("s3://vr-bucket//a/b/")) == "s3://vr-bucket/a/b"
+    with pytest.raises(VRDataError, match="leads outside the store's prefix"):
+        remote.location("s3://vr-bucket/store") / "zarr/../../other"
 
 
 @pytest.mark.slow
@@ -463,3 +468,4 @@ def test_preview_mix_of_a_bucket_store_with_a_disk_cache(s3_store, tmp_path):
     assert result.exit_code == 0, result.output
     assert (tmp_path / "preview" / "sheet.png").is_file()
     assert list((tmp_path / "cache").rglob("c/*/0/0/0"))  # shards went through the cache
+

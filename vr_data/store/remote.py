@@ -59,7 +59,9 @@ class ObjectPath:
         return f"{SCHEME}{self.bucket}/{self.key}" if self.key else f"{SCHEME}{self.bucket}"
 
     def __truediv__(self, part: str | PurePosixPath) -> ObjectPath:
-        part = str(part).strip("/")
+        part = "/".join(segment for segment in str(part).split("/") if segment)
+        if any(segment in (".", "..") for segment in part.split("/")):
+            raise VRDataError(self, f"{str(part)!r} leads outside the store's prefix")
         return ObjectPath(self.bucket, f"{self.key}/{part}" if self.key else part) if part else self
 
     @property
