@@ -656,6 +656,9 @@ def build_pack(tasks: tuple[TrackTask, ...]) -> list[TrackOutcome]:
     pack_start = first.track.start_frame // geometry.shard_frames * geometry.shard_frames
     sources = ROLE_SOURCES[role]
     stats: dict = {"decode": 0.0, "stft": 0.0, "encode": 0.0, "zarr": 0.0, "wds": 0.0}
+    if first.options.measure_memory:
+        _reset_peak_rss()
+        stats["rss_start_kb"] = _status_kb("VmRSS")
     shard = {source: np.zeros((geometry.shard_frames, 2, 2, config.bins), np.float16) for source in sources}
     entries: dict[str, dict] = {}
     outcomes: dict[str, TrackOutcome] = {}
@@ -730,6 +733,8 @@ def build_pack(tasks: tuple[TrackTask, ...]) -> list[TrackOutcome]:
                                           shards=shards if task is built[0][0] else [], stats=stats)
     done = {"status": "pack", "tracks": entries, "wds": [shard.to_json() for shard in shards]}
     atomic_write_json(_done_path(store, pack), done)
+    if first.options.measure_memory:
+        stats["peak_rss_kb"] = _status_kb("VmHWM")
     return [outcomes[task.track.id] for task in tasks]
 
 
