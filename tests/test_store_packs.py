@@ -129,3 +129,49 @@ def test_a_pack_tar_split_into_parts_lists_each_tracks_parts(corpus, tmp_path):
         samples = [s for s in iter_wds_samples(store, "vocal", track.wds_shards) if s["json"]["track"] == track.id]
         assert [s["json"]["segment"] for s in samples] == list(range(track.segments))
     assert verify_store(out).ok
+
+
+def _as_version_1(store_path: Path, track_id: str, pad_value: float = 0.0) -> None:
+    """Rewrite one vocal track's tars as store version 1 wrote them (its last segment padded to
+    `segment_frames`, here with `pad_value`), with index.json, tracks.jsonl and store.json to match."""
+    from test_build_support import GEOMETRY
+    from vr_data.store.wds import TrackTarWriter, npy_parts
+
+    store = open_store(store_path)
+    track = store.track(track_id)
+    samples = list(iter_wds_samples(store, "vocal", track.wds_shards))
+    for tar in track.wds_shards:
+        (store_path / "wds" / tar).unlink()
+    writer = TrackTarWriter(store_path / "wds" / "vocal", track.id, "vocal", track.id, GEOMETRY.wds_shard_bytes,
+                            relative_to=store_path / "wds")
+    for sample in samples:
+        padded = np.full((GEOMETRY.segment_frames,) + sample["vocal"].shape[1:], pad_value, np.float16)
+        padded[:len(sample["vocal"])] = sample["vocal"]
+        writer.add(sample["__key__"], {"vocal.npy": npy_parts(padded),
+                                       "json": [json.dumps(sample["json"], sort_keys=True).encode()]})
+    shards = writer.close()
+    index = json.loads((store_path / "wds" / "index.json").read_text())
+    index["shards"] = [s for s in index["shards"] if s["track"] != track.id] + [s.to_json() for s in shards]
+    (store_path / "wds" / "index.json").write_text(json.dumps(index))
+    records = [json.loads(line) for line in (store_path / "tracks.jsonl").read_text().splitlines()]
+    for record in records:
+        if record["id"] == track.id:
+            record["wds"]["shards"] = [s.path for s in shards]
+    (store_path / "tracks.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    meta = json.loads((store_path / "store.json").read_text())
+    (store_path / "store.json").write_text(json.dumps({**meta, "version": 1}))
+
+
+def test_a_version_1_store_with_zero_padded_last_segments_verifies(built_store, tmp_path):
+    out = tmp_path / "store"
+    shutil.copytree(built_store, out)
+    from test_build_support import GEOMETRY
+
+    track = next(t for t in open_store(out).tracks_by_role("vocal") if t.frames % GEOMETRY.segment_frames)
+    _as_version_1(out, track.id)
+    assert verify_store(out).ok
+    damaged = tmp_path / "damaged"
+    shutil.copytree(built_store, damaged)
+    _as_version_1(damaged, track.id, pad_value=1.0)  # padding that is not silence
+    report = verify_store(damaged)
+    assert any(d.kind == "track" and d.name == track.id and "differs" in d.reason for d in report.damages)
