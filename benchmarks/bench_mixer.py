@@ -7,11 +7,16 @@ Writes `--tracks` instrumentals and vocals of `--seconds` each (synthetic, 44.1 
 store with the default STFT (n_fft 2048, hop 1024, 1025 bins) and codec, then measures, all in
 this run on this machine:
 
-- baseline (a): on-the-fly decode + STFT of crops from the WAV files (soundfile read of the
-  crop's samples, librosa.stft per channel as the classic scripts do, complex mix, magnitude),
-  one process: crops/s and examples/s per core;
-- baseline (b): naive random 256-frame crop reads through zarr-python from the store
-  (`array[start:stop]`), decode, complex mix, magnitude, one process;
+- baselines, each in one process, each warmed up with `--warm-up` untimed examples (librosa's
+  first `stft` in a process takes over a second of imports and compilation) before
+  `--baseline-examples` timed ones:
+  (a) on-the-fly decode + STFT of crops (soundfile read of the crop's samples, soxr resampling
+  to 44.1 kHz where needed, librosa.stft per channel as the classic scripts do, complex mix,
+  magnitude) from the WAV files, from FLAC copies and from MP3 copies at 48 kHz;
+  (b) naive random 256-frame crop reads through zarr-python from the store (`array[start:stop]`),
+  decode, complex mix, magnitude;
+  (c) the classic cache: each WAV's whole STFT as a complex64 `.npy`, random crops through a
+  memory map, complex mix, magnitude;
 - the mixer (`ZarrMixerDataset`, augmented mixes only: 2 crops per example) through
   `MixerLoader` with `--workers` DataLoader workers and in-process (0 workers), and the
   WebDataset backend with the same workers, each with fresh output tensors per batch and with
@@ -25,8 +30,8 @@ this run on this machine:
   checksum headers, as stores built before them); plus single-process reads of 256-frame vocal
   crops (chunk-aligned and unaligned starts, with and without chunk checksums) in CPU ms per crop;
 - the CPU time per example of every path (this process and its workers): on a shared machine the
-  rates move with the other jobs, the CPU cost much less; `(a)/CPU` is baseline (a)'s CPU time
-  per example over the path's;
+  rates move with the other jobs, the CPU cost much less; `(a)/CPU` is baseline (a) from WAV's
+  CPU time per example over the path's;
 - the peak RSS (VmHWM) of each DataLoader worker process.
 """
 
@@ -70,34 +75,112 @@ def write_corpus(directory: Path, tracks: int, seconds: float) -> dict[str, Path
     return roots
 
 
-def baseline_on_the_fly(roots: dict[str, Path], examples: int, seed: int = 0) -> tuple[float, float]:
-    """(a) decode + STFT per crop from WAV; returns (examples/s, crops/s, CPU ms per example), one process."""
+def write_encoded_copies(roots: dict[str, Path], directory: Path) -> dict[str, dict[str, list[Path]]]:
+    """The corpus as users keep it: per format (`wav` 44.1 kHz, `flac` 44.1 kHz, `mp3` resampled
+    to 48 kHz, libsndfile's default bitrate) the instrumental and vocal files."""
+    import soxr
+    import soundfile as sf
+
+    files: dict[str, dict[str, list[Path]]] = {"wav": {}, "flac": {}, "mp3": {}}
+    for role, root in roots.items():
+        wavs = sorted(root.glob("*.wav"))
+        files["wav"][role] = wavs
+        files["flac"][role], files["mp3"][role] = [], []
+        for wav in wavs:
+            audio, rate = sf.read(str(wav), dtype="float32", always_2d=True)
+            flac = directory / "flac" / role / (wav.stem + ".flac")
+            mp3 = directory / "mp3" / role / (wav.stem + ".mp3")
+            write_audio(flac, audio.T, rate)
+            write_audio(mp3, soxr.resample(audio, rate, 48000).T, 48000)
+            files["flac"][role].append(flac)
+            files["mp3"][role].append(mp3)
+    return files
+
+
+def _timed(one_example, examples: int, warm_up: int) -> tuple[float, float]:
+    """(examples/s, CPU ms per example) of `one_example()` called `examples` times, after
+    `warm_up` untimed calls (imports, librosa's first-call compilation, file caches)."""
+    for _ in range(warm_up):
+        one_example()
+    started, cpu_started = time.perf_counter(), time.process_time()
+    for _ in range(examples):
+        one_example()
+    seconds = time.perf_counter() - started
+    return examples / seconds, 1000 * (time.process_time() - cpu_started) / examples
+
+
+def baseline_on_the_fly(files: dict[str, list[Path]], examples: int, warm_up: int, seed: int = 0) -> tuple[float, float]:
+    """(a) decode + STFT per crop from audio files, as the classic scripts do: soundfile reads
+    the crop's samples at the file's rate, soxr resamples them to 44.1 kHz where the file is at
+    another rate, librosa.stft per channel, complex mix, magnitude, crop-max normalised; one
+    process. Returns (examples/s, CPU ms per example)."""
+    import librosa
+    import soundfile as sf
+    import soxr
+
+    rng = np.random.default_rng(seed)
+    samples = (CROP - 1) * HOP  # at 44.1 kHz
+    lengths = {path: (sf.info(str(path)).frames, sf.info(str(path)).samplerate) for role in files for path in files[role]}
+
+    def crop(path: Path) -> np.ndarray:
+        frames, rate = lengths[path]
+        needed = -(-samples * rate // 44100)
+        start = int(rng.integers(0, frames - needed))
+        audio, _ = sf.read(str(path), start=start, frames=needed, dtype="float32", always_2d=True)
+        if rate != 44100:
+            audio = soxr.resample(audio, rate, 44100)[:samples]
+        return np.stack([librosa.stft(np.ascontiguousarray(audio[:, c]), n_fft=N_FFT, hop_length=HOP)
+                         for c in range(2)])
+
+    def one_example() -> None:
+        instrumental = crop(files["instrumentals"][int(rng.integers(0, len(files["instrumentals"])))])
+        vocal = crop(files["vocals"][int(rng.integers(0, len(files["vocals"])))])
+        magnitude = np.abs(instrumental + 0.7 * vocal)
+        magnitude /= magnitude.max()
+
+    return _timed(one_example, examples, warm_up)
+
+
+def write_npy_cache(files: dict[str, list[Path]], directory: Path) -> dict[str, list[Path]]:
+    """The classic spectrogram cache: each file's whole STFT as complex64 `(2, bins, frames)` in a
+    `.npy` (8 bytes per bin and frame and channel, four times the store's float16 re/im)."""
     import librosa
     import soundfile as sf
 
+    cache: dict[str, list[Path]] = {}
+    for role, paths in files.items():
+        cache[role] = []
+        for path in paths:
+            audio, _ = sf.read(str(path), dtype="float32", always_2d=True)
+            spec = np.stack([librosa.stft(np.ascontiguousarray(audio[:, c]), n_fft=N_FFT, hop_length=HOP)
+                             for c in range(2)]).astype(np.complex64)
+            target = directory / role / (path.stem + ".npy")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            np.save(target, spec)
+            cache[role].append(target)
+    return cache
+
+
+def baseline_npy_cache(cache: dict[str, list[Path]], examples: int, warm_up: int, seed: int = 0) -> tuple[float, float]:
+    """(c) random 256-frame crops of the complex64 `.npy` cache (memory-mapped, so a crop reads
+    only its frames), complex mix, magnitude, normalised; one process."""
     rng = np.random.default_rng(seed)
-    instrumentals = sorted(roots["instrumentals"].glob("*.wav"))
-    vocals = sorted(roots["vocals"].glob("*.wav"))
-    samples = (CROP - 1) * HOP
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for _ in range(examples):
-        crops = []
-        for files in (instrumentals, vocals):
-            path = files[int(rng.integers(0, len(files)))]
-            frames = sf.info(str(path)).frames
-            start = int(rng.integers(0, frames - samples))
-            audio, _ = sf.read(str(path), start=start, frames=samples, dtype="float32", always_2d=True)
-            crops.append(np.stack([librosa.stft(audio[:, c], n_fft=N_FFT, hop_length=HOP) for c in range(2)]))
-        magnitude = np.abs(crops[0] + 0.7 * crops[1])
+    arrays = {role: [np.load(path, mmap_mode="r") for path in paths] for role, paths in cache.items()}
+
+    def crop(role: str) -> np.ndarray:
+        spec = arrays[role][int(rng.integers(0, len(arrays[role])))]
+        start = int(rng.integers(0, spec.shape[2] - CROP))
+        return np.array(spec[:, :, start:start + CROP])
+
+    def one_example() -> None:
+        magnitude = np.abs(crop("instrumentals") + 0.7 * crop("vocals"))
         magnitude /= magnitude.max()
-    seconds = time.perf_counter() - started
-    return examples / seconds, 2 * examples / seconds, 1000 * (time.process_time() - cpu_started) / examples
+
+    return _timed(one_example, examples, warm_up)
 
 
-def baseline_zarr_python(store: Path, examples: int, seed: int = 0) -> tuple[float, float]:
-    """(b) naive random crop reads through zarr-python; returns (examples/s, crops/s, CPU ms per example), one process."""
-    import json
-
+def baseline_zarr_python(store: Path, examples: int, warm_up: int, seed: int = 0) -> tuple[float, float]:
+    """(b) naive random crop reads through zarr-python; returns (examples/s, CPU ms per example), one process."""
     import zarr
 
     from vr_data.store.codec import decode
@@ -106,8 +189,8 @@ def baseline_zarr_python(store: Path, examples: int, seed: int = 0) -> tuple[flo
     tracks = [json.loads(line) for line in (store / "tracks.jsonl").read_text().splitlines()]
     arrays = {name: zarr.open_array(store / "zarr" / name, mode="r") for name in ("instrumental", "vocal")}
     by_role = {role: [t for t in tracks if t["role"] == role] for role in ("instrumental", "vocal")}
-    started, cpu_started = time.perf_counter(), time.process_time()
-    for _ in range(examples):
+
+    def one_example() -> None:
         crops = []
         for role in ("instrumental", "vocal"):
             track = by_role[role][int(rng.integers(0, len(by_role[role])))]
@@ -115,8 +198,8 @@ def baseline_zarr_python(store: Path, examples: int, seed: int = 0) -> tuple[flo
             crops.append(decode(arrays[role][start:start + CROP]))
         magnitude = np.abs(crops[0] + 0.7 * crops[1])
         magnitude /= magnitude.max()
-    seconds = time.perf_counter() - started
-    return examples / seconds, 2 * examples / seconds, 1000 * (time.process_time() - cpu_started) / examples
+
+    return _timed(one_example, examples, warm_up)
 
 
 def without_checksums(store: Path, out: Path) -> Path:
@@ -298,7 +381,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=60)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--baseline-examples", type=int, default=60)
+    parser.add_argument("--baseline-examples", type=int, default=100, help="timed examples per baseline")
+    parser.add_argument("--warm-up", type=int, default=10, help="untimed examples before each baseline")
     parser.add_argument("--costs-only", action="store_true", help="only the CPU costs of reads and sampling")
     parser.add_argument("--chunk-frames", type=int, default=Geometry().chunk_frames, help="the store's inner chunks")
     args = parser.parse_args()
@@ -325,15 +409,21 @@ def main() -> None:
         print(f"corpus: {args.tracks} instrumentals + {args.tracks} vocals x {args.seconds:g} s; store built; "
               f"crop {CROP} frames, batch {args.batch_size}, {os.cpu_count()} cores")
 
-        a_examples, _, a_cpu = baseline_on_the_fly(roots, args.baseline_examples)
-        b_examples, _, b_cpu = baseline_zarr_python(store, args.baseline_examples)
+        files = write_encoded_copies(roots, directory / "encoded")
+        cache = write_npy_cache(files["wav"], directory / "npy-cache")
+        warm = args.warm_up
+        baselines = {}
+        for fmt, label in (("wav", "(a) on the fly from WAV 44.1 kHz"), ("flac", "(a) on the fly from FLAC 44.1 kHz"),
+                           ("mp3", "(a) on the fly from MP3 48 kHz (+soxr)")):
+            baselines[label] = baseline_on_the_fly(files[fmt], args.baseline_examples, warm)
+        baselines["(b) zarr-python random crops"] = baseline_zarr_python(store, args.baseline_examples, warm)
+        baselines["(c) complex64 .npy cache, random crops"] = baseline_npy_cache(cache, args.baseline_examples, warm)
+        a_examples, a_cpu = baselines["(a) on the fly from WAV 44.1 kHz"]
+        b_examples = baselines["(b) zarr-python random crops"][0]
         config = MixerConfig(crop_frames=CROP, batch_size=args.batch_size, seed=0,
                              proportions={"augmented": 1.0}, examples_per_epoch=args.batch_size * 400)
         aligned = MixerConfig(**{**config.to_dict(), "vocal_offset_step": 256})
-        rows = [
-            ("(a) on-the-fly decode + STFT (1 process)", a_examples, a_cpu, []),
-            ("(b) zarr-python random crops (1 process)", b_examples, b_cpu, []),
-        ]
+        rows = [(f"{label} (1 process)", examples, cpu_ms, []) for label, (examples, cpu_ms) in baselines.items()]
         w = args.workers
         for label, backend, source, mixer_config, workers, reuse in (
             ("mixer, Zarr/tensorstore, in-process", ZarrMixerDataset, store, config, 0, False),
@@ -354,10 +444,12 @@ def main() -> None:
         costs = read_costs(store, plain, crops=640)
         breakdown = sampling_costs(store, plain, args.batch_size)
 
-        print(f"\n{'path':46s} {'examples/s':>10s} {'x (a)':>6s} {'x (b)':>6s} {'CPU ms/ex':>9s} {'(a)/CPU':>7s}  worker peak RSS")
+        print(f"\nbaselines: {warm} warm-up examples, then {args.baseline_examples} timed; x (a) and (a)/CPU against "
+              "(a) from WAV")
+        print(f"\n{'path':50s} {'examples/s':>10s} {'x (a)':>6s} {'x (b)':>6s} {'CPU ms/ex':>9s} {'(a)/CPU':>7s}  worker peak RSS")
         for label, examples, cpu_ms, memory in rows:
             rss = ", ".join(f"{kb / 1024:.0f} MB" for kb in memory) or "-"
-            print(f"{label:46s} {examples:10.1f} {examples / a_examples:6.2f} {examples / b_examples:6.2f} "
+            print(f"{label:50s} {examples:10.1f} {examples / a_examples:6.2f} {examples / b_examples:6.2f} "
                   f"{cpu_ms:9.2f} {a_cpu / cpu_ms:7.2f}  {rss}")
         print_costs(costs, breakdown)
         hours = 2 * args.tracks * args.seconds / 3600

@@ -1,9 +1,10 @@
 """Build a spectrogram store from manifests: plan, per-track tasks on any Executor, finalise.
 
 `build_store` writes `plan.json` and an incomplete `store.json` first, then runs one task per
-track (`build_track`) on the executor: decode -> STFT -> encode -> write the track's own whole
-Zarr shards and its own tars -> write a done-record atomically. A rerun (after a crash or a
-SIGKILL) skips tracks whose done-record and tars exist and redoes the rest; rewriting a track's
+track, or per pack of short tracks (`build_unit`; packs: `vr_data.store.plan`), on the executor:
+decode -> STFT -> encode -> write the task's own whole Zarr shards and its own tars -> write a
+done-record atomically (one per task: a pack's lists its tracks). A rerun (after a crash or a
+SIGKILL) skips tasks whose done-record and tars exist and redoes the rest; rewriting a task's
 own shards is safe because no other task touches them. Only when every planned track has a
 done-record are `tracks.jsonl`, `wds/index.json`, `rejects.jsonl` and finally `store.json` with
 `"complete": true` written. A file that fails at build time becomes a reject, never an abort.
@@ -227,9 +228,11 @@ def _build_locked(manifests, out: remote.Location, stft, codec, geometry, option
     plan, added, meta = _load_or_plan(out, manifests, stft, codec, geometry, append)
     # A plan saved by an append that was killed before it marked the store incomplete has
     # tracks without done-records: those still need building.
-    if meta is not None and meta.complete and not added and all(remote.is_file(_done_path(out, t.id)) for t in plan.tracks):
-        outcomes = [_skipped(track, _read_done(out, track.id)) for track in plan.tracks]
-        return BuildResult(out, outcomes, time.perf_counter() - started, *_sizes(out), already_complete=True)
+    if meta is not None and meta.complete and not added:
+        records = _done_records(out, plan)
+        if all(records[t.id] is not None for t in plan.tracks):
+            outcomes = [_skipped(track, records[track.id]) for track in plan.tracks]
+            return BuildResult(out, outcomes, time.perf_counter() - started, *_sizes(out), already_complete=True)
     # Everything is validated before the first write, so a refused command (an --append without
     # the manifests of unfinished tracks, a wrong root) leaves plan.json and the store unchanged.
     skipped, tasks = _tasks(out, plan, manifests, options)
@@ -243,10 +246,11 @@ def _build_locked(manifests, out: remote.Location, stft, codec, geometry, option
     if on_start is not None:
         on_start(sum(task.track.duration for task in tasks), skipped)
     outcomes = {outcome.id: outcome for outcome in skipped}
-    for _, outcome in map_unordered(build_track, tasks, executor):
-        outcomes[outcome.id] = outcome
-        if on_track is not None:
-            on_track(outcome)
+    for _, unit_outcomes in map_unordered(build_unit, _units(tasks), executor):
+        for outcome in unit_outcomes:
+            outcomes[outcome.id] = outcome
+            if on_track is not None:
+                on_track(outcome)
     failed = [outcome for outcome in outcomes.values() if outcome.status == "failed"]
     if failed:
         raise VRDataError(out, f"{len(failed)} of {len(plan.tracks)} tracks could not read their files "
@@ -266,9 +270,13 @@ def _tasks(out: remote.Location, plan: BuildPlan, manifests: list[Manifest],
     by_id = {track_id: (manifest, item) for manifest in manifests for item in manifest.items
              for track_id, _ in planned_roles(item)}
     skipped, tasks = [], []
+    records = _done_records(out, plan)
+    # A task is redone whole: a pack with one track to redo rebuilds all of its tracks.
+    redo = {track.task_key for track in plan.tracks
+            if records[track.id] is None or not _outputs_exist(out, records[track.id])}
     for track in plan.tracks:
-        done = _read_done(out, track.id)
-        if done is not None and _outputs_exist(out, done):
+        done = records[track.id]
+        if track.task_key not in redo:
             skipped.append(_skipped(track, done))
         elif track.id not in by_id:
             raise VRDataError(out, f"track {track.id} (library {track.library}) is not finished and its manifest "
@@ -356,8 +364,8 @@ def plan_store(
     zarr_bytes = sum(zarr_per_frame * task.track.expected_frames * sources[task.track.id] for task in tasks)
     wds_bytes = 0.0
     if plan.geometry.wds:
-        for task in tasks:
-            plain = _plain_tar_bytes(task.track, plan)
+        for unit in _units(tasks):
+            plain = _plain_tar_bytes([task.track for task in unit], plan)
             if plan.geometry.wds_compression == "none":
                 wds_bytes += plain
             else:
@@ -367,16 +375,22 @@ def plan_store(
                   wds_bytes=wds_bytes, sample_seconds=seconds, sample_tracks=used, frames=frames)
 
 
-def _plain_tar_bytes(track: PlannedTrack, plan: BuildPlan) -> int:
-    """Bytes of a track's uncompressed tars, as `TrackTarWriter` lays them out (json members
-    counted as one block each; they are about 150 bytes)."""
+def _plain_tar_bytes(tracks: list[PlannedTrack], plan: BuildPlan) -> int:
+    """Bytes of the uncompressed tars of one build task (a track, or a pack's tracks), as
+    `TrackTarWriter` lays them out: whole segments, then each track's last one unpadded (json
+    members counted as one block each; they are about 150 bytes)."""
     geometry = plan.geometry
-    segments = -(-track.expected_frames // geometry.segment_frames)
-    array_bytes = geometry.segment_frames * 2 * 2 * plan.stft.bins * 2 + 128  # float16 data + npy header
     block = 512
-    member = 3 * block + -(-array_bytes // block) * block
-    sample = member * len(ROLE_SOURCES[track.role]) + 4 * block
-    total = segments * sample
+
+    def sample(frames: int, sources: int) -> int:
+        array_bytes = frames * 2 * 2 * plan.stft.bins * 2 + 128  # float16 data + npy header
+        return (3 * block + -(-array_bytes // block) * block) * sources + 4 * block
+
+    total = 0
+    for track in tracks:
+        sources = len(ROLE_SOURCES[track.role])
+        whole, rest = divmod(track.expected_frames, geometry.segment_frames)
+        total += whole * sample(geometry.segment_frames, sources) + (sample(rest, sources) if rest else 0)
     parts = max(1, math.ceil(total / geometry.wds_shard_bytes))
     return total + parts * 10240  # end-of-archive blocks and record padding, about one record per tar
 
@@ -490,18 +504,37 @@ def _remove_temporaries(out: Path) -> None:
                 path.unlink(missing_ok=True)
 
 
-def _done_path(out: remote.Location, track_id: str) -> remote.Location:
-    return out / BUILD_DIR / DONE_DIR / f"{track_id}.json"
+def _done_path(out: remote.Location, key: str) -> remote.Location:
+    """The done-record of build task `key` (a track id, or a pack's key)."""
+    return out / BUILD_DIR / DONE_DIR / f"{key}.json"
 
 
-def _read_done(out: Path, track_id: str) -> dict | None:
-    path = _done_path(out, track_id)
+def _read_done(out: remote.Location, key: str) -> dict | None:
+    path = _done_path(out, key)
     try:
         return json.loads(remote.read_bytes(path))
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, UnicodeDecodeError):
-        return None  # unreadable: rebuild the track
+        return None  # unreadable: rebuild the task
+
+
+def _done_records(out: remote.Location, plan: BuildPlan) -> dict[str, dict | None]:
+    """Track id -> its done-record (`{"status": "built", "track", "wds"}` or `{"status":
+    "rejected", "reject"}`), or None when its task has none; each task's file read once. A
+    packed track's record is its entry in the pack's, with the pack's tars."""
+    by_key: dict[str, dict | None] = {}
+    records: dict[str, dict | None] = {}
+    for track in plan.tracks:
+        key = track.task_key
+        if key not in by_key:
+            by_key[key] = _read_done(out, key)
+        done = by_key[key]
+        if done is not None and track.pack is not None:
+            entry = done.get("tracks", {}).get(track.id) if done.get("status") == "pack" else None
+            done = None if entry is None else (entry if entry["status"] == "rejected" else {**entry, "wds": done["wds"]})
+        records[track.id] = done
+    return records
 
 
 def _outputs_exist(out: Path, done: dict) -> bool:
@@ -521,16 +554,18 @@ def _skipped(track: PlannedTrack, done: dict) -> TrackOutcome:
 
 def finalise_store(out: remote.Location, plan: BuildPlan) -> None:
     """Write tracks.jsonl, wds/index.json, rejects.jsonl, then store.json `complete: true` last."""
-    records, shards, rejects = [], [], []
+    records, shards, rejects = [], {}, []
+    done_records = _done_records(out, plan)
     for track in plan.tracks:
-        done = _read_done(out, track.id)
+        done = done_records[track.id]
         if done is None:
             raise VRDataError(out, f"track {track.id} has no done-record; rerun build-shards")
         if done["status"] == "rejected":
             rejects.append(done["reject"])
         else:
             records.append(done["track"])
-            shards.extend(done["wds"])
+            shards.update((shard["path"], shard) for shard in done["wds"])  # a pack's tars once
+    shards = list(shards.values())
     samples: dict[str, int] = {}
     for shard in shards:
         samples[shard["role"]] = samples.get(shard["role"], 0) + shard["samples"]
@@ -570,15 +605,11 @@ def build_track(task: TrackTask) -> TrackOutcome:
     except VRDataError as error:
         if error.code == UNWRITABLE:
             raise
-        reason = error.reason if error.path is None else f"{Path(error.path).name}: {error.reason}"
+        reason = _reason(error)
         if error.code in TRANSIENT_CODES:
             # No done-record: the store stays incomplete and a rerun retries this track.
             return TrackOutcome(track.id, track.role, "failed", track.duration, stats=stats, reason=reason)
-        reject = BuildReject(
-            id=track.id, role=track.role, library=track.library, manifest=task.manifest_path,
-            paths=tuple(entry.path for entry in task.item.files.values()), code=error.code,
-            reason=reason, duration=track.duration,
-        )
+        reject = _reject(task, error)
         remote.write_json(_done_path(remote.location(task.store), track.id), {"status": "rejected", "reject": reject.to_json()})
         return TrackOutcome(track.id, track.role, "rejected", track.duration, reject=reject, stats=stats)
     except (OSError, ValueError, RuntimeError) as error:
@@ -592,6 +623,152 @@ def build_track(task: TrackTask) -> TrackOutcome:
     if task.options.measure_memory:
         stats["peak_rss_kb"] = _status_kb("VmHWM")
     return TrackOutcome(track.id, track.role, "built", record.duration, record=record, shards=shards, stats=stats)
+
+
+def _reason(error: VRDataError) -> str:
+    return error.reason if error.path is None else f"{Path(error.path).name}: {error.reason}"
+
+
+def _reject(task: TrackTask, error: VRDataError) -> BuildReject:
+    track = task.track
+    return BuildReject(id=track.id, role=track.role, library=track.library, manifest=task.manifest_path,
+                       paths=tuple(entry.path for entry in task.item.files.values()), code=error.code,
+                       reason=_reason(error), duration=track.duration)
+
+
+def _units(tasks: list[TrackTask]) -> list[tuple[TrackTask, ...]]:
+    """The build tasks: each track alone, a pack's tracks together; in plan order."""
+    units: dict[str, list[TrackTask]] = {}
+    for task in tasks:
+        units.setdefault(task.track.task_key, []).append(task)
+    return [tuple(unit) for unit in units.values()]
+
+
+def build_unit(tasks: tuple[TrackTask, ...]) -> list[TrackOutcome]:
+    """Build one task of `_units`: a track alone (`build_track`) or a pack (`build_pack`)."""
+    if tasks[0].track.pack is None:
+        return [build_track(tasks[0])]
+    return build_pack(tasks)
+
+
+def build_pack(tasks: tuple[TrackTask, ...]) -> list[TrackOutcome]:
+    """Decode, transform and encode a pack's short tracks into its one shard, write the shard and
+    one tar (part) of all their samples, then the pack's done-record.
+
+    A track the inputs reject is recorded in the pack's done-record and leaves its slot zero; a
+    source that cannot be read (transient) leaves the whole pack without a done-record, so a
+    rerun rebuilds it. Memory: the shard (one per source) and one decoded track at a time.
+    """
+    first = tasks[0]
+    geometry, config, role, pack = first.geometry, first.stft, first.track.role, first.track.pack
+    pack_start = first.track.start_frame // geometry.shard_frames * geometry.shard_frames
+    sources = ROLE_SOURCES[role]
+    stats: dict = {"decode": 0.0, "stft": 0.0, "encode": 0.0, "zarr": 0.0, "wds": 0.0}
+    if first.options.measure_memory:
+        _reset_peak_rss()
+        stats["rss_start_kb"] = _status_kb("VmRSS")
+    shard = {source: np.zeros((geometry.shard_frames, 2, 2, config.bins), np.float16) for source in sources}
+    entries: dict[str, dict] = {}
+    outcomes: dict[str, TrackOutcome] = {}
+    built: list[tuple[TrackTask, int, int]] = []  # (task, frames, samples)
+    for task in tasks:
+        track = task.track
+        try:
+            begin = time.perf_counter()
+            audio = _decode_sources(task)
+            stats["decode"] += time.perf_counter() - begin
+            samples = next(iter(audio.values())).shape[1]
+            frames = config.frames_for(samples)
+            if frames > track.reserved_frames:
+                raise VRDataError(None, f"decodes to {frames} frames, more than the {track.reserved_frames} reserved "
+                                        "from the manifest's duration (file changed? rescan)", errors.LENGTH_MISMATCH)
+            offset = track.start_frame - pack_start
+            for source, signal in audio.items():
+                _encode_frames(shard[source][offset:offset + frames], signal, config, task.codec, 0, frames, stats)
+            del audio
+        except VRDataError as error:
+            if error.code == UNWRITABLE:
+                raise
+            if error.code in TRANSIENT_CODES:
+                reason = _reason(error)
+                return [TrackOutcome(t.track.id, t.track.role, "failed", t.track.duration, stats=stats,
+                                     reason=reason if t is task else f"its pack {pack} has a track that could not "
+                                                                     f"be read ({track.id}: {reason})")
+                        for t in tasks]
+            reject = _reject(task, error)
+            entries[track.id] = {"status": "rejected", "reject": reject.to_json()}
+            outcomes[track.id] = TrackOutcome(track.id, role, "rejected", track.duration, reject=reject, stats=stats)
+            continue
+        built.append((task, frames, samples))
+    store = remote.location(first.store)
+    try:
+        begin = time.perf_counter()
+        context = default_context(store, {"data_copy_concurrency": {"limit": 1}, "file_io_concurrency": {"limit": 2}})
+        writes = [open_array(store / ZARR_DIR / array_name(role, source), context)[
+                  pack_start:pack_start + geometry.shard_frames].write(shard[source]) for source in sources]
+        for write in writes:
+            write.result()
+        stats["zarr"] += time.perf_counter() - begin
+        begin = time.perf_counter()
+        writer = TrackTarWriter(store / WDS_DIR / role, pack, role, pack, geometry.wds_shard_bytes,
+                                relative_to=store / WDS_DIR) if geometry.wds else None
+        parts: dict[str, list[int]] = {}
+        for task, frames, _ in built:
+            offset = task.track.start_frame - pack_start
+            parts[task.track.id] = []
+            segments = _write_segments(writer, task.track, {s: shard[s][offset:offset + frames] for s in sources},
+                                       0, frames, 0, geometry, parts[task.track.id]) if writer is not None else 0
+            entries[task.track.id] = {"segments": segments}
+        shards = writer.close() if writer is not None else []
+        stats["wds"] += time.perf_counter() - begin
+    except (OSError, ValueError, RuntimeError) as error:
+        problem = _write_failure(error)
+        if problem is None:
+            raise  # not a file-system refusal: a bug
+        raise VRDataError(first.store, f"cannot write the store ({problem})", UNWRITABLE) from None
+    for task, frames, samples in built:
+        track = task.track
+        record = TrackRecord(
+            id=track.id, role=role, library=track.library, split=track.split, group=track.group, frames=frames,
+            duration=round(samples / config.sample_rate, 6), zarr_start=track.start_frame,
+            reserved_frames=track.reserved_frames, arrays={source: array_name(role, source) for source in sources},
+            wds_shards=tuple(shards[part].path for part in sorted(set(parts[track.id]))),
+            segments=entries[track.id]["segments"], manifest=track.manifest, expected_frames=track.expected_frames,
+            pack=pack,
+        )
+        entries[track.id] = {"status": "built", "track": record.to_json()}
+        outcomes[track.id] = TrackOutcome(track.id, role, "built", record.duration, record=record,
+                                          shards=shards if task is built[0][0] else [], stats=stats)
+    done = {"status": "pack", "tracks": entries, "wds": [shard.to_json() for shard in shards]}
+    remote.write_json(_done_path(store, pack), done)
+    if first.options.measure_memory:
+        stats["peak_rss_kb"] = _status_kb("VmHWM")
+    return [outcomes[task.track.id] for task in tasks]
+
+
+def _write_segments(writer: TrackTarWriter, track: PlannedTrack, block: dict[str, np.ndarray], block_start: int,
+                    frames: int, segment: int, geometry: Geometry, parts: list[int] | None = None) -> int:
+    """Samples of the track's frames `[block_start, block_start + len(block))` (cut at `frames`),
+    numbered from `segment`; the last segment of a track holds its valid frames only (stores
+    before version 2 zero-padded it). Appends the tar part of each sample to `parts`. Returns
+    the next segment number."""
+    length = len(next(iter(block.values())))
+    for segment_start in range(block_start, min(block_start + length, frames), geometry.segment_frames):
+        valid = min(geometry.segment_frames, frames - segment_start)
+        local = slice(segment_start - block_start, segment_start - block_start + valid)
+        if geometry.wds_compression == "none":
+            members = {f"{source}.npy": npy_parts(values[local]) for source, values in block.items()}
+        else:
+            members = {f"{source}.npy.blosc": [compressed_npy(values[local])] for source, values in block.items()}
+        members["json"] = [json.dumps({
+            "track": track.id, "role": track.role, "split": track.split, "segment": segment,
+            "start_frame": segment_start, "frames": valid, "sources": list(block),
+        }, sort_keys=True).encode()]
+        writer.add(sample_key(track.id, segment), members)
+        if parts is not None:
+            parts.append(writer.part)
+        segment += 1
+    return segment
 
 
 # What the file system says when it refuses a write, in Python's OSError and in tensorstore's
@@ -674,20 +851,7 @@ def _write_track(task: TrackTask, audio: dict[str, np.ndarray], stats: dict) -> 
         if writer is None:
             continue
         begin = time.perf_counter()
-        for segment_start in range(block_start, min(block_start + geometry.shard_frames, frames),
-                                   geometry.segment_frames):
-            valid = min(geometry.segment_frames, frames - segment_start)
-            local = slice(segment_start - block_start, segment_start - block_start + geometry.segment_frames)
-            if geometry.wds_compression == "none":
-                members = {f"{source}.npy": npy_parts(shard[source][local]) for source in audio}
-            else:
-                members = {f"{source}.npy.blosc": [compressed_npy(shard[source][local])] for source in audio}
-            members["json"] = [json.dumps({
-                "track": track.id, "role": track.role, "split": track.split, "segment": segments,
-                "start_frame": segment_start, "frames": valid, "sources": list(audio),
-            }, sort_keys=True).encode()]
-            writer.add(sample_key(track.id, segments), members)
-            segments += 1
+        segments = _write_segments(writer, track, shard, block_start, frames, segments, geometry)
         stats["wds"] += time.perf_counter() - begin
     shards = writer.close() if writer is not None else []
     record = TrackRecord(
@@ -703,16 +867,21 @@ def _encoded_shard(audio: np.ndarray, config: StftConfig, codec: CodecConfig, bl
                    shard_frames: int, stats: dict) -> np.ndarray:
     """Float16 `(shard_frames, 2, 2, bins)`: the track's frames `[block_start, ...)`, zeros past its end."""
     shard = np.zeros((shard_frames, 2, 2, config.bins), dtype=np.float16)
-    stop = min(block_start + shard_frames, frames)
-    for first in range(block_start, stop, STFT_BLOCK_FRAMES):
+    _encode_frames(shard, audio, config, codec, block_start, min(block_start + shard_frames, frames), stats)
+    return shard
+
+
+def _encode_frames(out: np.ndarray, audio: np.ndarray, config: StftConfig, codec: CodecConfig, start: int, stop: int,
+                   stats: dict) -> None:
+    """Frames `[start, stop)` of `audio`'s STFT, encoded, into `out[:stop - start]` (float16 `(frames, 2, 2, bins)`)."""
+    for first in range(start, stop, STFT_BLOCK_FRAMES):
         last = min(first + STFT_BLOCK_FRAMES, stop)
         begin = time.perf_counter()
         spec = block_stft(audio, config, first, last)  # (2, frames, bins) complex64
         stats["stft"] += time.perf_counter() - begin
         begin = time.perf_counter()
-        shard[first - block_start:last - block_start] = encode(spec.transpose(0, 2, 1), codec)
+        out[first - start:last - start] = encode(spec.transpose(0, 2, 1), codec)
         stats["encode"] += time.perf_counter() - begin
-    return shard
 
 
 def _reset_peak_rss() -> None:
@@ -737,5 +906,5 @@ def _status_kb(field: str) -> int:
     return 0
 
 
-__all__ = ["DEFAULT_CODEC", "BuildOptions", "BuildResult", "DryRun", "TrackOutcome", "build_store", "build_track",
-           "existing_configs", "finalise_store", "plan_store"]
+__all__ = ["DEFAULT_CODEC", "BuildOptions", "BuildResult", "DryRun", "TrackOutcome", "build_pack", "build_store",
+           "build_track", "build_unit", "existing_configs", "finalise_store", "plan_store"]

@@ -3,7 +3,12 @@
 A store is one directory: `store.json` (configs, `complete` flag), `plan.json` (which frames of
 which Zarr array each track owns), `tracks.jsonl`, `rejects.jsonl`, `zarr/` (one sharded
 float16 array per role and source, frames-major `(frames, channels=2, re/im=2, bins)`),
-`wds/` (tar shards per role + `index.json`) and `.build/` (per-track done-records).
+`wds/` (tar shards per role + `index.json`) and `.build/` (a done-record per build task: a
+track, or a pack of short tracks sharing a shard and a tar).
+
+Versions: 1 gave every track whole shards and its own tars, its last WebDataset segment
+zero-padded to `segment_frames`; 2 packs short tracks (`TrackRecord.pack`) and stores every
+track's last segment unpadded. Readers read both.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from vr_data.io import atomic_write_bytes, atomic_write_json, atomic_write_lines
 from vr_data.store import remote
 
 STORE_FORMAT = "vr-store"
-STORE_VERSION = 1
+STORE_VERSION = 2
 STORE_JSON = "store.json"
 PLAN_JSON = "plan.json"
 TRACKS_JSONL = "tracks.jsonl"
@@ -53,9 +58,11 @@ class TrackRecord:
     """One built track, a line of `tracks.jsonl`.
 
     `frames` STFT frames are valid from `zarr_start` in every array of `arrays` (source name ->
-    array name); the track owns `reserved_frames` frames there (whole shards), the rest is zeros.
-    `wds_shards` are tar paths relative to `wds/`, holding `segments` samples in order.
-    `duration` is seconds of audio at the store's sample rate.
+    array name); the track owns `reserved_frames` frames there (whole shards, or its slot of a
+    pack's shard), the rest is zeros. `wds_shards` are tar paths relative to `wds/`, holding its
+    `segments` samples in order (a pack's tar holds the samples of all its tracks, track after
+    track). `pack` is the pack it was built in (None: built alone). `duration` is seconds of
+    audio at the store's sample rate.
     """
 
     id: str
@@ -72,6 +79,7 @@ class TrackRecord:
     segments: int
     manifest: str                     # sha256 of the manifest the item came from
     expected_frames: int              # frames predicted from the manifest's header durations
+    pack: str | None = None
 
     @property
     def sources(self) -> tuple[str, ...]:
@@ -84,6 +92,7 @@ class TrackRecord:
             "sources": list(self.arrays), "manifest": self.manifest, "expected_frames": self.expected_frames,
             "zarr": {"start": self.zarr_start, "reserved": self.reserved_frames, "arrays": dict(self.arrays)},
             "wds": {"shards": list(self.wds_shards), "segments": self.segments},
+            **({"pack": self.pack} if self.pack is not None else {}),
         }
 
     @classmethod
@@ -95,13 +104,14 @@ class TrackRecord:
             arrays={source: record["zarr"]["arrays"][source] for source in record["sources"]},
             wds_shards=tuple(record["wds"]["shards"]),
             segments=int(record["wds"]["segments"]), manifest=record["manifest"],
-            expected_frames=int(record["expected_frames"]),
+            expected_frames=int(record["expected_frames"]), pack=record.get("pack"),
         )
 
 
 @dataclass(frozen=True)
 class WdsShard:
-    """One tar of `wds/`: `path` relative to `wds/`, `bytes` and `sha256` of the whole file."""
+    """One tar of `wds/`: `path` relative to `wds/`, `bytes` and `sha256` of the whole file;
+    `track` is the track it holds, or the pack whose tracks it holds."""
 
     path: str
     role: str

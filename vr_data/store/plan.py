@@ -1,9 +1,14 @@
 """The build plan: which frames of which Zarr array each track owns, decided before decoding.
 
-Tracks of a role are laid end to end along the frame axis, each starting on a shard boundary
-and owning whole shards, so no two build tasks ever write the same shard. A track's reserve is
-its frame count predicted from the manifest header (samples at the file's rate, resampled as
-soxr does, then `StftConfig.frames_for`) plus `MARGIN_FRAMES`, rounded up to whole shards.
+Tracks of a role are laid end to end along the frame axis. A track's reserve is its frame count
+predicted from the manifest header (samples at the file's rate, resampled as soxr does, then
+`StftConfig.frames_for`) plus `MARGIN_FRAMES`. A track whose reserve is a shard or more starts
+on a shard boundary and owns whole shards (its reserve rounded up). Shorter tracks are packed:
+consecutive short tracks of one role, split and manifest share one shard (a *pack*), each at
+its own frame offset with its own unrounded reserve, and one build task builds the whole pack
+(its key, `pack_{role}_{shard index}`, names its done-record and its tar). So no two build
+tasks ever write the same shard, and a store of 2 s phrases costs what a store of songs does
+per second of audio, not a shard, a tar and a done-record per phrase.
 The plan depends only on the manifests (in the order given) and the configs; it is written to
 `plan.json` before any audio is decoded, so a resumed build reuses it, and `--append` extends
 it without moving a single existing track.
@@ -27,6 +32,7 @@ from vr_data.store.format import ROLE_SOURCES, WDS_COMPRESSIONS, Geometry, array
 from vr_data.io import atomic_write_json
 
 PLAN_FORMAT = "vr-store-plan"
+PLAN_VERSION = 2  # 2: short tracks packed into shared shards (`PlannedTrack.pack`); 1 is read too
 # A pair item with a vocal source (MUSDB's vocals stem) also becomes a vocal track with this id
 # suffix; scanned item ids never contain "_", so it cannot collide with an item.
 DERIVED_VOCAL_SUFFIX = "_vocal"
@@ -51,6 +57,12 @@ class PlannedTrack:
     expected_frames: int
     start_frame: int
     reserved_frames: int
+    pack: str | None = None  # the pack whose shard it shares; None: it owns whole shards
+
+    @property
+    def task_key(self) -> str:
+        """The build task that writes it: its pack, or the track itself."""
+        return self.pack or self.id
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -85,10 +97,10 @@ class BuildPlan:
     created: str = ""
 
     def frames_by_array(self) -> dict[str, int]:
-        """Array name -> total frames (the array's length); only roles that have tracks."""
+        """Array name -> total frames (the array's length: whole shards); only roles that have tracks."""
         ends: dict[str, int] = {}
         for track in self.tracks:
-            end = track.start_frame + track.reserved_frames
+            end = self._shard_end(track)
             for source in ROLE_SOURCES[track.role]:
                 name = array_name(track.role, source)
                 ends[name] = max(ends.get(name, 0), end)
@@ -103,6 +115,10 @@ class BuildPlan:
         planned = {track.id: track for track in self.tracks}
         known_manifests = {ref.sha256 for ref in self.manifests}
         next_free = self._next_free_by_role()
+        shard = self.geometry.shard_frames
+        # (role, split, manifest) -> [pack key, first frame, frames used]: packs of this call only,
+        # so an append never writes into a shard an earlier build finished.
+        open_packs: dict[tuple[str, str, str], list] = {}
         added: list[PlannedTrack] = []
         for manifest in manifests:
             digest = _manifest_sha(manifest)
@@ -124,13 +140,25 @@ class BuildPlan:
                                                                     "other audio; build a new store to change a track")
                         continue
                     expected = expected_frames(item, self.stft, role)
-                    reserved = -(-(expected + MARGIN_FRAMES) // self.geometry.shard_frames) * self.geometry.shard_frames
+                    need = expected + MARGIN_FRAMES
+                    pack = None
+                    if need < shard:
+                        key = (role, item.split, digest)
+                        current = open_packs.get(key)
+                        if current is None or current[2] + need > shard:
+                            first = next_free.get(role, 0)
+                            current = open_packs[key] = [f"pack_{role}_{first // shard}", first, 0]
+                            next_free[role] = first + shard
+                        pack, start, reserved = current[0], current[1] + current[2], need
+                        current[2] += need
+                    else:
+                        start, reserved = next_free.get(role, 0), -(-need // shard) * shard
+                        next_free[role] = start + reserved
                     track = PlannedTrack(
                         id=track_id, role=role, library=manifest.library, manifest=digest, split=item.split,
                         group=item.group, duration=round(item.duration, 6), content=content,
-                        expected_frames=expected, start_frame=next_free.get(role, 0), reserved_frames=reserved,
+                        expected_frames=expected, start_frame=start, reserved_frames=reserved, pack=pack,
                     )
-                    next_free[role] = track.start_frame + reserved
                     planned[track_id] = track
                     self.tracks.append(track)
                     added.append(track)
@@ -139,12 +167,17 @@ class BuildPlan:
     def _next_free_by_role(self) -> dict[str, int]:
         ends: dict[str, int] = {}
         for track in self.tracks:
-            ends[track.role] = max(ends.get(track.role, 0), track.start_frame + track.reserved_frames)
+            ends[track.role] = max(ends.get(track.role, 0), self._shard_end(track))
         return ends
+
+    def _shard_end(self, track: PlannedTrack) -> int:
+        """The end of the last shard the track's frames touch (its pack's shard for a packed one)."""
+        shard = self.geometry.shard_frames
+        return -(-(track.start_frame + track.reserved_frames) // shard) * shard
 
     def to_json(self) -> dict:
         return {
-            "format": PLAN_FORMAT, "version": 1, "created": self.created,
+            "format": PLAN_FORMAT, "version": PLAN_VERSION, "created": self.created,
             "stft": self.stft.to_dict(), "codec": self.codec.to_dict(), "geometry": self.geometry.to_dict(),
             "manifests": [ref.to_json() for ref in self.manifests],
             "tracks": [track.to_json() for track in self.tracks],
@@ -154,6 +187,9 @@ class BuildPlan:
     def from_json(cls, record: dict, path: Path | None = None) -> "BuildPlan":
         if record.get("format") != PLAN_FORMAT:
             raise VRDataError(path, "not a build plan")
+        if int(record.get("version", 1)) > PLAN_VERSION:
+            raise VRDataError(path, f"build plan version {record['version']} is newer than this package's "
+                                    f"{PLAN_VERSION}; build with a newer vr-data")
         return cls(
             stft=StftConfig.from_dict(record["stft"]), codec=CodecConfig.from_dict(record["codec"]),
             geometry=Geometry.from_dict(record["geometry"]),

@@ -1,8 +1,9 @@
 """Verify a complete store: checksums, Zarr/WebDataset agreement, frame counts vs manifests.
 
 Every tar's size and sha256 are checked against `wds/index.json`; every track's frames are read
-back from Zarr and compared bit for bit (float16) with its WebDataset segments, padding
-included; every track's frame count is checked against the frames its manifest predicts (the
+back from Zarr and compared bit for bit (float16) with its WebDataset segments (the zero padding
+of a last segment too, in stores before version 2); a pack's tracks are checked together, its
+tar read once; every track's frame count is checked against the frames its manifest predicts (the
 manifest is re-read when it is still at its recorded path with the recorded sha256). Each
 damaged tar, Zarr shard and track is named; a value mismatch under an intact tar is blamed on
 the Zarr shard that holds those frames.
@@ -73,18 +74,21 @@ def verify_store(
         if on_shard is not None:
             on_shard(shard[1])
     suspects: dict[str, str] = {}
-    tasks = [(store.path, track, store.geometry.segment_frames, store.geometry.shard_frames, store.geometry.wds)
-             for track in store.tracks]
-    for task, (problems, zarr_suspects) in map_unordered(_check_track, tasks, executor):
-        track = task[1]
-        report.tracks += 1
-        report.frames += track.frames
-        report.damages.extend(Damage("track", track.id, problem) for problem in problems)
-        for zarr_shard, tar, reason in zarr_suspects:
-            if tar is None or tar not in bad_tars:
-                suspects.setdefault(zarr_shard, reason)
-        if on_track is not None:
-            on_track(track)
+    units: dict[str, list[TrackRecord]] = {}
+    for track in store.tracks:
+        units.setdefault(track.pack or track.id, []).append(track)
+    tasks = [(store.path, tuple(tracks), store.geometry.segment_frames, store.geometry.shard_frames, store.geometry.wds)
+             for tracks in units.values()]
+    for task, results in map_unordered(_check_unit, tasks, executor):
+        for track, (problems, zarr_suspects) in zip(task[1], results):
+            report.tracks += 1
+            report.frames += track.frames
+            report.damages.extend(Damage("track", track.id, problem) for problem in problems)
+            for zarr_shard, tar, reason in zarr_suspects:
+                if tar is None or tar not in bad_tars:
+                    suspects.setdefault(zarr_shard, reason)
+            if on_track is not None:
+                on_track(track)
     report.damages.extend(Damage("zarr_shard", name, reason) for name, reason in sorted(suspects.items()))
     _check_frame_counts(store, report)
     report.damages.sort(key=lambda d: (d.kind, d.name))
@@ -108,47 +112,80 @@ def _check_shard(task: tuple[Path, WdsShard]) -> str | None:
     return None
 
 
-def _check_track(task: tuple[Path, TrackRecord, int, int, bool]) -> tuple[list[str], list[tuple[str, str | None, str]]]:
-    """Problems of one track, and suspect Zarr shards: (shard, the tar it disagrees with or None
-    when the shard cannot be read at all, reason)."""
-    store_path, track, segment_frames, shard_frames, with_wds = task
-    problems: list[str] = []
-    suspects: list[tuple[str, str | None, str]] = []
-    expected_segments = -(-track.frames // segment_frames) if with_wds else 0
-    if track.segments != expected_segments:
-        problems.append(f"{track.segments} segments recorded for {track.frames} frames (expected {expected_segments})")
-    stored = {}
-    for source, name in track.arrays.items():
-        # Without tars there is no second copy to compare: every frame is still read (decoded).
-        region_stop = track.zarr_start + (expected_segments * segment_frames if with_wds else track.frames)
-        try:
-            array = open_array(store_path / ZARR_DIR / name, read_only=True)
-            stored[source] = read_region(array, track.zarr_start, region_stop, f"{ZARR_DIR}/{name}")
-        except VRDataError as error:
-            problems.append(f"cannot read {source} from Zarr array {name} ({error.reason})")
-            suspects.extend(_unreadable_shards(store_path, name, track.zarr_start, region_stop, shard_frames))
-    if len(stored) < len(track.arrays):
-        return problems, suspects
-    segment = 0
-    for tar in track.wds_shards:
+def _check_unit(task: tuple[Path, tuple[TrackRecord, ...], int, int, bool]) -> list[tuple[list[str], list]]:
+    """Per track of a build task (a track, or a pack's tracks sharing tars): its problems and its
+    suspect Zarr shards `(shard, the tar it disagrees with or None when the shard cannot be read
+    at all, reason)`; each tar is read once."""
+    store_path, tracks, segment_frames, shard_frames, with_wds = task
+    checks = {track.id: _TrackCheck(store_path, track, segment_frames, shard_frames, with_wds) for track in tracks}
+    tars = list(dict.fromkeys(tar for track in tracks for tar in track.wds_shards))
+    for tar in tars:
         try:
             for sample in iter_tar_samples(wds_member_path(store_path / WDS_DIR, tar)):
-                problems.extend(_compare_sample(track, sample, segment, segment_frames, stored))
-                for source in track.arrays:
-                    local = slice(segment * segment_frames, (segment + 1) * segment_frames)
-                    if source in sample and not _same_bits(sample[source], stored[source][local]):
-                        index = (track.zarr_start + segment * segment_frames) // shard_frames
-                        zarr_shard = shard_key(Path(ZARR_DIR) / track.arrays[source], index).as_posix()
-                        problems.append(f"segment {segment} of {source} differs between {zarr_shard} and {WDS_DIR}/{tar}")
-                        suspects.append((zarr_shard, tar, f"frames differ from the intact {WDS_DIR}/{tar} "
-                                                          f"(track {track.id})"))
-                segment += 1
+                owner = checks.get(sample.get("json", {}).get("track")) or checks.get(sample["__key__"].rpartition("_")[0])
+                if owner is None:
+                    first = next(iter(checks.values()))
+                    first.problems.append(f"{WDS_DIR}/{tar} holds sample {sample['__key__']} of no track it lists")
+                    continue
+                owner.add(sample, tar)
         except VRDataError as error:
-            problems.append(f"cannot read {WDS_DIR}/{tar} ({error.reason})")
-            return problems, suspects
-    if segment != expected_segments:
-        problems.append(f"{segment} WebDataset segments, expected {expected_segments}")
-    return problems, suspects
+            for check in checks.values():
+                if tar in check.track.wds_shards and not check.broken:
+                    check.problems.append(f"cannot read {WDS_DIR}/{tar} ({error.reason})")
+                    check.broken = True
+    return [checks[track.id].finish() for track in tracks]
+
+
+class _TrackCheck:
+    """One track's frames read from Zarr, compared with its samples as they come."""
+
+    def __init__(self, store_path: Path, track: TrackRecord, segment_frames: int, shard_frames: int, with_wds: bool):
+        self.track, self.segment_frames, self.shard_frames = track, segment_frames, shard_frames
+        self.problems: list[str] = []
+        self.suspects: list[tuple[str, str | None, str]] = []
+        self.segment = 0
+        self.broken = False
+        self.expected_segments = -(-track.frames // segment_frames) if with_wds else 0
+        if track.segments != self.expected_segments:
+            self.problems.append(f"{track.segments} segments recorded for {track.frames} frames "
+                                 f"(expected {self.expected_segments})")
+        self.stored: dict[str, np.ndarray] = {}
+        stop = track.zarr_start + track.frames
+        for source, name in track.arrays.items():
+            # Without tars there is no second copy to compare: every frame is still read (decoded).
+            try:
+                array = open_array(store_path / ZARR_DIR / name, read_only=True)
+                self.stored[source] = read_region(array, track.zarr_start, stop, f"{ZARR_DIR}/{name}")
+            except VRDataError as error:
+                self.problems.append(f"cannot read {source} from Zarr array {name} ({error.reason})")
+                self.suspects.extend(_unreadable_shards(store_path, name, track.zarr_start, stop, shard_frames))
+        self.broken = len(self.stored) < len(track.arrays)
+
+    def add(self, sample: dict, tar: str) -> None:
+        if self.broken:
+            return
+        track, segment = self.track, self.segment
+        self.problems.extend(_compare_sample(track, sample, segment, self.segment_frames, self.stored))
+        start = segment * self.segment_frames
+        valid = max(0, min(self.segment_frames, track.frames - start))
+        for source in track.arrays:
+            if source not in sample:
+                continue
+            values = sample[source]
+            padding = values[valid:]
+            if not _same_bits(values[:valid], self.stored[source][start:start + valid]) or \
+                    len(values) > self.segment_frames or np.any(padding.view(np.uint16)):
+                index = (track.zarr_start + start) // self.shard_frames
+                zarr_shard = shard_key(Path(ZARR_DIR) / track.arrays[source], index).as_posix()
+                self.problems.append(f"segment {segment} of {source} differs between {zarr_shard} and {WDS_DIR}/{tar}")
+                self.suspects.append((zarr_shard, tar, f"frames differ from the intact {WDS_DIR}/{tar} "
+                                                       f"(track {track.id})"))
+        self.segment += 1
+
+    def finish(self) -> tuple[list[str], list[tuple[str, str | None, str]]]:
+        if not self.broken and self.segment != self.expected_segments:
+            self.problems.append(f"{self.segment} WebDataset segments, expected {self.expected_segments}")
+        return self.problems, self.suspects
 
 
 def _unreadable_shards(store_path: Path, name: str, start: int, stop: int, shard_frames: int):

@@ -128,6 +128,11 @@ class TrackTarWriter:
                 self._write(bytes(_BLOCK - info.size % _BLOCK))
         self._samples += 1
 
+    @property
+    def part(self) -> int:
+        """The part being written (-1 before the first sample)."""
+        return self._part
+
     def close(self) -> list[WdsShard]:
         """Finish the last part; returns every part written, in order."""
         self._finish_part()
