@@ -108,9 +108,9 @@ class AtomicOutput:
 
     For writers that fill a file piece by piece (a sound file written block by block). The
     target is checked first (`replaceable_target`: a device, FIFO, directory or a symlink to one
-    is refused) and its folder created; the temporary file is created as any new file is (mode
-    0666 less the umask). `commit` flushes it to disk and renames it; `abort` removes it. Any
-    OSError is a `VRDataError` naming the target's path.
+    is refused) and its folder created; the file ends as any new file is (mode 0666 less the
+    umask, whatever the writer made it). `commit` flushes it to disk and renames it; `abort`
+    removes it. Any OSError is a `VRDataError` naming the target's path.
     """
 
     def __init__(self, path: str | Path):
@@ -125,6 +125,7 @@ class AtomicOutput:
     def commit(self) -> None:
         """Flush the temporary file to disk and rename it over the target."""
         try:
+            os.chmod(self.temporary, 0o666 & ~current_umask())  # some writers (safetensors) make theirs 0600
             descriptor = os.open(self.temporary, os.O_RDONLY)
             try:
                 os.fsync(descriptor)
@@ -210,6 +211,28 @@ def write_output(path: str | Path, data: bytes) -> None:
         sys.stdout.buffer.flush()
         return
     atomic_write_bytes(path, data)
+
+
+def replace_directory(temporary: Path, final: Path) -> None:
+    """Put the finished directory `temporary` in place as `final` (beside it, one file system),
+    replacing an older `final` directory: the old one is moved aside first and removed after, so
+    a kill leaves the old or the new directory under `final`, never a mixture. Anything at
+    `final` that is not a directory is refused (a VRDataError naming it)."""
+    import shutil
+    import tempfile
+
+    if os.path.lexists(final) and (os.path.islink(final) or not os.path.isdir(final)):
+        raise VRDataError(final, "is not a directory: refusing to replace it", UNWRITABLE)
+    try:
+        if os.path.isdir(final):
+            stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+            os.replace(final, stale / final.name)
+            os.rename(temporary, final)
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            os.rename(temporary, final)
+    except OSError as error:
+        raise VRDataError(final, f"cannot write ({os_reason(error)})", UNWRITABLE) from None
 
 
 def atomic_write_text(path: Path, text: str) -> None:

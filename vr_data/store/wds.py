@@ -33,6 +33,7 @@ import numpy as np
 
 from vr_data import errors
 from vr_data.errors import VRDataError
+from vr_data.io import AtomicOutput
 from vr_data.store import remote
 from vr_data.store.format import WdsShard
 
@@ -148,8 +149,8 @@ class TrackTarWriter:
         self._part += 1
         self._final = self.directory / f"{self.stem}-{self._part:04d}.tar"
         if isinstance(self.directory, Path):
-            self.directory.mkdir(parents=True, exist_ok=True)
-            self._temporary = self.directory / f".{self._final.name}.tmp-{os.getpid()}"
+            self._output = AtomicOutput(self._final)  # refuses a non-regular target; renamed at the part's end
+            self._temporary = self._output.temporary
         else:  # written locally, then uploaded whole: the object appears complete or not at all
             descriptor, name = tempfile.mkstemp(prefix=f".{self._final.name}.", suffix=".tmp")
             os.close(descriptor)
@@ -171,7 +172,7 @@ class TrackTarWriter:
         self._handle.close()
         self._handle = None
         if isinstance(self._final, Path):
-            os.replace(self._temporary, self._final)
+            self._output.commit()
         else:
             try:
                 remote.upload(self._temporary, self._final)

@@ -41,7 +41,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vr_data.errors import VRDataError
-from vr_data.io import UNWRITABLE, atomic_write_text, exclusive_lock
+from vr_data.io import UNWRITABLE, atomic_write_text, exclusive_lock, replace_directory
 from vr_model.network.checkpoint import (
     BEST, CONFIG, STEP_PREFIX, list_checkpoints, read_checkpoint_json, save_checkpoint, tensor_bytes, verify_file,
 )
@@ -171,13 +171,7 @@ def save_training_checkpoint(checkpoints_dir: Path, model: FramePrimerUNet, ema_
             raise
         for entry in temporary.iterdir():
             _fsync(entry)
-        if final.exists():
-            stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=checkpoints_dir))
-            os.replace(final, stale / final.name)
-            os.rename(temporary, final)
-            shutil.rmtree(stale, ignore_errors=True)
-        else:
-            os.rename(temporary, final)
+        replace_directory(temporary, final)
         _fsync(checkpoints_dir)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
