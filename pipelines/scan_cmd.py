@@ -40,6 +40,8 @@ def scan_command(
     downmix: bool = typer.Option(False, help="Fold files with more than 2 channels to stereo instead of refusing."),
     length_tolerance: float = typer.Option(0.5, help="Pairs: largest mixture/instrumental length difference, s."),
     max_offset_ms: float = typer.Option(5.0, help="Pairs: largest mixture/instrumental time offset, ms."),
+    fingerprint: bool = typer.Option(True, help="Store a content fingerprint per file (duplicates and leaks by "
+                                     "content: vrdata check, vrdata stats)."),
     workers: int = typer.Option(default_workers(), min=0, help="Local dask worker processes (0: in this process)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler to use instead."),
     rescan: bool = typer.Option(True, help="Reuse unchanged files (size+mtime) of an existing --out manifest."),
@@ -52,7 +54,7 @@ def scan_command(
     options = ScanOptions(
         layout=layout, library=library, valid_fraction=valid_fraction, group_by=group_by,
         pair_pattern=pair_pattern, min_seconds=min_seconds, silence_dbfs=silence_dbfs, downmix=downmix,
-        length_tolerance=length_tolerance, max_offset_ms=max_offset_ms,
+        length_tolerance=length_tolerance, max_offset_ms=max_offset_ms, fingerprint=fingerprint,
     )
     root = root.resolve() if root.is_dir() else root
     if not root.is_dir():

@@ -3,7 +3,8 @@
 Per-candidate work (`analyse_candidate`) is a pure function of its inputs and runs on any
 `concurrent.futures.Executor` (a dask client's executor in the CLI). A rescan reuses the file
 entries of the previous manifest whose size and mtime are unchanged: they are not re-hashed or
-re-decoded. Every refused input becomes a `Reject`; a scan never aborts on a bad file.
+re-decoded (nor fingerprinted, unless their fingerprint is missing or of an older version).
+Every refused input becomes a `Reject`; a scan never aborts on a bad file.
 
 An interrupted scan resumes: with a `journal`, each finished candidate (item or rejects, with
 the size and mtime of its files) is appended to it as it finishes, and a rerun with the same
@@ -34,6 +35,8 @@ from vr_data.catalog.layouts import LAYOUT_ROLE, LAYOUTS, Candidate, compile_gro
 from vr_data.catalog.manifest import (
     FileEntry, Item, Manifest, file_sha256, item_id, read_manifest, resolve_under, split_for,
 )
+from vr_data.dsp.fingerprint import encode as encode_fingerprint, fingerprint_audio
+from vr_data.dsp.fingerprint import is_current as is_current_fingerprint
 from vr_data.io import os_reason
 from vr_data.parallel import map_unordered
 
@@ -56,6 +59,7 @@ class ScanOptions:
     max_offset_ms: float = 5.0      # pairs: max time offset between mixture and instrumental
     offset_window: float = 30.0     # pairs: seconds from the start used for the offset search
     offset_search: float = 1.0      # pairs: largest offset looked for, seconds
+    fingerprint: bool = True        # a content fingerprint per file (vr_data.dsp.fingerprint)
 
     def __post_init__(self) -> None:
         """Refuse impossible settings before any file is read (ConfigError, one line)."""
@@ -351,7 +355,8 @@ def analyse_candidate(
         try:
             stat = path.stat()
             old = previous.get(rel)
-            if old is not None and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns:
+            if old is not None and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns \
+                    and (not options.fingerprint or is_current_fingerprint(old.fingerprint)):
                 files[key] = old
                 reused += 1
                 continue
@@ -429,7 +434,7 @@ def _check_summed_silence(root: Path, rels: list[str], source: str, options: Sca
 
 
 def describe_file(root: Path, rel: str, options: ScanOptions, judge_silence: bool = True) -> FileEntry:
-    """Decode-check and hash one file (raises VRDataError with a reject code).
+    """Decode-check, hash and fingerprint one file (raises VRDataError with a reject code).
 
     `samples` is the length the file decodes to, never its header's claim (a truncated mp3
     keeps its full header duration); a file that decodes short of its header is refused as
@@ -438,11 +443,14 @@ def describe_file(root: Path, rel: str, options: ScanOptions, judge_silence: boo
     path = root / rel
     stat = path.stat()
     # Decode at the native rate: the checks need every sample, not a resampled copy.
-    info, _ = decode_file(path, downmix=options.downmix, min_seconds=options.min_seconds,
-                          silence_dbfs=options.silence_dbfs if judge_silence else None)
+    info, audio = decode_file(path, downmix=options.downmix, min_seconds=options.min_seconds,
+                              silence_dbfs=options.silence_dbfs if judge_silence else None)
+    # Fingerprinted from the audio already decoded: no second read (docs/performance.md, scan).
+    fingerprint = encode_fingerprint(*fingerprint_audio(audio, info.sample_rate)) if options.fingerprint else None
     return FileEntry(
         path=rel, sha256=file_sha256(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
         sample_rate=info.sample_rate, channels=info.channels, samples=info.samples, format=info.format,
+        fingerprint=fingerprint,
     )
 
 
