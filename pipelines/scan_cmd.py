@@ -15,6 +15,7 @@ from pipelines.common import (
 )
 from pipelines.vrdata import app
 from vr_data.errors import ConfigError, VRDataError
+from vr_data.catalog.exclusions import read_exclusions
 from vr_data.catalog.layouts import LAYOUTS
 from vr_data.catalog.manifest import SPLITS, read_manifest, rejects_path, write_manifest, write_rejects
 from vr_data.catalog.scan import (
@@ -40,6 +41,8 @@ def scan_command(
     downmix: bool = typer.Option(False, help="Fold files with more than 2 channels to stereo instead of refusing."),
     length_tolerance: float = typer.Option(0.5, help="Pairs: largest mixture/instrumental length difference, s."),
     max_offset_ms: float = typer.Option(5.0, help="Pairs: largest mixture/instrumental time offset, ms."),
+    exclude: Optional[Path] = typer.Option(None, "--exclude", help="Exclusion list (vrdata check "
+                                           "--write-exclusions): its items are rejected as leak/duplicate."),
     fingerprint: bool = typer.Option(True, help="Store a content fingerprint per file (duplicates and leaks by "
                                      "content: vrdata check, vrdata stats)."),
     workers: int = typer.Option(default_workers(), min=0, help="Local dask worker processes (0: in this process)."),
@@ -60,6 +63,7 @@ def scan_command(
     if not root.is_dir():
         raise VRDataError(root, "dataset root is not a directory")
     check_writable(out)
+    exclusions = read_exclusions(exclude) if exclude is not None else None
     if json_out not in (None, "-"):
         check_writable(json_out)
     with humans_on_stderr(json_out == "-"), \
@@ -80,7 +84,7 @@ def scan_command(
                 bar.update(task, advance=1, rate=f"{seconds / 3600:.2f} h")
 
             result = scan(root, options, executor=executor, previous=previous if rescan else None,
-                          on_item=on_item, on_start=on_start, journal=journal)
+                          on_item=on_item, on_start=on_start, journal=journal, exclusions=exclusions)
         write_manifest(out, result.manifest)
         write_rejects(rejects_path(out), result.rejects)
         journal.remove()  # the manifest holds it all now

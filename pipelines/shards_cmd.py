@@ -58,11 +58,16 @@ def build_shards_command(
     verify_hashes: bool = typer.Option(True, help="Check each file's sha256 against its manifest before decoding."),
     workers: int = typer.Option(default_workers(), min=0, help="Local dask worker processes (0: in this process)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler to use instead."),
+    exclude: Optional[Path] = typer.Option(None, "--exclude", help="Exclusion list to honour (vrdata check "
+                                           "--write-exclusions): its items are left out."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be built and its estimated size; write nothing."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Also write a JSON summary to this file ('-': stdout)."),
 ) -> None:
     """Build a Zarr + WebDataset spectrogram store from MANIFESTs (parallel, resumable)."""
     loaded = load_manifests(manifests, root)
+    if exclude is not None:
+        with humans_on_stderr(json_out == "-"):
+            loaded = _excluded(loaded, exclude)
     if json_out not in (None, "-"):
         check_writable(json_out)
     stft, codec_config, geometry = _configs(out, dict(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length),
@@ -89,6 +94,17 @@ def build_shards_command(
                                    f"{out / 'rejects.jsonl'}); check the inputs and build into a new --out")
     if json_out is not None:
         write_json(json_out, result.to_json())
+
+
+def _excluded(loaded: list, exclude: Path) -> list:
+    """The manifests less the items of the exclusion list (vr_data.catalog.exclusions), said once."""
+    from vr_data.catalog.exclusions import apply_exclusions, read_exclusions
+
+    loaded, applied = apply_exclusions(loaded, read_exclusions(exclude))
+    counts = Counter(e.code for e in applied)
+    console.print(f"excluded {len(applied)} items ({', '.join(f'{c}: {n}' for c, n in sorted(counts.items())) or '-'}) "
+                  f"listed in {exclude}", highlight=False)
+    return loaded
 
 
 def load_manifests(specs: list[str], root: Path | None) -> list:

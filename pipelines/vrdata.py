@@ -22,7 +22,8 @@ def cli(version: bool = version_option("vrdata")) -> None:
 
 # Command modules register themselves on `app` when imported. A module that fails to import is
 # an error, never skipped: a renamed module must not make its command vanish.
-_COMMAND_MODULES = ("pipelines.scan_cmd", "pipelines.shards_cmd", "pipelines.mix_cmd", "pipelines.stats_cmd")
+_COMMAND_MODULES = ("pipelines.scan_cmd", "pipelines.shards_cmd", "pipelines.mix_cmd", "pipelines.stats_cmd",
+                    "pipelines.check_cmd")
 for _name in _COMMAND_MODULES:
     importlib.import_module(_name)
 

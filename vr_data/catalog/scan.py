@@ -212,6 +212,7 @@ def scan(
     on_item: Callable[[Item | None, list[Reject]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     journal: ScanJournal | None = None,
+    exclusions: dict | None = None,
 ) -> ScanResult:
     """Scan `root` with `options.layout`; `previous` (same root) makes the scan incremental.
 
@@ -219,6 +220,8 @@ def scan(
     same root and options, resumes it (the caller removes it once the manifest is written).
     `on_start(candidates)` is called once discovery has found the candidates, then
     `on_item(item_or_None, rejects)` once per candidate as it finishes (progress).
+    `exclusions` (`vr_data.catalog.exclusions.read_exclusions`) turns the items it lists into
+    rejects with its code (`leak`, `duplicate`).
     """
     root = Path(root).resolve()
     if not root.is_dir():
@@ -273,8 +276,18 @@ def scan(
         if journal is not None:
             journal.close()
     items.sort(key=lambda item: item.id)
+    library = options.library or root.name
+    if exclusions:
+        kept = []
+        for item in items:
+            exclusion = exclusions.get((library, item.id))
+            if exclusion is None:
+                kept.append(item)
+            else:
+                rejects.append(Reject(item.id, exclusion.code, f"in the exclusion list: {exclusion.reason}", item.role))
+        items = kept
     manifest = Manifest(
-        library=options.library or root.name, role=LAYOUT_ROLE[options.layout], root=root, items=items,
+        library=library, role=LAYOUT_ROLE[options.layout], root=root, items=items,
         layout=options.layout, options=options.to_json(),
     )
     counts: dict[str, int] = {}
