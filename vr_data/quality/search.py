@@ -4,10 +4,10 @@
 same audio, with the time offset between them and the matched duration. How:
 
 1. the index: all landmarks `(hash, file, time)` of all files sorted by hash (one argsort);
-   hashes found in more than `max_bucket` files (a stop list: a pure tone, a click track) are
-   left out, as a text search engine drops "the";
-2. queries, a block of files at a time: each landmark of a query file looks its hash up in the
-   index (`searchsorted`); every hit in a later file `j` votes for `(query, j, time in j - time
+   hashes found in more than `max_bucket` landmarks (a stop list: a pure tone, a click track)
+   are left out, as a text search engine drops "the";
+2. queries, a block of files at a time: each landmark of a query file finds its hash's bucket
+   in the index (through the inverse of the sort permutation); every hit in a later file `j` votes for `(query, j, time in j - time
    in query)`; votes at one pair and offset are counted (`np.unique`) together with those of the
    two neighbouring offsets (a landmark moves by a frame when the audio is shifted by part of
    a hop);
@@ -72,8 +72,20 @@ def find_matches(
     times = np.concatenate([np.asarray(t, np.int32) for _, t in fingerprints])
     files = np.repeat(np.arange(count, dtype=np.int32), sizes)
     order = np.argsort(hashes, kind="stable")
-    index_hashes, index_files, index_times = hashes[order], files[order], times[order]
-    index_hashes, index_files, index_times = _drop_stop_hashes(index_hashes, index_files, index_times, max_bucket)
+    index_files, index_times = files[order], times[order]
+    # Each landmark's bucket (its run of equal hashes in the sorted index) as [left, right):
+    # found through the inverse permutation, not a binary search (3x faster: no cache misses).
+    sorted_hashes = hashes[order]
+    new_bucket = np.concatenate([[True], sorted_hashes[1:] != sorted_hashes[:-1]])
+    bucket_starts = np.flatnonzero(new_bucket)
+    bucket_ends = np.concatenate([bucket_starts[1:], [len(sorted_hashes)]])
+    # Stop list: a bucket of more than `max_bucket` landmarks is looked up as empty.
+    bucket_ends = np.where(bucket_ends - bucket_starts > max_bucket, bucket_starts, bucket_ends)
+    bucket_of_sorted = np.cumsum(new_bucket) - 1
+    bucket = np.empty_like(bucket_of_sorted)
+    bucket[order] = bucket_of_sorted
+    del sorted_hashes, new_bucket, bucket_of_sorted, order
+    lefts, rights = bucket_starts[bucket], bucket_ends[bucket]
 
     matches: list[Match] = []
     starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -83,33 +95,20 @@ def find_matches(
         while last < count and starts[last + 1] - starts[first] <= block_landmarks:
             last += 1
         span = slice(starts[first], starts[last])
-        matches += _block_matches(hashes[span], files[span], times[span], index_hashes, index_files, index_times,
+        matches += _block_matches(lefts[span], rights[span], files[span], times[span], index_files, index_times,
                                   owners_array, sizes, min_votes)
         first = last
     matches.sort(key=lambda m: (m.a, m.b))
     return matches
 
 
-def _drop_stop_hashes(hashes, files, times, max_bucket):
-    """The index less the hashes found in more than `max_bucket` landmarks."""
-    if len(hashes) == 0:
-        return hashes, files, times
-    boundaries = np.flatnonzero(np.diff(hashes)) + 1
-    bucket_starts = np.concatenate([[0], boundaries])
-    bucket_sizes = np.diff(np.concatenate([bucket_starts, [len(hashes)]]))
-    keep = np.repeat(bucket_sizes <= max_bucket, bucket_sizes)
-    return hashes[keep], files[keep], times[keep]
-
-
-def _block_matches(query_hashes, query_files, query_times, index_hashes, index_files, index_times,
+def _block_matches(left, right, query_files, query_times, index_files, index_times,
                    owners, sizes, min_votes) -> list[Match]:
-    left = np.searchsorted(index_hashes, query_hashes, side="left")
-    right = np.searchsorted(index_hashes, query_hashes, side="right")
     hits = right - left
     if hits.sum() == 0:
         return []
     # Expand every query landmark into its hits: positions left..right-1 in the index.
-    query = np.repeat(np.arange(len(query_hashes)), hits)
+    query = np.repeat(np.arange(len(left)), hits)
     position = np.arange(hits.sum()) - np.repeat(np.cumsum(hits) - hits, hits) + np.repeat(left, hits)
     other = index_files[position]
     mine = query_files[query]
