@@ -1,4 +1,5 @@
-"""`vrdata check`: content duplicates and split leaks of manifests, and an exclusion list to act on.
+"""`vrdata check`: content duplicates and split leaks of manifests, an exclusion list to act on,
+and the pairs whose checks failed (by name).
 
 A thin wrapper over `vr_data.quality.duplicates` (the fingerprints come from the manifests: no
 audio is decoded). Leaks are printed first; `--fail-on-leak` exits 1 when there is one (CI).
@@ -17,6 +18,7 @@ from pipelines.vrdata import app
 from vr_data.catalog.exclusions import write_exclusions
 from vr_data.io import check_writable
 from vr_data.quality.duplicates import content_duplicates, exclusions
+from vr_data.quality.pair_report import pair_check_report
 from vr_data.quality.search import MIN_VOTES
 
 
@@ -48,12 +50,14 @@ def check_command(
         with console.status("matching fingerprints"):
             findings = content_duplicates(manifests, min_votes=min_votes)
         print_content_duplicates(findings)
+        pairs = pair_check_report(manifests)
+        print_pair_checks(pairs)
         excluded = exclusions(findings, duplicates=exclude_duplicates)
         if write_exclusions_to is not None:
             write_exclusions(write_exclusions_to, excluded)
             console.print(f"wrote {len(excluded)} exclusions to {write_exclusions_to}", highlight=False)
     if json_out is not None:
-        write_json(json_out, {**findings, "exclusions": [e.to_json() for e in excluded]})
+        write_json(json_out, {**findings, "exclusions": [e.to_json() for e in excluded], "pair_checks": pairs})
     if fail_on_leak and findings["leaks"]:
         raise typer.Exit(EXIT_DAMAGE)
 
@@ -83,6 +87,27 @@ def print_content_duplicates(findings: dict) -> None:
                               _match_cell(group, index))
             table.add_section()
         console.print(table)
+
+
+def print_pair_checks(report: dict) -> None:
+    """Flag counts, then the worst pairs of each measure by name (docs/stats.md, pair checks)."""
+    if not report["checked"]:
+        return
+    counts = ", ".join(f"{flag} {count}" for flag, count in report["flags"].items()) or "none"
+    console.print(f"pair checks: {report['checked']} of {report['pairs']} pairs measured; flagged: {counts}",
+                  highlight=False)
+    if not report["flags"]:
+        return
+    table = Table(title="worst pairs per measure")
+    for header in ("measure", "value", "library/id", "flags"):
+        table.add_column(header, overflow="fold", justify="right" if header == "value" else "left")
+    for measure, rows in report["worst"].items():
+        for index, row in enumerate(rows[:3]):
+            table.add_row(measure if index == 0 else "", f"{row['value']:g}", f"{row['library']}/{row['id']}",
+                          ", ".join(row["flags"]) or "-")
+        if rows:
+            table.add_section()
+    console.print(table)
 
 
 def _match_cell(group: dict, index: int) -> str:

@@ -43,6 +43,8 @@ def scan_command(
     max_offset_ms: float = typer.Option(5.0, help="Pairs: largest mixture/instrumental time offset, ms."),
     exclude: Optional[Path] = typer.Option(None, "--exclude", help="Exclusion list (vrdata check "
                                            "--write-exclusions): its items are rejected as leak/duplicate."),
+    pair_checks: str = typer.Option("report", help="Pairs: report (flags in the manifest and stats) or strict "
+                                    "(reject flagged pairs as pair_check; docs/stats.md)."),
     fingerprint: bool = typer.Option(True, help="Store a content fingerprint per file (duplicates and leaks by "
                                      "content: vrdata check, vrdata stats)."),
     workers: int = typer.Option(default_workers(), min=0, help="Local dask worker processes (0: in this process)."),
@@ -57,7 +59,7 @@ def scan_command(
     options = ScanOptions(
         layout=layout, library=library, valid_fraction=valid_fraction, group_by=group_by,
         pair_pattern=pair_pattern, min_seconds=min_seconds, silence_dbfs=silence_dbfs, downmix=downmix,
-        length_tolerance=length_tolerance, max_offset_ms=max_offset_ms, fingerprint=fingerprint,
+        length_tolerance=length_tolerance, max_offset_ms=max_offset_ms, fingerprint=fingerprint, pair_checks=pair_checks,
     )
     root = root.resolve() if root.is_dir() else root
     if not root.is_dir():

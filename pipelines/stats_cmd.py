@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from pipelines.check_cmd import print_content_duplicates
+from pipelines.check_cmd import print_content_duplicates, print_pair_checks
 from pipelines.common import (
     EXIT_DAMAGE, console, dask_executor, default_workers, humans_on_stderr, progress, user_errors, write_json,
 )
@@ -60,6 +60,7 @@ def stats_command(
         if manifests:
             print_content_duplicates(manifests["integrity"]["content_duplicates"])  # leaks first
             print_section("manifests", manifests)
+            print_pair_checks(manifests["pair_checks"])
         for store in report["stores"]:
             print_section(f"store {store['path']}", store)
         if plots is not None:

@@ -196,3 +196,49 @@ def test_a_damaged_exclusion_list_is_one_error_naming_the_file(tmp_path):
     manifest_like.write_text('{"kind": "vr-manifest"}\n')
     with pytest.raises(VRDataError, match="manifest.jsonl.*not an exclusion list"):
         read_exclusions(manifest_like)
+
+
+def _pairs_library(root: Path) -> dict[str, str]:
+    """Pairs with one known fault each (and a good one): name -> the flag it must raise."""
+    instrumental = music_like(8.0, RATE, seed=21) * 0.4
+    vocal = music_like(8.0, RATE, seed=22, style="sparse") * 0.4
+    mixture = instrumental + vocal
+    faults = {
+        "good": (instrumental, None),
+        "quiet instrumental": (instrumental * np.float32(10 ** (-2 / 20)), "gain"),
+        "two ms late": (np.concatenate([np.zeros((2, 88), np.float32), instrumental[:, :-88]], axis=1), "offset"),
+        "inverted": (-instrumental, "polarity"),
+        "wrong song": (music_like(8.0, RATE, seed=23) * 0.4, "low_correlation"),
+    }
+    for name, (paired, _) in faults.items():
+        write_audio(root / "mixtures" / f"{name}.wav", mixture, RATE)
+        write_audio(root / "instruments" / f"{name}.wav", paired, RATE)
+    return {name: flag for name, (_, flag) in faults.items()}
+
+
+def test_pair_checks_flag_each_fault_and_strict_rejects_the_flagged(tmp_path):
+    expected = _pairs_library(tmp_path / "pairs")
+    manifest = read_manifest(_scan(tmp_path / "pairs", "pairs", tmp_path / "pairs.jsonl", "--max-offset-ms", "1000"))
+    flags = {item.files["mixture"].path.split("/")[-1][:-4]: item.checks["flags"] for item in manifest.items}
+    for name, flag in expected.items():
+        if flag is None:
+            assert flags[name] == [], name
+        else:
+            assert flag in flags[name], (name, flags[name])
+    assert flags["quiet instrumental"] == ["gain"] and flags["two ms late"] == ["offset"]
+
+    stats = runner.invoke(app, ["stats", str(tmp_path / "pairs.jsonl"), "--no-content", "--json",
+                                str(tmp_path / "stats.json")])
+    assert stats.exit_code == 0, stats.output
+    assert "worst pairs per measure" in stats.output
+    worst = json.loads((tmp_path / "stats.json").read_text())["manifests"]["pair_checks"]["worst"]
+    ids = {item.files["mixture"].path.split("/")[-1][:-4]: item.id for item in manifest.items}
+    assert worst["gain_db"][0]["id"] == ids["inverted"] or worst["gain_db"][0]["id"] == ids["wrong song"]
+    assert ids["quiet instrumental"] in [row["id"] for row in worst["gain_db"][:3]]
+    assert worst["correlation"][0]["id"] == ids["wrong song"]
+
+    _scan(tmp_path / "pairs", "pairs", tmp_path / "strict.jsonl", "--max-offset-ms", "1000", "--pair-checks", "strict")
+    kept = {item.files["mixture"].path.split("/")[-1][:-4] for item in read_manifest(tmp_path / "strict.jsonl").items}
+    assert kept == {"good"}
+    rejects = [json.loads(line) for line in (tmp_path / "strict.rejects.jsonl").read_text().splitlines()]
+    assert {r["code"] for r in rejects} == {"pair_check"} and len(rejects) == 4

@@ -35,6 +35,7 @@ from vr_data.catalog.layouts import LAYOUT_ROLE, LAYOUTS, Candidate, compile_gro
 from vr_data.catalog.manifest import (
     FileEntry, Item, Manifest, file_sha256, item_id, read_manifest, resolve_under, split_for,
 )
+from vr_data.dsp.pairs import measure_pair, pair_flags
 from vr_data.dsp.fingerprint import encode as encode_fingerprint, fingerprint_audio
 from vr_data.dsp.fingerprint import is_current as is_current_fingerprint
 from vr_data.io import os_reason
@@ -60,6 +61,7 @@ class ScanOptions:
     offset_window: float = 30.0     # pairs: seconds from the start used for the offset search
     offset_search: float = 1.0      # pairs: largest offset looked for, seconds
     fingerprint: bool = True        # a content fingerprint per file (vr_data.dsp.fingerprint)
+    pair_checks: str = "report"     # pairs: "report" (flags in the manifest) or "strict" (flagged pairs rejected)
 
     def __post_init__(self) -> None:
         """Refuse impossible settings before any file is read (ConfigError, one line)."""
@@ -78,6 +80,8 @@ class ScanOptions:
             value = getattr(self, name)
             if not value >= 0 or math.isinf(value):
                 raise ConfigError(None, f"--{name.replace('_', '-')} must be a finite number >= 0, not {value}")
+        if self.pair_checks not in ("report", "strict"):
+            raise ConfigError(None, f"--pair-checks must be report or strict, not {self.pair_checks!r}")
         if math.isnan(self.silence_dbfs) or self.silence_dbfs > 0:
             raise ConfigError(None, f"--silence-dbfs must be <= 0 dBFS (-inf: no silence check), not {self.silence_dbfs}")
 
@@ -394,7 +398,7 @@ def analyse_candidate(
     identifier = item_id(candidate.id_source or candidate.name)
     checks: dict = {}
     if candidate.role == "pair":
-        if reused == len(files) and previous_checks:
+        if reused == len(files) and previous_checks and "flags" in previous_checks:
             checks = previous_checks
         else:
             try:
@@ -478,13 +482,24 @@ def pair_checks(root: Path, candidate: Candidate, files: dict[str, FileEntry], o
     window = options.offset_window + options.offset_search
     mixture = _mono_excerpt(root, [files[k].path for k in candidate.sources["mixture"]], window, options)
     instrumental = _mono_excerpt(root, [files[k].path for k in candidate.sources["instrumental"]], window, options)
-    lag, correlation = estimate_offset(mixture, instrumental, int(options.offset_search * CHECK_SAMPLE_RATE))
-    return {
+    max_lag = int(options.offset_search * CHECK_SAMPLE_RATE)
+    lag, correlation = estimate_offset(mixture, instrumental, max_lag)
+    polarity = 1
+    inverted_lag, inverted = estimate_offset(mixture, -instrumental, max_lag)
+    if inverted > max(correlation, 0.0):  # an instrumental with its polarity inverted
+        lag, correlation, polarity = inverted_lag, inverted, -1
+    rates = {files[k].sample_rate for keys in candidate.sources.values() for k in keys}
+    checks = {
         "length_diff_seconds": round(mixture_duration - instrumental_duration, 6),
         "offset_samples": int(lag),
         "offset_sample_rate": CHECK_SAMPLE_RATE,
         "correlation": round(float(correlation), 4),
+        **measure_pair(mixture, instrumental, CHECK_SAMPLE_RATE, int(lag)),
+        "polarity": polarity,
+        "rate_mismatch": len(rates) > 1,
     }
+    checks["flags"] = pair_flags(checks)
+    return checks
 
 
 def _mono_excerpt(root: Path, rels: list[str], seconds: float, options: ScanOptions) -> np.ndarray:
@@ -529,7 +544,18 @@ def _pair_problem(checks: dict, options: ScanOptions) -> tuple[str, str] | None:
         return errors.OFFSET, (
             f"instrumental is offset by {checks['offset_samples']} samples ({offset_ms:.1f} ms) from the mixture "
             f"(threshold {options.max_offset_ms:g} ms)")
+    if options.pair_checks == "strict" and checks.get("flags"):
+        details = ", ".join(f"{flag} ({_flag_value(flag, checks)})" for flag in checks["flags"])
+        return errors.PAIR_CHECK, f"fails pair checks: {details} (thresholds: docs/stats.md, pair checks)"
     return None
+
+
+def _flag_value(flag: str, checks: dict) -> str:
+    """The measure behind a pair-check flag, for a reject reason."""
+    key = {"offset": "offset_samples", "gain": "gain_db", "residual_loud": "residual_db",
+           "instrumental_louder": "instrumental_over_mixture_db", "low_correlation": "correlation",
+           "clipping": "clipped_fraction", "residual_bleed": "residual_bleed", "polarity": "polarity"}.get(flag)
+    return f"{key} {checks.get(key)}" if key else "sample rates differ"
 
 
 def verify_manifest(manifest: Manifest, executor: Executor | None = None,
