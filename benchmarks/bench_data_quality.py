@@ -11,8 +11,13 @@
    original's landmarks at a random offset): time and peak memory of `find_matches`, and the
    planted copies found.
 3. Scan time with and without fingerprints, the same files in the same run (alternated).
+4. Pair checks: pairs (instrumental + a sparse vocal, 20 s) made wrong one way each: the
+   instrumental offset by 1 to 500 ms (log-uniform), its gain changed by 0.5 to 6 dB (either
+   sign), another song's instrumental; and clean pairs. The checks scan runs
+   (`measure_excerpts`, `pair_flags`) flag them; precision and recall of the `offset` and `gain`
+   flags (goal >= 95 % each), the swapped ones flagged by any check, clean ones by none.
 
-Usage: python benchmarks/bench_data_quality.py [--songs 20] [--tracks 30000] [--skip-scale]
+Usage: python benchmarks/bench_data_quality.py [--pairs 80] [--songs 20] [--tracks 30000] [--skip-scale]
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import soundfile as sf
 import soxr
 
 from vr_data.audio import write_audio
-from vr_data.catalog.scan import ScanOptions, scan
+from vr_data.catalog.scan import CHECK_SAMPLE_RATE, ScanOptions, measure_excerpts, scan
+from vr_data.dsp.pairs import pair_flags
 from vr_data.dsp.fingerprint import FRAME_SECONDS, fingerprint_audio
 from vr_data.quality.search import find_matches
 from vr_data.testing.synth import music_like
@@ -164,6 +170,46 @@ def scan_table(files: int, repeats: int) -> None:
           f"(+{100 * (with_ / without - 1):.0f} %)")
 
 
+def pair_table(pairs: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    rate, seconds = CHECK_SAMPLE_RATE, 20.0
+    outcomes = []  # (fault, flags)
+    for index in range(pairs):
+        instrumental = music_like(seconds, rate, seed=5000 + index).mean(axis=0) * 0.5
+        vocal = music_like(seconds, rate, seed=7000 + index, style="sparse").mean(axis=0) * 0.5
+        mixture = instrumental + vocal
+        fault = ("clean", "offset", "gain", "swapped")[index % 4]
+        if fault == "offset":
+            shift = int(round(np.exp(rng.uniform(np.log(0.00101), np.log(0.5))) * rate))
+            shift = shift if rng.random() < 0.5 else -shift
+            silence = np.zeros(abs(shift))
+            paired = (np.concatenate([silence, instrumental[:-shift]]) if shift > 0
+                      else np.concatenate([instrumental[-shift:], silence]))
+        elif fault == "gain":
+            paired = instrumental * 10 ** (rng.choice([-1, 1]) * rng.uniform(0.5, 6.0) / 20)
+        elif fault == "swapped":
+            paired = music_like(seconds, rate, seed=9000 + index).mean(axis=0) * 0.5
+        else:
+            paired = instrumental
+        checks = measure_excerpts(mixture.astype(np.float32), paired.astype(np.float32), rate)
+        outcomes.append((fault, pair_flags(checks)))
+    print(f"\npair checks: {pairs} pairs of {seconds:g} s, a quarter each clean, offset 1-500 ms, gain 0.5-6 dB, "
+          f"swapped instrumental")
+    print(f"{'flag':8s} {'true pos':>8s} {'false pos':>9s} {'false neg':>9s} {'precision':>9s} {'recall':>7s}")
+    for flag in ("offset", "gain"):
+        relevant = [(fault, flags) for fault, flags in outcomes if fault != "swapped"]
+        true_pos = sum(fault == flag and flag in flags for fault, flags in relevant)
+        false_pos = sum(fault != flag and flag in flags for fault, flags in relevant)
+        false_neg = sum(fault == flag and flag not in flags for fault, flags in relevant)
+        precision = true_pos / max(true_pos + false_pos, 1)
+        recall = true_pos / max(true_pos + false_neg, 1)
+        print(f"{flag:8s} {true_pos:8d} {false_pos:9d} {false_neg:9d} {100 * precision:8.1f}% {100 * recall:6.1f}%")
+    swapped = [flags for fault, flags in outcomes if fault == "swapped"]
+    clean = [flags for fault, flags in outcomes if fault == "clean"]
+    print(f"swapped instrumentals flagged: {sum(bool(f) for f in swapped)}/{len(swapped)}; "
+          f"clean pairs flagged: {sum(bool(f) for f in clean)}/{len(clean)}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--songs", type=int, default=20)
@@ -172,9 +218,11 @@ def main() -> None:
     parser.add_argument("--track-seconds", type=float, default=240.0)
     parser.add_argument("--density", type=float, default=12.5, help="landmarks a second (music_like gives ~12.5)")
     parser.add_argument("--scan-files", type=int, default=8)
+    parser.add_argument("--pairs", type=int, default=80)
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    pair_table(args.pairs, args.seed)
     fingerprint_table(args.songs, args.unrelated, args.seed)
     scan_table(args.scan_files, repeats=3)
     if not args.skip_scale:

@@ -472,34 +472,40 @@ def describe_file(root: Path, rel: str, options: ScanOptions, judge_silence: boo
 
 
 def pair_checks(root: Path, candidate: Candidate, files: dict[str, FileEntry], options: ScanOptions) -> dict:
-    """Length difference (s) and time offset (samples at 44.1 kHz) of a pair's instrumental
-    relative to its mixture, by cross-correlation of the first `offset_window` seconds.
-
-    A positive offset means the instrumental starts later than the mixture.
-    """
+    """The pair checks of a pair (`measure_excerpts` on the first `offset_window` seconds, mono
+    at 44.1 kHz), its length difference (s), whether its files' rates differ, and the `flags` it
+    fails (`vr_data.dsp.pairs.pair_flags`). A positive offset: the instrumental starts later."""
     mixture_duration = sum(files[k].duration for k in candidate.sources["mixture"][:1])
     instrumental_duration = min(files[k].duration for k in candidate.sources["instrumental"])
     window = options.offset_window + options.offset_search
     mixture = _mono_excerpt(root, [files[k].path for k in candidate.sources["mixture"]], window, options)
     instrumental = _mono_excerpt(root, [files[k].path for k in candidate.sources["instrumental"]], window, options)
-    max_lag = int(options.offset_search * CHECK_SAMPLE_RATE)
+    rates = {files[k].sample_rate for keys in candidate.sources.values() for k in keys}
+    checks = {
+        "length_diff_seconds": round(mixture_duration - instrumental_duration, 6),
+        **measure_excerpts(mixture, instrumental, int(options.offset_search * CHECK_SAMPLE_RATE)),
+        "rate_mismatch": len(rates) > 1,
+    }
+    checks["flags"] = pair_flags(checks)
+    return checks
+
+
+def measure_excerpts(mixture: np.ndarray, instrumental: np.ndarray, max_lag: int) -> dict:
+    """The audio checks of a pair from mono excerpts at `CHECK_SAMPLE_RATE`: offset (samples,
+    within +-`max_lag`) and correlation by cross-correlation, polarity, then the measures of
+    `vr_data.dsp.pairs.measure_pair` at that offset."""
     lag, correlation = estimate_offset(mixture, instrumental, max_lag)
     polarity = 1
     inverted_lag, inverted = estimate_offset(mixture, -instrumental, max_lag)
     if inverted > max(correlation, 0.0):  # an instrumental with its polarity inverted
         lag, correlation, polarity = inverted_lag, inverted, -1
-    rates = {files[k].sample_rate for keys in candidate.sources.values() for k in keys}
-    checks = {
-        "length_diff_seconds": round(mixture_duration - instrumental_duration, 6),
+    return {
         "offset_samples": int(lag),
         "offset_sample_rate": CHECK_SAMPLE_RATE,
         "correlation": round(float(correlation), 4),
         **measure_pair(mixture, instrumental, CHECK_SAMPLE_RATE, int(lag)),
         "polarity": polarity,
-        "rate_mismatch": len(rates) > 1,
     }
-    checks["flags"] = pair_flags(checks)
-    return checks
 
 
 def _mono_excerpt(root: Path, rels: list[str], seconds: float, options: ScanOptions) -> np.ndarray:
