@@ -67,7 +67,7 @@ def build_shards_command(
     loaded = load_manifests(manifests, root)
     if exclude is not None:
         with humans_on_stderr(json_out == "-"):
-            loaded = _excluded(loaded, exclude)
+            loaded = _excluded(loaded, exclude, out)
     if json_out not in (None, "-"):
         check_writable(json_out)
     stft, codec_config, geometry = _configs(out, dict(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length),
@@ -96,11 +96,23 @@ def build_shards_command(
         write_json(json_out, result.to_json())
 
 
-def _excluded(loaded: list, exclude: Path) -> list:
-    """The manifests less the items of the exclusion list (vr_data.catalog.exclusions), said once."""
-    from vr_data.catalog.exclusions import apply_exclusions, read_exclusions
+def _excluded(loaded: list, exclude: Path, out: Path) -> list:
+    """The manifests less the items of the exclusion list (vr_data.catalog.exclusions), said once.
 
+    A manifest that lost items is written as `OUT.manifests/NAME` and the store built from that
+    file: the store records (and `vrdata verify` re-reads) what was really built from. The same
+    command writes the same bytes again, so a rerun resumes."""
+    from vr_data.catalog.exclusions import apply_exclusions, read_exclusions
+    from vr_data.catalog.manifest import write_manifest
+
+    before = [len(manifest.items) for manifest in loaded]
     loaded, applied = apply_exclusions(loaded, read_exclusions(exclude))
+    for index, manifest in enumerate(loaded):
+        if len(manifest.items) != before[index]:
+            path = out.parent / f"{out.name}.manifests" / manifest.source_path.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_manifest(path, manifest)
+            manifest.source_path = path
     counts = Counter(e.code for e in applied)
     console.print(f"excluded {len(applied)} items ({', '.join(f'{c}: {n}' for c, n in sorted(counts.items())) or '-'}) "
                   f"listed in {exclude}", highlight=False)

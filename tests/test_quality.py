@@ -178,6 +178,8 @@ def test_a_reencoded_test_song_in_train_is_a_leak_that_build_shards_leaves_out(t
     assert "excluded 1 items (leak: 1)" in built.output
     ids = {track.id for track in open_store(store).tracks}
     assert leaked_id not in ids and len(ids) == 1
+    verified = runner.invoke(app, ["verify", str(store)])
+    assert verified.exit_code == 0, verified.output  # the store records the manifest it was built from
 
     rescan = _scan(pairs, "pairs", tmp_path / "pairs.jsonl", "--exclude", str(exclusions))
     assert leaked_id not in {item.id for item in read_manifest(rescan).items}
