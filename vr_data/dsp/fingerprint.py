@@ -78,9 +78,15 @@ def spectral_peaks(mono: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     loudest = float(power.max())
     if loudest < 1e-15:  # digital silence
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
-    local = sliding_max(sliding_max(power, PEAK_FRAMES, axis=0), PEAK_BINS, axis=1)
-    t, f = np.nonzero((power == local) & (power > loudest * 10 ** (-FLOOR_DB / 10)))
-    strength = power[t, f]
+    # Neighbourhood maximum, bins axis leading in the second pass (contiguous: twice as fast).
+    local = sliding_max(sliding_max(power, PEAK_FRAMES, axis=0).T, PEAK_BINS, axis=0)  # (bins, frames)
+    by_bin = np.ascontiguousarray(power.T)
+    flat = np.flatnonzero(by_bin == local)
+    strength = by_bin.ravel()[flat]
+    f, t = np.divmod(flat[strength > loudest * 10 ** (-FLOOR_DB / 10)], by_bin.shape[1])
+    strength = strength[strength > loudest * 10 ** (-FLOOR_DB / 10)]
+    order = np.lexsort((f, t))  # by frame, then bin: ties below are broken the same way every time
+    t, f, strength = t[order], f[order], strength[order]
     # The strongest PEAKS_PER_SECOND per one-second block: a budget, ranked, so gain is irrelevant.
     block = t // _BLOCK
     order = np.lexsort((-strength, block))
@@ -99,7 +105,7 @@ def sliding_max(values: np.ndarray, radius: int, axis: int) -> np.ndarray:
     `w = 2 * radius + 1` is the max of two overlapping power-of-two spans (log2(w) passes; about
     6x faster than scipy.ndimage.maximum_filter1d here, as the fingerprint's largest cost).
     """
-    moved = np.moveaxis(values, axis, 0)
+    moved = np.ascontiguousarray(np.moveaxis(values, axis, 0))  # strided slices of a copy: faster
     count, width = moved.shape[0], 2 * radius + 1
     pad = np.full((radius,) + moved.shape[1:], -np.inf, moved.dtype)
     running, span = np.concatenate([pad, moved, pad]), 1
