@@ -15,6 +15,7 @@ from pipelines.common import (
 )
 from pipelines.apps import vrdata_app as app
 from vr_data.errors import ConfigError, VRDataError
+from vr_data.catalog.exclusions import read_exclusions
 from vr_data.catalog.layouts import LAYOUTS
 from vr_data.catalog.manifest import SPLITS, read_manifest, rejects_path, write_manifest, write_rejects
 from vr_data.catalog.scan import (
@@ -40,6 +41,12 @@ def scan_command(
     downmix: bool = typer.Option(False, help="Fold files with more than 2 channels to stereo instead of refusing."),
     length_tolerance: float = typer.Option(0.5, help="Pairs: largest mixture/instrumental length difference, s."),
     max_offset_ms: float = typer.Option(5.0, help="Pairs: largest mixture/instrumental time offset, ms."),
+    exclude: Optional[Path] = typer.Option(None, "--exclude", help="Exclusion list (vrdata check "
+                                           "--write-exclusions): its items are rejected as leak/duplicate."),
+    pair_checks: str = typer.Option("report", help="Pairs: report (flags in the manifest and stats) or strict "
+                                    "(reject flagged pairs as pair_check; docs/stats.md)."),
+    fingerprint: bool = typer.Option(True, help="Store a content fingerprint per file (duplicates and leaks by "
+                                     "content: vrdata check, vrdata stats)."),
     workers: int = typer.Option(default_workers(), min=0, help="Local dask worker processes (0: in this process)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler to use instead."),
     rescan: bool = typer.Option(True, help="Reuse unchanged files (size+mtime) of an existing --out manifest."),
@@ -52,12 +59,13 @@ def scan_command(
     options = ScanOptions(
         layout=layout, library=library, valid_fraction=valid_fraction, group_by=group_by,
         pair_pattern=pair_pattern, min_seconds=min_seconds, silence_dbfs=silence_dbfs, downmix=downmix,
-        length_tolerance=length_tolerance, max_offset_ms=max_offset_ms,
+        length_tolerance=length_tolerance, max_offset_ms=max_offset_ms, fingerprint=fingerprint, pair_checks=pair_checks,
     )
     root = root.resolve() if root.is_dir() else root
     if not root.is_dir():
         raise VRDataError(root, "dataset root is not a directory")
     check_writable(out)
+    exclusions = read_exclusions(exclude) if exclude is not None else None
     if json_out not in (None, "-"):
         check_writable(json_out)
     with humans_on_stderr(json_out == "-"), \
@@ -78,7 +86,7 @@ def scan_command(
                 bar.update(task, advance=1, rate=f"{seconds / 3600:.2f} h")
 
             result = scan(root, options, executor=executor, previous=previous if rescan else None,
-                          on_item=on_item, on_start=on_start, journal=journal)
+                          on_item=on_item, on_start=on_start, journal=journal, exclusions=exclusions)
         write_manifest(out, result.manifest)
         write_rejects(rejects_path(out), result.rejects)
         journal.remove()  # the manifest holds it all now

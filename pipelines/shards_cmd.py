@@ -59,12 +59,17 @@ def build_shards_command(
     verify_hashes: bool = typer.Option(True, help="Check each file's sha256 against its manifest before decoding."),
     workers: int = typer.Option(default_workers(), min=0, help="Local dask worker processes (0: in this process)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler to use instead."),
+    exclude: Optional[Path] = typer.Option(None, "--exclude", help="Exclusion list to honour (vrdata check "
+                                           "--write-exclusions): its items are left out."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Say what would be built and its estimated size; write nothing."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Also write a JSON summary to this file ('-': stdout)."),
 ) -> None:
     """Build a Zarr + WebDataset spectrogram store from MANIFESTs (parallel, resumable)."""
     out = location(out)
     loaded = load_manifests(manifests, root)
+    if exclude is not None:
+        with humans_on_stderr(json_out == "-"):
+            loaded = _excluded(loaded, exclude, out)
     if json_out not in (None, "-"):
         check_writable(json_out)
     stft, codec_config, geometry = _configs(out, dict(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length),
@@ -91,6 +96,29 @@ def build_shards_command(
                                    f"{out / 'rejects.jsonl'}); check the inputs and build into a new --out")
     if json_out is not None:
         write_json(json_out, result.to_json())
+
+
+def _excluded(loaded: list, exclude: Path, out: Path) -> list:
+    """The manifests less the items of the exclusion list (vr_data.catalog.exclusions), said once.
+
+    A manifest that lost items is written as `OUT.manifests/NAME` and the store built from that
+    file: the store records (and `vrdata verify` re-reads) what was really built from. The same
+    command writes the same bytes again, so a rerun resumes."""
+    from vr_data.catalog.exclusions import apply_exclusions, read_exclusions
+    from vr_data.catalog.manifest import write_manifest
+
+    before = [len(manifest.items) for manifest in loaded]
+    loaded, applied = apply_exclusions(loaded, read_exclusions(exclude))
+    for index, manifest in enumerate(loaded):
+        if len(manifest.items) != before[index]:
+            path = out.parent / f"{out.name}.manifests" / manifest.source_path.name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_manifest(path, manifest)
+            manifest.source_path = path
+    counts = Counter(e.code for e in applied)
+    console.print(f"excluded {len(applied)} items ({', '.join(f'{c}: {n}' for c, n in sorted(counts.items())) or '-'}) "
+                  f"listed in {exclude}", highlight=False)
+    return loaded
 
 
 def load_manifests(specs: list[str], root: Path | None) -> list:

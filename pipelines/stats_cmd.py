@@ -12,8 +12,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
+from pipelines.check_cmd import print_content_duplicates, print_pair_checks
 from pipelines.common import (
-    console, dask_executor, default_workers, humans_on_stderr, progress, user_errors, write_json,
+    EXIT_DAMAGE, console, dask_executor, default_workers, humans_on_stderr, progress, user_errors, write_json,
 )
 from pipelines.apps import vrdata_app as app
 from vr_data.catalog.manifest import SPLITS
@@ -30,6 +31,8 @@ def stats_command(
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write PNG figures into this directory."),
     root: Optional[Path] = typer.Option(None, help="Where a single manifest's files are on this machine."),
     content: bool = typer.Option(True, help="Decode audio / read spectrograms for content statistics."),
+    fail_on_leak: bool = typer.Option(False, "--fail-on-leak", help="Exit 1 when the same audio (by content "
+                                      "fingerprint) is in two splits of the manifests."),
     workers: int = typer.Option(default_workers(), min=0, help="Local dask worker processes (0: in this process)."),
     scheduler: Optional[str] = typer.Option(None, help="Address of an existing dask scheduler to use instead."),
 ) -> None:
@@ -53,8 +56,11 @@ def stats_command(
 
             report = describe(paths, root=root, content=content, executor=executor,
                               progress=ProgressHooks(start, lambda: bar.update(task, advance=1)))
-        if report["manifests"]:
-            print_section("manifests", report["manifests"])
+        manifests = report["manifests"]
+        if manifests:
+            print_content_duplicates(manifests["integrity"]["content_duplicates"])  # leaks first
+            print_section("manifests", manifests)
+            print_pair_checks(manifests["pair_checks"])
         for store in report["stores"]:
             print_section(f"store {store['path']}", store)
         if plots is not None:
@@ -64,6 +70,8 @@ def stats_command(
             console.print(f"wrote {len(written)} figures to {plots}", highlight=False)
     if json_out is not None:
         write_json(json_out, report)
+    if fail_on_leak and report["manifests"] and report["manifests"]["integrity"]["content_duplicates"]["leaks"]:
+        raise typer.Exit(EXIT_DAMAGE)
 
 
 def _check_folder(folder: Path) -> None:

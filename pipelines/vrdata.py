@@ -8,6 +8,7 @@ from pipelines import scan_cmd  # noqa: F401, I001
 from pipelines import shards_cmd  # noqa: F401
 from pipelines import mix_cmd  # noqa: F401
 from pipelines import stats_cmd  # noqa: F401
+from pipelines import check_cmd  # noqa: F401
 from pipelines.apps import vrdata_app as app
 from pipelines.common import run_app, version_option
 

@@ -2,8 +2,8 @@
 each package too; the mixer imports light.
 
 `vr_data` layers, lowest first: the base modules (`errors`, `io`, `parallel`), then `audio` and
-`dsp`, then `catalog`, then `store`, then `mixer`, `stats` and `testing` (side by side: none of
-them imports another). A module may import its own layer's package and any lower layer, never a
+`dsp`, then `catalog`, then `store` and `quality` (side by side), then `mixer`, `stats` and `testing`
+(side by side: none of them imports another). A module may import its own layer's package and any lower layer, never a
 higher one; `vr_data` never imports `vr_model` or `pipelines`.
 
 `vr_model` rooms: `network` (the U-Net, its config, presets, checkpoints) is used by `train`
@@ -31,7 +31,7 @@ LAYERS = {
     "errors": 0, "io": 0, "parallel": 0, "__init__": 0,
     "audio": 1, "dsp": 1,
     "catalog": 2,
-    "store": 3,
+    "store": 3, "quality": 3,
     "mixer": 4, "stats": 4, "testing": 4,
 }
 

@@ -27,6 +27,9 @@ ESCAPES_ROOT = "escapes_root"    # a path outside the dataset root
 MISSING = "missing"              # a file named by a manifest is not there
 HASH_MISMATCH = "hash_mismatch"  # a file's sha256 no longer matches its manifest
 TRUNCATED = "truncated"          # decodes to fewer samples than its header declares
+PAIR_CHECK = "pair_check"        # a pair failing a pair check under scan --pair-checks strict
+DUPLICATE = "duplicate"          # the same audio as another item of the split (an exclusion list)
+LEAK = "leak"                    # the same audio as an item of a held-out split (an exclusion list)
 UNAVAILABLE = "unavailable"      # exists but cannot be opened (permission denied, I/O error): may pass on a retry
 
 

@@ -36,6 +36,7 @@ SPLITS = ("train", "valid", "test")
 REJECTS_SUFFIX = ".rejects.jsonl"
 _HEADER_LIMIT = 1 << 20  # bytes: a header line is small; an audio file given by mistake is not read whole
 _ID_UNSAFE = re.compile(r"[^a-z0-9]+")
+_OPTIONAL_FILE_FIELDS = ("fingerprint",)
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,9 @@ class FileEntry:
     channels: int
     samples: int
     format: str
+    # Content fingerprint (vr_data.dsp.fingerprint.encode), or None when not computed (older
+    # manifests, `scan --no-fingerprint`). Optional: absent from the JSON when None.
+    fingerprint: str | None = None
 
     @property
     def duration(self) -> float:
@@ -58,6 +62,8 @@ class FileEntry:
 
     def to_json(self) -> dict:
         record = asdict(self)
+        if record["fingerprint"] is None:
+            del record["fingerprint"]
         record["duration"] = round(self.duration, 6)
         return record
 
@@ -66,7 +72,11 @@ class FileEntry:
         """A file entry from its JSON; ValueError says which field is wrong."""
         if not isinstance(record, dict):
             raise ValueError("a file entry must be an object")
-        values = {name: _field(record, name) for name in cls.__dataclass_fields__}
+        values = {name: _field(record, name) for name in cls.__dataclass_fields__ if name not in _OPTIONAL_FILE_FIELDS}
+        fingerprint = record.get("fingerprint")
+        if fingerprint is not None and not isinstance(fingerprint, str):
+            raise ValueError(f"file {values['path']!r}: 'fingerprint' must be a string or absent")
+        values["fingerprint"] = fingerprint
         for name in ("path", "sha256", "format"):
             if not isinstance(values[name], str) or not values[name] and name == "path":
                 raise ValueError(f"file field {name!r} must be a {'non-empty ' if name == 'path' else ''}string, "

@@ -3,7 +3,8 @@
 Per-candidate work (`analyse_candidate`) is a pure function of its inputs and runs on any
 `concurrent.futures.Executor` (a dask client's executor in the CLI). A rescan reuses the file
 entries of the previous manifest whose size and mtime are unchanged: they are not re-hashed or
-re-decoded. Every refused input becomes a `Reject`; a scan never aborts on a bad file.
+re-decoded (nor fingerprinted, unless their fingerprint is missing or of an older version).
+Every refused input becomes a `Reject`; a scan never aborts on a bad file.
 
 An interrupted scan resumes: with a `journal`, each finished candidate (item or rejects, with
 the size and mtime of its files) is appended to it as it finishes, and a rerun with the same
@@ -34,6 +35,9 @@ from vr_data.catalog.layouts import LAYOUT_ROLE, LAYOUTS, Candidate, compile_gro
 from vr_data.catalog.manifest import (
     FileEntry, Item, Manifest, file_sha256, item_id, read_manifest, resolve_under, split_for,
 )
+from vr_data.dsp.pairs import measure_pair, pair_flags
+from vr_data.dsp.fingerprint import encode as encode_fingerprint, fingerprint_audio
+from vr_data.dsp.fingerprint import is_current as is_current_fingerprint
 from vr_data.io import os_reason
 from vr_data.parallel import map_unordered
 
@@ -56,6 +60,8 @@ class ScanOptions:
     max_offset_ms: float = 5.0      # pairs: max time offset between mixture and instrumental
     offset_window: float = 30.0     # pairs: seconds from the start used for the offset search
     offset_search: float = 1.0      # pairs: largest offset looked for, seconds
+    fingerprint: bool = True        # a content fingerprint per file (vr_data.dsp.fingerprint)
+    pair_checks: str = "report"     # pairs: "report" (flags in the manifest) or "strict" (flagged pairs rejected)
 
     def __post_init__(self) -> None:
         """Refuse impossible settings before any file is read (ConfigError, one line)."""
@@ -74,6 +80,8 @@ class ScanOptions:
             value = getattr(self, name)
             if not value >= 0 or math.isinf(value):
                 raise ConfigError(None, f"--{name.replace('_', '-')} must be a finite number >= 0, not {value}")
+        if self.pair_checks not in ("report", "strict"):
+            raise ConfigError(None, f"--pair-checks must be report or strict, not {self.pair_checks!r}")
         if math.isnan(self.silence_dbfs) or self.silence_dbfs > 0:
             raise ConfigError(None, f"--silence-dbfs must be <= 0 dBFS (-inf: no silence check), not {self.silence_dbfs}")
 
@@ -208,6 +216,7 @@ def scan(
     on_item: Callable[[Item | None, list[Reject]], None] | None = None,
     on_start: Callable[[int], None] | None = None,
     journal: ScanJournal | None = None,
+    exclusions: dict | None = None,
 ) -> ScanResult:
     """Scan `root` with `options.layout`; `previous` (same root) makes the scan incremental.
 
@@ -215,6 +224,8 @@ def scan(
     same root and options, resumes it (the caller removes it once the manifest is written).
     `on_start(candidates)` is called once discovery has found the candidates, then
     `on_item(item_or_None, rejects)` once per candidate as it finishes (progress).
+    `exclusions` (`vr_data.catalog.exclusions.read_exclusions`) turns the items it lists into
+    rejects with its code (`leak`, `duplicate`).
     """
     root = Path(root).resolve()
     if not root.is_dir():
@@ -269,8 +280,18 @@ def scan(
         if journal is not None:
             journal.close()
     items.sort(key=lambda item: item.id)
+    library = options.library or root.name
+    if exclusions:
+        kept = []
+        for item in items:
+            exclusion = exclusions.get((library, item.id))
+            if exclusion is None:
+                kept.append(item)
+            else:
+                rejects.append(Reject(item.id, exclusion.code, f"in the exclusion list: {exclusion.reason}", item.role))
+        items = kept
     manifest = Manifest(
-        library=options.library or root.name, role=LAYOUT_ROLE[options.layout], root=root, items=items,
+        library=library, role=LAYOUT_ROLE[options.layout], root=root, items=items,
         layout=options.layout, options=options.to_json(),
     )
     counts: dict[str, int] = {}
@@ -351,7 +372,8 @@ def analyse_candidate(
         try:
             stat = path.stat()
             old = previous.get(rel)
-            if old is not None and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns:
+            if old is not None and old.size == stat.st_size and old.mtime_ns == stat.st_mtime_ns \
+                    and (not options.fingerprint or is_current_fingerprint(old.fingerprint)):
                 files[key] = old
                 reused += 1
                 continue
@@ -376,7 +398,7 @@ def analyse_candidate(
     identifier = item_id(candidate.id_source or candidate.name)
     checks: dict = {}
     if candidate.role == "pair":
-        if reused == len(files) and previous_checks:
+        if reused == len(files) and previous_checks and "flags" in previous_checks:
             checks = previous_checks
         else:
             try:
@@ -429,7 +451,7 @@ def _check_summed_silence(root: Path, rels: list[str], source: str, options: Sca
 
 
 def describe_file(root: Path, rel: str, options: ScanOptions, judge_silence: bool = True) -> FileEntry:
-    """Decode-check and hash one file (raises VRDataError with a reject code).
+    """Decode-check, hash and fingerprint one file (raises VRDataError with a reject code).
 
     `samples` is the length the file decodes to, never its header's claim (a truncated mp3
     keeps its full header duration); a file that decodes short of its header is refused as
@@ -438,31 +460,51 @@ def describe_file(root: Path, rel: str, options: ScanOptions, judge_silence: boo
     path = root / rel
     stat = path.stat()
     # Decode at the native rate: the checks need every sample, not a resampled copy.
-    info, _ = decode_file(path, downmix=options.downmix, min_seconds=options.min_seconds,
-                          silence_dbfs=options.silence_dbfs if judge_silence else None)
+    info, audio = decode_file(path, downmix=options.downmix, min_seconds=options.min_seconds,
+                              silence_dbfs=options.silence_dbfs if judge_silence else None)
+    # Fingerprinted from the audio already decoded: no second read (docs/performance.md, scan).
+    fingerprint = encode_fingerprint(*fingerprint_audio(audio, info.sample_rate)) if options.fingerprint else None
     return FileEntry(
         path=rel, sha256=file_sha256(path), size=stat.st_size, mtime_ns=stat.st_mtime_ns,
         sample_rate=info.sample_rate, channels=info.channels, samples=info.samples, format=info.format,
+        fingerprint=fingerprint,
     )
 
 
 def pair_checks(root: Path, candidate: Candidate, files: dict[str, FileEntry], options: ScanOptions) -> dict:
-    """Length difference (s) and time offset (samples at 44.1 kHz) of a pair's instrumental
-    relative to its mixture, by cross-correlation of the first `offset_window` seconds.
-
-    A positive offset means the instrumental starts later than the mixture.
-    """
+    """The pair checks of a pair (`measure_excerpts` on the first `offset_window` seconds, mono
+    at 44.1 kHz), its length difference (s), whether its files' rates differ, and the `flags` it
+    fails (`vr_data.dsp.pairs.pair_flags`). A positive offset: the instrumental starts later."""
     mixture_duration = sum(files[k].duration for k in candidate.sources["mixture"][:1])
     instrumental_duration = min(files[k].duration for k in candidate.sources["instrumental"])
     window = options.offset_window + options.offset_search
     mixture = _mono_excerpt(root, [files[k].path for k in candidate.sources["mixture"]], window, options)
     instrumental = _mono_excerpt(root, [files[k].path for k in candidate.sources["instrumental"]], window, options)
-    lag, correlation = estimate_offset(mixture, instrumental, int(options.offset_search * CHECK_SAMPLE_RATE))
-    return {
+    rates = {files[k].sample_rate for keys in candidate.sources.values() for k in keys}
+    checks = {
         "length_diff_seconds": round(mixture_duration - instrumental_duration, 6),
+        **measure_excerpts(mixture, instrumental, int(options.offset_search * CHECK_SAMPLE_RATE)),
+        "rate_mismatch": len(rates) > 1,
+    }
+    checks["flags"] = pair_flags(checks)
+    return checks
+
+
+def measure_excerpts(mixture: np.ndarray, instrumental: np.ndarray, max_lag: int) -> dict:
+    """The audio checks of a pair from mono excerpts at `CHECK_SAMPLE_RATE`: offset (samples,
+    within +-`max_lag`) and correlation by cross-correlation, polarity, then the measures of
+    `vr_data.dsp.pairs.measure_pair` at that offset."""
+    lag, correlation = estimate_offset(mixture, instrumental, max_lag)
+    polarity = 1
+    inverted_lag, inverted = estimate_offset(mixture, -instrumental, max_lag)
+    if inverted > max(correlation, 0.0):  # an instrumental with its polarity inverted
+        lag, correlation, polarity = inverted_lag, inverted, -1
+    return {
         "offset_samples": int(lag),
         "offset_sample_rate": CHECK_SAMPLE_RATE,
         "correlation": round(float(correlation), 4),
+        **measure_pair(mixture, instrumental, CHECK_SAMPLE_RATE, int(lag)),
+        "polarity": polarity,
     }
 
 
@@ -508,7 +550,18 @@ def _pair_problem(checks: dict, options: ScanOptions) -> tuple[str, str] | None:
         return errors.OFFSET, (
             f"instrumental is offset by {checks['offset_samples']} samples ({offset_ms:.1f} ms) from the mixture "
             f"(threshold {options.max_offset_ms:g} ms)")
+    if options.pair_checks == "strict" and checks.get("flags"):
+        details = ", ".join(f"{flag} ({_flag_value(flag, checks)})" for flag in checks["flags"])
+        return errors.PAIR_CHECK, f"fails pair checks: {details} (thresholds: docs/stats.md, pair checks)"
     return None
+
+
+def _flag_value(flag: str, checks: dict) -> str:
+    """The measure behind a pair-check flag, for a reject reason."""
+    key = {"offset": "offset_samples", "gain": "gain_db", "residual_loud": "residual_db",
+           "instrumental_louder": "instrumental_over_mixture_db", "low_correlation": "correlation",
+           "clipping": "clipped_fraction", "residual_bleed": "residual_bleed", "polarity": "polarity"}.get(flag)
+    return f"{key} {checks.get(key)}" if key else "sample rates differ"
 
 
 def verify_manifest(manifest: Manifest, executor: Executor | None = None,

@@ -25,6 +25,8 @@ from vr_data.catalog.manifest import Manifest, read_manifest, split_manifest_spe
 from vr_data.parallel import map_unordered
 from vr_data.stats.content import ContentSummary, item_tasks, measure_item
 from vr_data.stats.integrity import ItemRef, duplicates, file_occurrences, group_leaks, manifest_items
+from vr_data.quality.duplicates import content_duplicates
+from vr_data.quality.pair_report import pair_check_report
 from vr_data.store.normalisation import save_store_stats
 from vr_data.stats.settings import StatsSettings
 from vr_data.stats.store_stats import StoreContent, measure_track, store_durations, store_rows, track_tasks
@@ -126,8 +128,10 @@ def describe_manifests(manifests: list[Manifest], settings: StatsSettings, conte
         "roles": role_totals(rows),
         "durations": durations_by_role(manifest_durations(unique), settings.duration_bins),
         "offsets": pair_offsets(unique),
+        "pair_checks": pair_check_report(unique),
         "integrity": {"duplicates": duplicates(file_occurrences(unique)),
-                      "group_leaks": group_leaks(manifest_items(unique))},
+                      "group_leaks": group_leaks(manifest_items(unique)),
+                      "content_duplicates": content_duplicates(unique)},
         "content": None,
     }
     if content:
