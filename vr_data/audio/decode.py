@@ -309,7 +309,17 @@ def write_audio(path: str | Path, audio: np.ndarray, sample_rate: int = DEFAULT_
     path = Path(path)
     samples = np.asarray(audio, dtype=np.float32).T
     format = kwargs.pop("format", None) or path.suffix.lstrip(".").upper()   # the temporary name has no suffix
-    atomic_write_with(path, lambda temporary: sf.write(str(temporary), samples, sample_rate, format=format, **kwargs))
+
+    def write(temporary: Path) -> None:
+        # In blocks: libsndfile's Vorbis encoder crashed (segfault) on 60 s written in one call.
+        with sf.SoundFile(str(temporary), "w", sample_rate, samples.shape[1], format=format, **kwargs) as handle:
+            for start in range(0, len(samples), WRITE_BLOCK_FRAMES):
+                handle.write(samples[start:start + WRITE_BLOCK_FRAMES])
+
+    atomic_write_with(path, write)
+
+
+WRITE_BLOCK_FRAMES = 16384
 
 
 # libsndfile messages that mislead once we know the file is a regular, readable file.
