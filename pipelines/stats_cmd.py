@@ -12,11 +12,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from pipelines.check_cmd import print_content_duplicates, print_pair_checks
 from pipelines.common import (
     EXIT_DAMAGE, console, dask_executor, default_workers, humans_on_stderr, progress, user_errors, write_json,
 )
 from pipelines.apps import vrdata_app as app
+from pipelines.quality_tables import print_content_duplicates, print_pair_checks
 from vr_data.catalog.manifest import SPLITS
 from vr_data.io import check_writable
 from vr_data.stats.report import ProgressHooks, classify_inputs, describe
