@@ -42,15 +42,16 @@ def run_command(
     if resume is not None:
         if out is not None and out.resolve() != resume.resolve():
             raise VRDataError(out, "--resume names the run directory; leave --out out")
-        if config is not None or overrides or shortcuts or init is not None or init_partial:
-            raise VRDataError(resume, "a resumed run keeps its own config.toml and weights: no --config, --set, "
-                                      "--objective, --freeze, --unfreeze-after, --init or --init-partial")
+        if config is not None or shortcuts or init is not None or init_partial:
+            raise VRDataError(resume, "a resumed run keeps its own config.toml and weights: no --config, "
+                                      "--objective, --freeze, --unfreeze-after, --init or --init-partial "
+                                      "(--set only for data.workers and the like: docs/training.md)")
         if store is None:
             try:
                 store = Path(json.loads((resume / RUN_JSON).read_text())["store"])
             except (OSError, ValueError, KeyError):
                 raise VRDataError(resume, f"no {RUN_JSON} naming the store; pass --store") from None
-        summary = train(store, resume, None, resume=True)
+        summary = train(store, resume, None, resume=True, resume_settings=tuple(overrides))
     else:
         if store is None or out is None:
             raise VRDataError(None, "vrtrain run needs --store and --out (or --resume RUN_DIR)")

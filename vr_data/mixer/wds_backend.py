@@ -179,8 +179,8 @@ class WdsMixerDataset(MixerBase):
     topology_free = False
 
     def __init__(self, store_path: str | Path, config, rank: int | None = None, world_size: int | None = None,
-                 buffer_size: int = 16, interleave: int = 16):
-        super().__init__(store_path, config, rank, world_size)
+                 buffer_size: int = 16, interleave: int = 16, step_examples: int | None = None):
+        super().__init__(store_path, config, rank, world_size, step_examples)
         if not self.store.geometry.wds:
             raise VRDataError(self.store_path, "store was built without WebDataset tars (--no-wds); "
                                                "use ZarrMixerDataset, or rebuild with --wds")

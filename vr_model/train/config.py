@@ -160,6 +160,7 @@ class LogSection:
     every: int = _key(10, "a progress line and a metrics record every this many steps")
     tensorboard: bool = _key(True, "write TensorBoard event files to RUN_DIR/tensorboard")
     progress: str = _key("auto", "auto (rich on a terminal, plain lines otherwise), rich or plain", ("auto", "rich", "plain"))
+    examples: bool = _key(False, "write RUN_DIR/examples.jsonl: every step's example indices, tracks, offsets, gains")
 
 
 @dataclass

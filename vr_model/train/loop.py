@@ -38,12 +38,14 @@ from vr_model.train.build import (
     rank_batching,
 )
 from vr_model.train.config import TrainConfig, dump_config, load_config
+from vr_model.train.elastic import check_resume_settings, check_stage_splits, resume_position, resume_rng  # elastic
+from vr_model.train.ledger import ExampleLedger  # elastic
 from vr_model.train.objectives import OBJECTIVES, StepContext
 from vr_model.train.runlog import RunLog, format_seconds
 from vr_model.train.schedule import learning_rate
 from vr_model.train.state import (
     TrainingState, host_rng_state, load_training_state, prune_checkpoints, remove_unfinished, rng_state,
-    save_training_checkpoint, set_host_rng_state, set_rng_state, write_best,
+    save_training_checkpoint, set_host_rng_state, write_best,
 )
 from vr_model.train.validation import FixedCrops, Validator, validation_kind, validation_mixer_config
 
@@ -76,11 +78,13 @@ class RunSummary:
 
 
 def train(store_path: str | Path, run_dir: str | Path, config: TrainConfig | None = None, *, resume: bool = False,
-          init: str | Path | None = None, init_partial: bool = False) -> RunSummary:
+          init: str | Path | None = None, init_partial: bool = False, resume_settings: tuple[str, ...] = ()) -> RunSummary:
     """Train from the store into `run_dir` (see the module docstring and docs/training.md).
 
     `resume=True`: continue `run_dir` from its latest checkpoint with the run's own
-    `config.toml` (`config` must be None). `init`: start from a checkpoint's weights (strictly
+    `config.toml` (`config` must be None; `resume_settings`: `key=value` overrides of the few
+    settings a resume may change, `elastic.RESUME_SETTINGS`, e.g. `data.workers=2`); at any
+    world size that splits every stage's global batch. `init`: start from a checkpoint's weights (strictly
     the same model config unless `init_partial`).
     """
     run_dir = Path(run_dir)
@@ -90,7 +94,7 @@ def train(store_path: str | Path, run_dir: str | Path, config: TrainConfig | Non
             raise VRDataError(run_dir, "a resumed run uses its own config.toml; --config/--set are not allowed")
         if not (run_dir / CONFIG_TOML).is_file():
             raise VRDataError(run_dir, f"nothing to resume: no {CONFIG_TOML}")
-        config = load_config(run_dir / CONFIG_TOML)
+        config = load_config(run_dir / CONFIG_TOML, check_resume_settings(resume_settings))  # elastic
     else:
         config = config or TrainConfig()
         if list_checkpoints(checkpoints_dir):
@@ -125,7 +129,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
         if stage.crop_frames > model_config.max_frames:
             raise VRDataError(None, f"curriculum.{index}.crop_frames {stage.crop_frames} exceeds the model's "
                                     f"max_frames {model_config.max_frames}")
-        rank_batching(stage, world_size)  # a global batch the ranks cannot split fails now
+    check_stage_splits(config.curriculum, world_size)  # elastic: a global batch the ranks cannot split fails now
     if config.validation_crop_frames() > model_config.max_frames:
         raise VRDataError(None, f"validation.crop_frames {config.validation_crop_frames()} exceeds the model's "
                                 f"max_frames {model_config.max_frames}")
@@ -147,9 +151,6 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
             if recorded.get("store_id") != store_id:
                 raise VRDataError(store_path, f"is not the store this run trained on (store id {store_id}, "
                                               f"the run's {recorded.get('store_id')}); exact resume needs the same store")
-            if len(resume_state.loaders) != world_size:
-                raise VRDataError(run_dir, f"was checkpointed with {len(resume_state.loaders)} ranks; "
-                                           f"resume it with the same number of processes, not {world_size}")
     if writer:
         run_dir.mkdir(parents=True, exist_ok=True)
         remove_unfinished(checkpoints_dir)
@@ -190,11 +191,13 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
             ema.load(load_weights(resume_dir / EMA_WEIGHTS, device), resume_state.counters.get("ema_updates", 0))
         optimizer.load_state_dict(resume_state.optimizer)
         scaler.load_state_dict(resume_state.scaler)
-        set_rng_state(resume_state.rng[rank], device)
+        resume_rng(resume_state.rng, rank, world_size, train_cfg.seed, resume_state.step, device)  # elastic
         set_host_rng_state(resume_state.host_rng)
         counters.update(resume_state.counters)
         step = resume_state.step
-        log.line(f"resumed from {resume_dir.name}: step {step}/{total_steps}")
+        log.line(f"resumed from {resume_dir.name}: step {step}/{total_steps}"
+                 + (f" (checkpointed at {len(resume_state.loaders)} rank(s), now {world_size})"  # elastic
+                    if len(resume_state.loaders) != world_size else ""))
     else:
         log.line(f"run: {model.num_parameters():,} parameters, {total_steps} steps in {len(config.curriculum)} "
                  f"stage(s), {world_size} process(es) on {device}, store {store_path}")
@@ -224,7 +227,8 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
     # -- the loop ---------------------------------------------------------------------------------
     loader = batches = None
     stage_index = -1
-    loader_position = resume_state.loaders[rank] if resume_state else None
+    loader_position = resume_position(resume_state.loaders, rank) if resume_state else None  # elastic
+    ledger = ExampleLedger(run_dir, config.log.examples, writer, step)  # elastic
     run_started = time.perf_counter()
     data_wait = 0.0
     interval = _Interval()
@@ -269,6 +273,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
         step_started = time.perf_counter()
         error_sum = torch.zeros((), device=device)
         count = torch.zeros((), device=device)
+        step_records: list[dict] = []  # elastic: the ledger's records of this step's examples
         try:
             for micro in range(accumulation):
                 waited = time.perf_counter()
@@ -276,6 +281,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
                     batch = next(batches)
                 data_wait += time.perf_counter() - waited
                 interval.data_wait += time.perf_counter() - waited
+                step_records += batch.pop("examples", [])  # elastic
                 batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
                 sync = world_size > 1 and micro < accumulation - 1
                 with train_model.no_sync() if sync and hasattr(train_model, "no_sync") else contextlib.nullcontext():
@@ -317,6 +323,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
                      f"({loss} / grad norm {grad_norm}); step skipped "
                      f"({counters['nonfinite_streak']} in a row, {counters['nonfinite_steps']} in total)")
         optimizer.zero_grad(set_to_none=True)
+        ledger.add(step, loader.state_dict()["epoch"], step_records, world_size)  # elastic
         step_examples = stage.batch_size * stage.accumulation
         counters["examples"] += step_examples
         if finite:
@@ -377,6 +384,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
             if world_size > 1:
                 dist.barrier()
         if stopping:
+            ledger.close()  # elastic
             log.line(f"stopped: {train_cfg.max_nonfinite} steps in a row had a non-finite loss or gradient "
                      f"(step {step}); saved {last_checkpoint}. Lower train.lr, check the data "
                      f"(`vrdata verify`), or use precision fp32.")
@@ -386,6 +394,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
 
     if loader is not None:
         loader.close()
+    ledger.close()  # elastic
     seconds = time.perf_counter() - run_started
     summary = RunSummary(
         run_dir=run_dir, steps=step, steps_this_run=step - start_step, examples=counters["examples"], seconds=seconds,
@@ -464,18 +473,19 @@ def make_loader(store_path, config: TrainConfig, stage_index: int, per_rank: int
     """This rank's loader for a stage, at `position` (a `MixerLoader.state_dict()`) if given."""
     stage = config.curriculum[stage_index]
     mixer = config.mixer_config(stage, per_rank)
+    step_examples = stage.batch_size * stage.accumulation  # elastic: the epoch is whole optimizer steps
     if config.data.backend == "wds":
-        dataset = WdsMixerDataset(store_path, mixer, rank=rank, world_size=world_size, buffer_size=config.data.wds_buffer)
+        dataset = WdsMixerDataset(store_path, mixer, rank=rank, world_size=world_size, buffer_size=config.data.wds_buffer,
+                                  step_examples=step_examples)
     else:
-        dataset = ZarrMixerDataset(store_path, mixer, rank=rank, world_size=world_size)
+        dataset = ZarrMixerDataset(store_path, mixer, rank=rank, world_size=world_size, step_examples=step_examples)
     loader = MixerLoader(dataset, num_workers=config.data.workers, prefetch_factor=config.data.prefetch_factor,
-                         pin_memory=device.type == "cuda", reuse_outputs=config.data.reuse_outputs)
+                         pin_memory=device.type == "cuda", reuse_outputs=config.data.reuse_outputs,
+                         records=config.log.examples)
     if position is not None:
-        saved = position.get("config")
-        if saved is not None and saved != mixer.to_dict():
-            raise VRDataError(None, "the checkpoint's mixer settings differ from the run's config.toml; "
-                                    "exact resume needs the same data settings")
-        loader.load_state_dict({"epoch": position["epoch"], "batch": position["batch"], "world_size": world_size})
+        # elastic: the whole saved state; the loader refuses other data settings (naming them) and
+        # maps the saved global position onto this world size
+        loader.load_state_dict(position)
     return loader
 
 
