@@ -94,3 +94,30 @@ def _store_of(run: Path) -> Path:
     import json
 
     return Path(json.loads((run / "run.json").read_text())["store"])
+
+
+def test_a_stage_whose_global_batch_does_not_split_is_named_with_the_rank_counts_that_would_work():
+    from vr_data.errors import VRDataError
+    from vr_model.train.config import Stage
+    from vr_model.train.elastic import check_stage_splits
+
+    curriculum = [Stage(32, 4, 3, 5), Stage(64, 2, 4, 5)]   # global batches 12 and 8
+    check_stage_splits(curriculum, 4)
+    with pytest.raises(VRDataError, match=r"^curriculum\.1: a global batch of 2 x 4 = 8 examples cannot be split over "
+                                          r"3 ranks; rank counts that split every stage: 1, 2, 4$"):
+        check_stage_splits(curriculum, 3)
+
+
+def test_a_resume_may_change_the_workers_but_no_other_setting(store, tmp_path):  # noqa: F811
+    from typer.testing import CliRunner
+
+    from pipelines.vrtrain import app
+    from test_train import config
+    from vr_model.train import dump_config
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(dump_config(config(*OVERRIDES, stages=STAGES)))
+    result = CliRunner().invoke(app, ["run", "--resume", str(run), "--store", str(store), "--set", "train.lr=1e-2"])
+    assert result.exit_code == 2
+    assert "--set train.lr with --resume: a resumed run keeps its config; only data.workers" in result.output
