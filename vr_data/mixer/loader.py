@@ -110,7 +110,7 @@ class MixerLoader:
             differences["backend"] = (state["backend"], type(dataset).__name__)
         saved = MixerConfig.from_dict(state["config"]) if "config" in state else dataset.config
         config_differences = data_differences(saved, dataset.config)
-        if (dataset.topology_free and "batch_size" in config_differences and "examples" in state
+        if (dataset.topology_free and "batch_size" in config_differences
                 and state.get("world_size", dataset.world_size) != dataset.world_size):
             del config_differences["batch_size"]  # another world size's share of the same global batch
         differences.update(config_differences)
@@ -124,6 +124,9 @@ class MixerLoader:
         batch = int(state["batch"])
         same_split = (state.get("world_size", dataset.world_size) == dataset.world_size
                       and saved.batch_size == dataset.config.batch_size)
+        if not same_split and "examples" not in state and "world_size" in state:
+            # a state from before `examples` was recorded: its batches were batch_size x world_size
+            state = {**state, "examples": batch * saved.batch_size * int(state["world_size"])}
         if "examples" in state and not same_split:  # another split of the same examples
             examples, per_batch = int(state["examples"]), self.examples_per_batch()
             if examples % per_batch:

@@ -323,7 +323,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
                      f"({loss} / grad norm {grad_norm}); step skipped "
                      f"({counters['nonfinite_streak']} in a row, {counters['nonfinite_steps']} in total)")
         optimizer.zero_grad(set_to_none=True)
-        ledger.add(step, loader.state_dict()["epoch"], step_records, world_size)  # elastic
+        ledger.add(step, loader.epoch, step_records, world_size)  # elastic
         step_examples = stage.batch_size * stage.accumulation
         counters["examples"] += step_examples
         if finite:
