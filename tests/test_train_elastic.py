@@ -3,7 +3,9 @@ several epochs and two curriculum stages, cut back to a mid-epoch checkpoint in 
 (what a kill leaves: checkpoints up to step 4, ledger and metrics lines past it) and resumed at
 1 rank and at 4 ranks, with other worker counts: the ledgers (`examples.jsonl`) equal the
 uninterrupted run's step by step, no example of an epoch is trained on twice or skipped, and
-the losses agree to 1e-5 relative (only the reduction order differs)."""
+the losses agree to 1e-5 relative (only the reduction order differs). The torchrun tests are
+slow (process start-ups: 2 x 2 workers, then 4 ranks; about 117 CPU seconds together with the
+store, 5.3 minutes of wall time at load average 11-15 on 2 cores)."""
 
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ def assert_same_training(resumed: Path, reference: Path) -> None:
         assert abs(losses[step] - loss) <= 1e-5 * abs(loss), (step, losses[step], loss)
 
 
+@pytest.mark.slow
 def test_two_ranks_with_two_workers_make_each_example_of_an_epoch_once(uninterrupted):
     by_epoch: dict[int, list[int]] = {}
     for record in read_ledger(uninterrupted):
@@ -73,6 +76,7 @@ def test_two_ranks_with_two_workers_make_each_example_of_an_epoch_once(uninterru
         0: list(range(12)), 1: list(range(8)), 2: list(range(12)), 3: list(range(8))}
 
 
+@pytest.mark.slow
 def test_resumed_at_one_rank_with_one_worker_it_trains_on_the_same_examples(uninterrupted, tmp_path):
     run = cut_back(uninterrupted, tmp_path / "one-rank", KILLED_AT)
     summary = train(_store_of(run), run, None, resume=True, resume_settings=("data.workers=1",))  # workers 2 -> 1
@@ -80,6 +84,7 @@ def test_resumed_at_one_rank_with_one_worker_it_trains_on_the_same_examples(unin
     assert_same_training(run, uninterrupted)
 
 
+@pytest.mark.slow
 def test_resumed_at_four_ranks_then_at_one_with_two_workers_across_the_stage_boundary(uninterrupted, tmp_path):
     four = cut_back(uninterrupted, tmp_path / "four-ranks", KILLED_AT)
     torchrun(4, ["run", "--resume", str(four), "--set", "data.workers=0"], port=29542)   # workers 2 -> 0
