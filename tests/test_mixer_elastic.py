@@ -108,3 +108,4 @@ def test_the_streaming_backend_refuses_another_world_size_or_worker_count(store)
         MixerLoader(WdsMixerDataset(store, _config(4))).load_state_dict(state)
     with pytest.raises(VRDataError, match="workers: saved 0, now 2"):
         MixerLoader(WdsMixerDataset(store, _config(2), rank=0, world_size=2), num_workers=2).load_state_dict(state)
+

@@ -126,3 +126,22 @@ def test_a_resume_may_change_the_workers_but_no_other_setting(store, tmp_path): 
     result = CliRunner().invoke(app, ["run", "--resume", str(run), "--store", str(store), "--set", "train.lr=1e-2"])
     assert result.exit_code == 2
     assert "--set train.lr with --resume: a resumed run keeps its config; only data.workers" in result.output
+
+
+def test_the_ledger_keeps_the_steps_up_to_the_checkpoint_and_refuses_a_non_regular_file(tmp_path):
+    from vr_data.errors import VRDataError
+    from vr_model.train.ledger import EXAMPLES, ExampleLedger
+
+    ledger = ExampleLedger(tmp_path, True, True)
+    for step in (1, 2, 3):
+        ledger.add(step, 0, [{"index": 2 * step + 1}, {"index": 2 * step}], 1)
+    ledger.close()
+    with open(tmp_path / EXAMPLES, "a") as handle:
+        handle.write('{"step": 4, "epo')                    # torn by a kill
+    ExampleLedger(tmp_path, True, True, steps_done=2).close()  # resumed from step 2
+    assert [(r["step"], r["indices"]) for r in read_ledger(tmp_path)] == [(1, [2, 3]), (2, [4, 5])]
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / EXAMPLES).symlink_to(tmp_path / EXAMPLES)
+    with pytest.raises(VRDataError, match="cannot write the example ledger here: a symbolic link"):
+        ExampleLedger(other, True, True)

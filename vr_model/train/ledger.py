@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch.distributed as dist
 
-from vr_data.io import atomic_write_lines
+from vr_data.errors import VRDataError
+from vr_data.io import atomic_write_lines, not_regular_reason
 
 EXAMPLES = "examples.jsonl"
 
@@ -55,7 +56,10 @@ class ExampleLedger:
         if not (enabled and writer):
             return
         path = Path(run_dir) / EXAMPLES
-        if path.exists():
+        if os.path.lexists(path):
+            reason = "a symbolic link" if path.is_symlink() else not_regular_reason(path)
+            if reason:
+                raise VRDataError(path, f"cannot write the example ledger here: {reason}")
             atomic_write_lines(path, [r for r in read_ledger(run_dir) if int(r.get("step", 0)) <= steps_done])
         self._file = open(path, "a")
 
