@@ -9,7 +9,8 @@ loader in the main process) with and without the ledger, alternating which goes 
 prints examples/s of each (from the run's metrics, the first log interval left out), the paired
 ratio per round and its median. A short crop keeps the step short, so the ledger's share is an
 upper bound for longer crops. It also times the ledger alone: `ExampleLedger.add` for a step's
-records (JSON line, write, fsync), in ms per step, and the bytes per example it writes.
+records (JSON line, write, flush), in ms per step, the bytes per example it writes, and one
+fsync (`ExampleLedger.sync`, once per checkpoint).
 """
 
 from __future__ import annotations
@@ -85,10 +86,15 @@ def main() -> None:
     for number in range(repeats):
         ledger.add(number + 1, 0, step["examples"], 1)
     seconds = (time.perf_counter() - started) / repeats
+    started = time.perf_counter()
+    for _ in range(20):
+        ledger.sync()
+    sync = (time.perf_counter() - started) / 20
     ledger.close()
     size = (ledger_dir / EXAMPLES).stat().st_size / (repeats * len(step["examples"]))
-    print(f"ledger alone: {1000 * seconds:.2f} ms per step of {len(step['examples'])} examples "
-          f"(JSON, write, fsync), {size:.0f} bytes per example")
+    print(f"ledger alone: {1000 * seconds:.3f} ms per step of {len(step['examples'])} examples "
+          f"(JSON, write, flush), {size:.0f} bytes per example; {1000 * sync:.2f} ms per fsync "
+          "(once per checkpoint)")
 
 
 if __name__ == "__main__":

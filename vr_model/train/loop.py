@@ -375,6 +375,7 @@ def _train(store_path, run_dir, config, resume, init, init_partial, rank, world_
                 rng=_gather(rng_state(device), world_size), counters=dict(counters), host_rng=host_rng_state(),
             )
             if writer:
+                ledger.sync()  # elastic: the ledger's lines up to this checkpoint are durable before it is
                 extra = checkpoint_extra(config, store, store_id, normalisation, step, stage_index, loader)
                 last_checkpoint = save_training_checkpoint(checkpoints_dir, model, ema.state_dict() if ema else None,
                                                            extra, state)
