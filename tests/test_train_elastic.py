@@ -5,7 +5,8 @@ several epochs and two curriculum stages, cut back to a mid-epoch checkpoint in 
 uninterrupted run's step by step, no example of an epoch is trained on twice or skipped, and
 the losses agree to 1e-5 relative (only the reduction order differs). The torchrun tests are
 slow (process start-ups: 2 x 2 workers, then 4 ranks): 108-117 CPU seconds together with the
-store, 2.5-5.3 minutes of wall time at load average 11-16 on 2 cores (not measured quiet)."""
+store; 118 s of wall time at load average 5-7 on 2 cores (the store fixture included),
+2.5-5.3 minutes at 11-16."""
 
 from __future__ import annotations
 
