@@ -58,4 +58,7 @@ def preview_mix_command(
             vocal = "instrumental only" if recipe.instrumental_only else ("no vocal" if recipe.kind == "augmented" else "")
         flags = " ".join(name for name, on in (("swapped", recipe.swap_main), ("mono", recipe.mono)) if on)
         console.print(f"{number:02d} {example['kind']:9s} {example['valid']:5d} frames  {vocal:24s} {flags}", highlight=False)
+        record = example["record"]
+        console.print("   " + " + ".join(f"{track}@{frame}" for track, frame in zip(record["tracks"], record["frames"])),
+                      highlight=False, soft_wrap=True)
     console.print(f"wrote {len(written)} files to {out}")

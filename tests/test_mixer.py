@@ -318,6 +318,24 @@ def test_preview_mix_cli_writes_wavs_and_a_sheet(store, tmp_path):
     assert kinds <= set(KINDS)
 
 
+def test_preview_mix_records_each_example_as_the_training_ledger_does(store, tmp_path):
+    """examples.jsonl: per example, its number and the ledger's record (tracks, offsets, gains),
+    which equals the record a training batch of the same epoch carries for that index."""
+    from pipelines.vrdata import app
+
+    result = CliRunner().invoke(app, ["preview-mix", str(store), "--n", "3", "--out", str(tmp_path / "preview"),
+                                      "--crop-frames", "64", "--seed", "4"])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (tmp_path / "preview" / "examples.jsonl").read_text().splitlines()]
+    assert [r.pop("number") for r in records] == [0, 1, 2]
+    dataset = ZarrMixerDataset(store, MixerConfig(crop_frames=64, batch_size=3, seed=4, examples_per_epoch=16,
+                                                  proportions={"pair": 0.5, "augmented": 0.5, "pretrain": 0.0}))
+    dataset.records = True
+    assert records == dataset.example_batch(0, 0)["examples"]
+    for record in records:
+        assert f"{record['tracks'][0]}@{record['frames'][0]}" in result.output
+
+
 @pytest.mark.parametrize("workers", [0, 2])
 def test_reused_outputs_give_the_same_batches(store, workers):
     """`reuse_outputs=True` (with workers: the setting the benchmarks recommend): a consumer that is

@@ -64,7 +64,15 @@ def build_libraries(tracks, config: MixerConfig) -> dict[str, Library]:
 class MixerBase(IterableDataset):
     """Position (epoch, batch), worker split and batch assembly shared by both backends."""
 
-    def __init__(self, store_path: str | Path, config: MixerConfig, rank: int | None = None, world_size: int | None = None):
+    # Whether an example is a pure function of (seed, epoch, index) alone, so that a resume may
+    # change the world size and the number of workers (`MixerLoader.load_state_dict`).
+    topology_free = True
+
+    def __init__(self, store_path: str | Path, config: MixerConfig, rank: int | None = None, world_size: int | None = None,
+                 step_examples: int | None = None):
+        """`step_examples`: examples of one optimizer step over all ranks and micro-batches (the
+        epoch's length is a multiple of it, so it is the same at every world size that splits the
+        step); default `batch_size x world_size`."""
         super().__init__()
         from vr_data.store import open_store
 
@@ -72,6 +80,11 @@ class MixerBase(IterableDataset):
         self.store = open_store(self.store_path)
         self.config = config
         self.rank, self.world_size = rank_and_world(rank, world_size)
+        self.step_examples = int(step_examples or config.batch_size * self.world_size)
+        if self.step_examples % (config.batch_size * self.world_size):
+            raise VRDataError(None, f"an optimizer step of {self.step_examples} examples does not split into "
+                                    f"batches of {config.batch_size} x {self.world_size} ranks")
+        self.records = False  # True: each batch carries `examples`, one `example_record` per example
         self.epoch = 0
         self.start_batch = 0
         self.bins = self.store.config.bins
@@ -120,10 +133,12 @@ class MixerBase(IterableDataset):
         crop = self.config.crop_frames
         counts = [nominal_cells(self.libraries[kind].frames, crop) / share for kind, share in shares.items()
                   if share > 0 and len(self.libraries[kind].entries)]
-        return max(int(np.ceil(max(counts))) if counts else 0, self.config.batch_size * self.world_size)
+        return max(int(np.ceil(max(counts))) if counts else 0, self.step_examples)
 
     def batches_per_rank(self) -> int:
-        return self.examples_per_epoch() // (self.config.batch_size * self.world_size)
+        """Batches of an epoch on each rank: the epoch rounded down to whole optimizer steps."""
+        whole_steps = self.examples_per_epoch() // self.step_examples * self.step_examples
+        return whole_steps // (self.config.batch_size * self.world_size)
 
     def __len__(self) -> int:
         return self.batches_per_rank()
@@ -132,7 +147,7 @@ class MixerBase(IterableDataset):
         cells = self.cells(epoch)
         return plan_epoch(
             self.config.seed, epoch, self.config.proportions, {k: len(v) for k, v in cells.items()},
-            self.examples_per_epoch(), self.config.batch_size, self.world_size,
+            self.examples_per_epoch(), self.config.batch_size, self.world_size, self.step_examples,
         )
 
     def worker(self) -> tuple[int, int]:
@@ -192,6 +207,7 @@ class MixerBase(IterableDataset):
             "silent_crops": torch.as_tensor(sum(r.silent for r in recipes)),
             "storage_retries": torch.as_tensor(self._new_retries()),
             "epoch": epoch, "batch": k,
+            **({"examples": [self.example_record(r, i) for r, i in zip(recipes, indices)]} if self.records else {}),
         }
 
     def _new_retries(self) -> int:
@@ -200,6 +216,29 @@ class MixerBase(IterableDataset):
         new = total - getattr(self, "_retries_seen", 0)
         self._retries_seen = total
         return new
+
+    def example_record(self, recipe: Recipe, index: int) -> dict:
+        """What made one example (JSON-serialisable), for the training ledger and `preview-mix`:
+        `index` (in its epoch), `kind`, `tracks` (store track ids: the main crop's, then the
+        vocal's if any), `sources` (what was read of each), `frames` (each crop's first frame),
+        `gains` (the vocal's linear gain per output channel; empty without a vocal), `valid`
+        frames, and the flips: `swap` (main, vocal), `mono`, `instrumental_only`."""
+        entry, start = recipe.main
+        track, source = self.libraries[recipe.kind].entries[entry]
+        if recipe.kind == "pair" and recipe.instrumental_only:
+            source = "instrumental"  # the example's mixture is the pair's instrumental
+        record = {"index": int(index), "kind": recipe.kind, "tracks": [track.id], "sources": [source],
+                  "frames": [int(start)], "gains": [], "valid": int(recipe.valid)}
+        if recipe.has_vocal:
+            vocal_entry, vocal_start = recipe.vocal_pick
+            vocal, vocal_source = self.libraries["vocal"].entries[vocal_entry]
+            record["tracks"].append(vocal.id)
+            record["sources"].append(vocal_source)
+            record["frames"].append(int(vocal_start))
+            record["gains"] = [round(float(gain), 6) for gain in recipe.vocal_gain]
+        record.update(swap=[bool(recipe.swap_main), bool(recipe.swap_vocal)], mono=bool(recipe.mono),
+                      instrumental_only=bool(recipe.instrumental_only))
+        return record
 
     def _outputs(self, shape: tuple) -> tuple[torch.Tensor, torch.Tensor]:
         """Output tensors for one batch: fresh ones, or the next pair of a ring of reused buffers

@@ -2,7 +2,9 @@
 
 For each example, `NN_kind_mixture.wav`, `NN_kind_target.wav` and `NN_kind_vocal.wav`
 (mixture minus target), by inverse STFT of the complex example (the same recipe the training
-kernel turns into magnitudes), and `sheet.png` with their log-magnitude spectrograms.
+kernel turns into magnitudes), `sheet.png` with their log-magnitude spectrograms, and
+`examples.jsonl`: per example, the record the training ledger keeps (`MixerBase.example_record`:
+kind, track ids, frame offsets, gains, flips), with its number.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from vr_data.mixer.kernels import mix_complex
 def preview_examples(dataset, count: int, epoch: int = 0) -> list[dict]:
     """The first `count` examples of `epoch` from a ZarrMixerDataset, as complex spectrograms.
 
-    Each dict: `kind`, `index`, `valid` (frames), `recipe` (a `Recipe`), `mixture`/`target`/`vocal`
-    complex64 `(2, bins, frames)`.
+    Each dict: `kind`, `index`, `valid` (frames), `recipe` (a `Recipe`), `record` (the ledger's
+    record of it: tracks, frame offsets, gains), `mixture`/`target`/`vocal` complex64
+    `(2, bins, frames)`.
     """
     examples: list[dict] = []
     plan = dataset.plan(epoch)
@@ -37,6 +40,7 @@ def preview_examples(dataset, count: int, epoch: int = 0) -> list[dict]:
             valid = recipe.valid
             examples.append({
                 "kind": recipe.kind, "index": index, "valid": valid, "recipe": recipe,
+                "record": dataset.example_record(recipe, index),
                 "mixture": mixture[:, :, :valid], "target": target[:, :, :valid],
                 "vocal": (mixture - target)[:, :, :valid],
             })
@@ -47,8 +51,10 @@ def preview_examples(dataset, count: int, epoch: int = 0) -> list[dict]:
 
 
 def write_preview(examples: list[dict], stft_config, directory: str | Path) -> list[Path]:
-    """Write the WAVs and `sheet.png` for `examples` into `directory`; returns the files written."""
+    """Write the WAVs, `sheet.png` and `examples.jsonl` for `examples` into `directory`; returns
+    the files written."""
     from vr_data.dsp.stft import istft
+    from vr_data.io import atomic_write_lines
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -60,6 +66,9 @@ def write_preview(examples: list[dict], stft_config, directory: str | Path) -> l
             write_audio(path, np.clip(audio, -1.0, 1.0), stft_config.sample_rate)
             written.append(path)
     written.append(_sheet(examples, stft_config, directory / "sheet.png"))
+    atomic_write_lines(directory / "examples.jsonl",
+                       [{"number": number, **example["record"]} for number, example in enumerate(examples)])
+    written.append(directory / "examples.jsonl")
     return written
 
 

@@ -1,12 +1,19 @@
 """Deterministic epoch plans: which crop every example of an epoch uses, for every rank.
 
-Everything here is a pure function of `(seed, epoch, example index)`; a rank's stream of batches
-is a pure function of `(seed, epoch, rank, world_size)`, and DataLoader workers only split that
-stream, so the batches a rank sees do not depend on the number of workers.
+Everything here is a pure function of `(seed, epoch, example index)`: the examples of an epoch
+(their kinds, cells and, in the backends, every random choice) do not depend on how many ranks
+or DataLoader workers make them. Ranks and workers only decide who computes which indices: a
+rank's stream of batches is a pure function of `(seed, epoch, rank, world_size)`, and workers
+only split that stream.
 
 Indexing: an epoch has `batches_per_rank` batches on every rank (equal by construction, so DDP
 never hangs at an epoch end). Rank `r` takes global batches `g = k * world_size + r`; example
-`i = g * batch_size + j`. Within an epoch each example index is unique, and crops of the pair,
+`i = g * batch_size + j`. So the `world_size` batches of round `k` are the examples
+`[k B, (k + 1) B)`, `B = batch_size x world_size`, whatever the split: a position in an epoch is
+a count of examples, and a resume at another world size with the same `B` per optimizer step
+continues at the same example. The epoch's length is a multiple of `multiple` (the examples of
+one optimizer step, all ranks and micro-batches), so it is the same at every world size that
+splits that step. Within an epoch each example index is unique, and crops of the pair,
 instrumental and pretraining libraries are drawn from a permutation of all crop cells, so no two
 examples of an epoch (on any rank or worker) use the same cell.
 
@@ -112,15 +119,21 @@ def plan_epoch(
     examples: int,
     batch_size: int,
     world_size: int = 1,
+    multiple: int | None = None,
 ) -> EpochPlan:
     """Assign each of `examples` indices a kind (by `proportions`) and a distinct cell of its library.
 
-    `examples` is rounded down to a multiple of `batch_size * world_size`. A kind whose library has
+    `examples` is rounded down to a multiple of `multiple` (default `batch_size * world_size`;
+    it must be a multiple of that). The plan depends on `examples` (after rounding), never on
+    `batch_size` or `world_size` themselves. A kind whose library has
     fewer cells than examples of that kind cycles through a fresh permutation again. Proportions
     are weights: only their ratios matter.
     """
     rng = np.random.default_rng([seed, epoch, 0x5EED])
-    step = batch_size * world_size
+    step = multiple or batch_size * world_size
+    if step % (batch_size * world_size):
+        raise ValueError(f"an epoch multiple of {step} examples does not split into batches of "
+                         f"{batch_size} x {world_size} ranks")
     examples = (examples // step) * step
     weights = np.array([max(0.0, float(proportions.get(kind, 0.0))) for kind in KINDS])
     for position, kind in enumerate(KINDS):

@@ -170,11 +170,16 @@ class CropStream:
 class WdsMixerDataset(MixerBase):
     """Sequential streaming from the WebDataset shards: per kind and slot, `interleave` tars read
     at once and a shuffle buffer of `buffer_size` crops (memory: about `interleave + buffer_size`
-    crops per stream, each `crop_frames x 8 x bins` bytes per source)."""
+    crops per stream, each `crop_frames x 8 x bins` bytes per source).
+
+    Its crops depend on the world size and the number of workers (the stream slots), so a resume
+    must keep both (`topology_free = False`)."""
+
+    topology_free = False
 
     def __init__(self, store_path: str | Path, config, rank: int | None = None, world_size: int | None = None,
-                 buffer_size: int = 16, interleave: int = 16):
-        super().__init__(store_path, config, rank, world_size)
+                 buffer_size: int = 16, interleave: int = 16, step_examples: int | None = None):
+        super().__init__(store_path, config, rank, world_size, step_examples)
         if not self.store.geometry.wds:
             raise VRDataError(self.store_path, "store was built without WebDataset tars (--no-wds); "
                                                "use ZarrMixerDataset, or rebuild with --wds")
@@ -185,6 +190,7 @@ class WdsMixerDataset(MixerBase):
         self.interleave = interleave
         self.wds_dir = self.store_path / "wds"
         self._check_shard_paths()
+        self._example_tracks: dict[int, list[str]] = {}  # example index -> track ids it read (records)
 
     def _check_shard_paths(self) -> None:
         """Every tar a stream may open must lie inside `wds/`: a path edited into tracks.jsonl
@@ -248,24 +254,39 @@ class WdsMixerDataset(MixerBase):
         recipe = self.draw_recipe(rng, kind)
         main, instrumental, vocal = buffers.main[j], buffers.instrumental[j], buffers.vocal[j]
         if kind == "pair":
-            crops, valid = self._draw(streams["pair"], recipe, "instrumental")
+            crops, valid, track = self._draw(streams["pair"], recipe, "instrumental")
             main[...], instrumental[...] = crops["mixture"], crops["instrumental"]
             if recipe.instrumental_only:
                 main[...] = instrumental
             recipe.target_is_main, recipe.valid = recipe.instrumental_only, valid
         else:
-            crops, valid = self._draw(streams[kind], recipe)
+            crops, valid, track = self._draw(streams[kind], recipe)
             main[...] = next(iter(crops.values())) if kind == "pretrain" else crops["instrumental"]
             recipe.target_is_main, recipe.valid = True, valid
             if recipe.has_vocal:
-                vocal_crops, _ = self._draw(streams["vocal"], recipe)
+                vocal_crops, _, vocal_track = self._draw(streams["vocal"], recipe)
                 vocal[...] = vocal_crops["vocal"]
                 vocal[valid:] = 0  # padding past the instrumental stays silent
+                track = [*track, *vocal_track]
+        if self.records:
+            if len(self._example_tracks) > 4 * len(buffers.main):
+                self._example_tracks.clear()
+            self._example_tracks[index] = list(track)
         return recipe
+
+    def example_record(self, recipe: Recipe, index: int) -> dict:
+        """As `MixerBase.example_record`, but a stream does not say where in its track a crop
+        starts: `frames` and `sources` are empty here."""
+        record = {"index": int(index), "kind": recipe.kind, "tracks": self._example_tracks.get(int(index), []),
+                  "sources": [], "frames": [], "valid": int(recipe.valid),
+                  "gains": [round(float(g), 6) for g in recipe.vocal_gain] if recipe.has_vocal else []}
+        record.update(swap=[bool(recipe.swap_main), bool(recipe.swap_vocal)], mono=bool(recipe.mono),
+                      instrumental_only=bool(recipe.instrumental_only))
+        return record
 
     def _draw(self, stream: CropStream, recipe: Recipe, check: str | None = None):
         """Next crop of a stream, applying the silence rule to source `check` (default: the first)."""
-        crops, valid, _ = stream.next()
+        crops, valid, track = stream.next()
         rule = self.config.silence_rule
         source = check or next(iter(crops))
         attempts = 0
@@ -273,6 +294,6 @@ class WdsMixerDataset(MixerBase):
             recipe.silent += 1
             if rule == "count" or attempts >= self.config.max_resamples:
                 break
-            crops, valid, _ = stream.next()
+            crops, valid, track = stream.next()
             attempts += 1
-        return crops, valid
+        return crops, valid, [track]

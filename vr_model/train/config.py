@@ -267,6 +267,7 @@ class LogSection(Section):
     tensorboard: bool = _key(True, "write TensorBoard event files to RUN_DIR/tensorboard")
     progress: Literal["auto", "rich", "plain"] = _key("auto", "auto (rich on a terminal, plain lines otherwise), "
                                                               "rich or plain")
+    examples: bool = _key(False, "write RUN_DIR/examples.jsonl: every step's example indices, tracks, offsets, gains")
 
 
 class _Schema(Section):
@@ -673,15 +674,23 @@ def check_store_has_examples(config: TrainConfig, store, store_path: str | Path)
 
 
 # -- extending a run -------------------------------------------------------------------------------
+# Settings a resumed run may change: how batches are made and shown, never what they hold
+# (docs/training.md, "Elastic resume").
+RESUME_SETTINGS = ("data.workers", "data.prefetch_factor", "train.threads", "log.progress")
+
+
 def check_extension(saved: TrainConfig, extended: TrainConfig) -> None:
-    """A resumed run may get more steps on its last stage or new stages after it, and nothing
-    else that would change what was already trained: anything else is a ConfigError naming
-    the first key that differs."""
+    """A resumed run may get more steps on its last stage or new stages after it, and other
+    values for `RESUME_SETTINGS`; nothing else that would change what was already trained:
+    anything else is a ConfigError naming the first key that differs."""
     before, after = saved.to_dict(), extended.to_dict()
+    for key in RESUME_SETTINGS:
+        section, name = key.split(".")
+        before[section][name] = after[section][name]
     stages_before, stages_after = before.pop("curriculum"), after.pop("curriculum")
     last = len(stages_before) - 1
-    rule = (f"a resumed run may only add steps to its last stage (curriculum.{last}.steps) or append stages "
-            f"(curriculum.{last + 1}...)")
+    rule = (f"a resumed run may only add steps to its last stage (curriculum.{last}.steps), append stages "
+            f"(curriculum.{last + 1}...) or change {', '.join(RESUME_SETTINGS)}")
     key = _first_difference(before, after, "")
     if key is None and len(stages_after) < len(stages_before):
         key = f"curriculum.{len(stages_after)}"

@@ -41,7 +41,9 @@ from vr_model.train.build import (
     rank_batching,
 )
 from vr_model.train.config import Stage, TrainConfig, check_store_has_examples, dump_config
+from vr_model.train.elastic import resume_position, resume_rng
 from vr_model.train.freeze import FreezePlan, apply_plan, unfreeze_into
+from vr_model.train.ledger import ExampleLedger
 from vr_model.train.objectives import OBJECTIVES, StepContext, forward_terms
 from vr_model.train.preempt import StopRequests, TrainingInterrupted, agree, resume_command
 from vr_model.train.runlog import RunLog, format_loss, format_seconds
@@ -52,7 +54,7 @@ from vr_model.train.setup import (
 )
 from vr_model.train.state import (
     TrainingState, host_rng_state, lock_run_dir, prune_checkpoints, remove_unfinished, resumed_config, rng_state,
-    save_training_checkpoint, set_host_rng_state, set_rng_state, step_directories, write_best,
+    save_training_checkpoint, set_host_rng_state, step_directories, write_best,
 )
 from vr_model.train.validation import FixedCrops, Validator, validation_kind, validation_mixer_config
 
@@ -132,6 +134,7 @@ class Run:
     train_model: torch.nn.Module | None = None  # what the objective calls: compiled and/or DDP-wrapped
     parameters: list = field(default_factory=list)
     validator: Validator | None = None
+    ledger: ExampleLedger | None = None        # examples.jsonl (log.examples), made by train_loop
     has_validation: bool = False
     last_checkpoint: Path | None = None
 
@@ -296,11 +299,14 @@ def restore(run: Run, point: ResumePoint) -> None:
         run.ema.load(load_weights(point.directory / EMA_WEIGHTS, run.device), state.counters.get("ema_updates", 0))
     run.optimizer.load_state_dict(state.optimizer)
     run.scaler.load_state_dict(state.scaler)
-    set_rng_state(state.rng[run.rank], run.device)
+    resume_rng(state.rng, run.rank, run.world_size, run.config.train.seed, state.step, run.device)
     set_host_rng_state(state.host_rng)
     run.state = RunState.restored(state)
     run.last_checkpoint = point.directory
-    run.log.line(f"resumed from {point.directory.name}: step {run.state.step}/{run.config.total_steps()}")
+    saved_ranks = len(state.loaders)
+    run.log.line(f"resumed from {point.directory.name}: step {run.state.step}/{run.config.total_steps()}"
+                 + (f" (checkpointed at {saved_ranks} rank(s), now {run.world_size})"
+                    if saved_ranks != run.world_size else ""))
 
 
 def wrap_model(run: Run) -> None:
@@ -341,6 +347,7 @@ def train_loop(run: Run, point: ResumePoint | None, stop: StopRequests) -> RunSu
     data_wait = 0.0
     run_started = last_saved = time.perf_counter()
     every_seconds = 60.0 * config.checkpoint.every_minutes
+    run.ledger = ExampleLedger(run.run_dir, config.log.examples, run.writer, state.step)
     try:
         while state.step < total_steps:
             feed = next_feed(run, feed, point)
@@ -375,6 +382,7 @@ def train_loop(run: Run, point: ResumePoint | None, stop: StopRequests) -> RunSu
     finally:
         if feed is not None:
             feed.loader.close()   # its worker processes end here, on a stop too
+        run.ledger.close()
     summary = RunSummary(
         run_dir=run.run_dir, steps=state.step, steps_this_run=state.step - start_step, examples=state.examples,
         seconds=time.perf_counter() - run_started, data_wait_seconds=data_wait,
@@ -398,7 +406,7 @@ def next_feed(run: Run, feed: Feed | None, point: ResumePoint | None) -> Feed:
         position = {"epoch": feed.loader.state_dict()["epoch"] + 1, "batch": 0}
         feed.loader.close()
     elif point is not None:
-        position = point.state.loaders[run.rank]
+        position = resume_position(point.state.loaders, run.rank)
         if point.state.stage != index:                      # saved at a stage's end
             position = {"epoch": position["epoch"] + 1, "batch": 0}
     else:
@@ -436,11 +444,13 @@ def train_step(run: Run, feed: Feed, step: int, interval: Interval) -> float:
     error_sum = torch.zeros((), device=run.device)
     count = torch.zeros((), device=run.device)
     waited = 0.0
+    records: list[dict] = []  # the ledger's records of this rank's examples of the step
     for micro in range(feed.accumulation):
         before = time.perf_counter()
         with torch.random.fork_rng(devices=[]):  # a DataLoader draws its seed from torch's RNG
             batch = next(feed.batches)
         waited += time.perf_counter() - before
+        records += batch.pop("examples", [])
         batch = {k: v.to(run.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         terms = micro_step(run, feed, batch, StepContext(step, micro, run.rank, run.world_size))
         error_sum += terms.error_sum.detach()
@@ -458,6 +468,7 @@ def train_step(run: Run, feed: Feed, step: int, interval: Interval) -> float:
     finite = bool(torch.isfinite(loss) & (torch.isfinite(grad_norm) | run.scaler.is_enabled()))  # the step's host read
     apply_step(run, step, finite, loss, grad_norm)
     run.optimizer.zero_grad(set_to_none=True)
+    run.ledger.add(step, feed.loader.epoch, records, run.world_size)  # a collective: every rank, every step
     run.state.examples += feed.stage.batch_size * feed.stage.accumulation
     if finite:
         interval.add(step, loss, grad_norm)
@@ -551,6 +562,7 @@ def save(run: Run, feed: Feed, improved_loss: float | None) -> None:
         rng=_gather(rng_state(run.device), run.world_size), counters=state.counters(), host_rng=host_rng_state(),
     )
     if run.writer:
+        run.ledger.sync()  # the ledger's lines up to this checkpoint are durable before it is
         extra = checkpoint_extra(run.config, run.store, run.store_id, run.normalisation, state.step, feed.index,
                                  feed.loader)
         run.last_checkpoint = save_training_checkpoint(run.checkpoints_dir, run.model,

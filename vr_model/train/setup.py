@@ -20,7 +20,7 @@ from vr_data.errors import VRDataError
 from vr_data.mixer import MixerLoader, WdsMixerDataset, ZarrMixerDataset
 from vr_data.store.remote import Location, is_remote
 from vr_model.network.checkpoint import read_checkpoint_json
-from vr_model.train.build import rank_batching
+from vr_model.train.elastic import check_stage_splits
 from vr_model.train.config import TrainConfig
 from vr_model.train.state import TrainingState, load_training_state, resume_checkpoint
 
@@ -89,7 +89,7 @@ def check_crops(config: TrainConfig, model_config, world_size: int) -> None:
         if stage.crop_frames > model_config.max_frames:
             raise VRDataError(None, f"curriculum.{index}.crop_frames {stage.crop_frames} exceeds the model's "
                                     f"max_frames {model_config.max_frames}")
-        rank_batching(stage, world_size)  # a global batch the ranks cannot split fails now
+    check_stage_splits(config.curriculum, world_size)  # a global batch the ranks cannot split fails now
     if config.validation_crop_frames() > model_config.max_frames:
         raise VRDataError(None, f"validation.crop_frames {config.validation_crop_frames()} exceeds the model's "
                                 f"max_frames {model_config.max_frames}")
@@ -140,9 +140,6 @@ def find_resume_point(run_dir: Path, checkpoints_dir: Path, store_path, store_id
     if recorded != store_id:
         raise VRDataError(store_path, f"is not the store this run trained on (store id {store_id}, "
                                       f"the run's {recorded}); exact resume needs the same store")
-    if len(point.state.loaders) != world_size:
-        raise VRDataError(run_dir, f"was checkpointed with {len(point.state.loaders)} ranks; "
-                                   f"resume it with the same number of processes, not {world_size}")
     return point
 
 
@@ -151,16 +148,17 @@ def make_loader(store_path, config: TrainConfig, stage_index: int, per_rank: int
     """This rank's loader for a stage, at `position` (a `MixerLoader.state_dict()`) if given."""
     stage = config.curriculum[stage_index]
     mixer = config.mixer_config(stage, per_rank)
+    step_examples = stage.batch_size * stage.accumulation  # an epoch is whole optimizer steps
     if config.data.backend == "wds":
-        dataset = WdsMixerDataset(store_path, mixer, rank=rank, world_size=world_size, buffer_size=config.data.wds_buffer)
+        dataset = WdsMixerDataset(store_path, mixer, rank=rank, world_size=world_size, buffer_size=config.data.wds_buffer,
+                                  step_examples=step_examples)
     else:
-        dataset = ZarrMixerDataset(store_path, mixer, rank=rank, world_size=world_size)
+        dataset = ZarrMixerDataset(store_path, mixer, rank=rank, world_size=world_size, step_examples=step_examples)
     loader = MixerLoader(dataset, num_workers=config.data.workers, prefetch_factor=config.data.prefetch_factor,
-                         pin_memory=device.type == "cuda", reuse_outputs=config.data.reuse_outputs)
+                         pin_memory=device.type == "cuda", reuse_outputs=config.data.reuse_outputs,
+                         records=config.log.examples)
     if position is not None:
-        saved = position.get("config")
-        if saved is not None and saved != mixer.to_dict():
-            raise VRDataError(None, "the checkpoint's mixer settings differ from the run's config.toml; "
-                                    "exact resume needs the same data settings")
-        loader.load_state_dict({"epoch": position["epoch"], "batch": position["batch"], "world_size": world_size})
+        # the loader refuses other data settings (naming them) and maps a saved global position
+        # onto this world size and worker count
+        loader.load_state_dict(position)
     return loader
