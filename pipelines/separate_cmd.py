@@ -203,8 +203,8 @@ def eval_command(
     if report.oracles is not None and report.results:
         from vr_model.inference.oracles import ORACLE_TITLES, ORACLES
 
-        console.print("input-blind oracles, fitted on these tracks' true stems "
-                      "(median instrumental SDR):", highlight=False)
+        console.print("input-blind oracles fitted on these tracks' stems, median "
+                      "instrumental SDR:", highlight=False)
         for name in ORACLES:
             value = report.oracles.median_instrumental_sdr(name)
             console.print(f"  {ORACLE_TITLES[name]}: {value:.2f} dB (model {median - value:+.2f})", highlight=False)
