@@ -97,6 +97,8 @@ class RealisticSpec:
 
 
 FULL = RealisticSpec()
+QUICK = RealisticSpec(train_segments=6, train_sung=4, train_spoken=2, eval_pairs=4, train_seconds=15.0,
+                      eval_seconds=10.0)       # bench_quality.py --quick: a smoke run
 TINY = RealisticSpec(train_segments=2, train_sung=2, train_spoken=1, eval_pairs=2, train_seconds=6.0,
                      eval_seconds=5.0)
 
