@@ -10,7 +10,7 @@ MALLOC_STAMP := $(VENV)/.malloc-tried
 FAST_MALLOC := $(PY) -m pipelines.allocator
 DEMO ?= demo
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast demo bench clean realistic-deps
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,15 @@ demo: venv
 
 bench: venv
 	for b in benchmarks/bench_*.py; do $(FAST_MALLOC) $(PY) $$b || exit 1; done
+
+# The Debian packages vr_data/testing/realistic.py builds the realistic check corpus from
+# (benchmarks/bench_quality.py --corpus realistic; issue 24). Needs root and apt-get. Never
+# drascula-music, hyperrogue-music or asc-music: they are reserved for an independent evaluation.
+REALISTIC_PACKAGES := festival festvox-kallpc16k festvox-kdlpc16k espeak-ng singularity-music planetblupi-music-ogg
+realistic-deps:
+	export DEBIAN_FRONTEND=noninteractive; \
+	apt-get install -y -q --no-install-recommends $(REALISTIC_PACKAGES) || \
+	{ apt-get update -q && apt-get install -y -q --no-install-recommends $(REALISTIC_PACKAGES); }
 
 clean:
 	rm -rf $(VENV) $(DEMO) .pytest_cache

@@ -232,6 +232,16 @@ def eval_command(
     ceiling = report.aggregate("median")["ceiling"]["instrumental"]["sdr"]
     console.print(f"median instrumental SDR {median:.2f} dB: {median - floor:+.2f} dB over the floor "
                   f"({floor:.2f}), {ceiling - median:.2f} dB below the ceiling ({ceiling:.2f})", highlight=False)
+    # --- issue 24: the input-blind oracles beside the model (vr_model.inference.oracles)
+    if report.oracles is not None and report.results:
+        from vr_model.inference.oracles import ORACLE_TITLES, ORACLES
+
+        console.print("input-blind oracles fitted on these tracks' stems, median "
+                      "instrumental SDR:", highlight=False)
+        for name in ORACLES:
+            value = report.oracles.median_instrumental_sdr(name)
+            console.print(f"  {ORACLE_TITLES[name]}: {value:.2f} dB (model {median - value:+.2f})", highlight=False)
+    # --- end issue 24
     console.print(f"results in {out / 'eval.json'}" + (f", plots in {out / 'plots'}" if plots else ""),
                   highlight=False, soft_wrap=True)
     if report.failures:

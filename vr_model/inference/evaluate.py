@@ -203,6 +203,8 @@ class EvalReport:
 
     results: list[TrackResult] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)   # (track id, reason)
+    # --- issue 24: input-blind oracles (vr_model.inference.oracles.OracleReport), or None
+    oracles: object | None = None
 
     def aggregate(self, statistic: str) -> dict[str, dict[str, dict[str, float]]]:
         """`{estimate: {stem: {metric: value}}}` for `statistic` in ("median", "mean")."""
@@ -231,6 +233,7 @@ class EvalReport:
             "median": _finite_or_none(self.aggregate("median")),
             "mean": _finite_or_none(self.aggregate("mean")),
             "failures": [{"id": track_id, "reason": reason} for track_id, reason in self.failures],
+            "oracles": self.oracles.to_json() if self.oracles is not None else None,   # issue 24
         }
 
 
@@ -293,10 +296,16 @@ def load_references(track: EvalTrack, sample_rate: int) -> tuple[np.ndarray, np.
 
 
 def evaluate_tracks(separator, tracks: Iterable[EvalTrack],
-                    on_track: Callable[[EvalTrack, TrackResult | None, str | None], None] | None = None) -> EvalReport:
-    """Separate and score every track; a track that fails to decode is recorded and skipped."""
+                    on_track: Callable[[EvalTrack, TrackResult | None, str | None], None] | None = None,
+                    oracles: bool = True) -> EvalReport:
+    """Separate and score every track; a track that fails to decode is recorded and skipped.
+    With `oracles`, `report.oracles` also scores the input-blind oracles on the scored tracks
+    (`vr_model.inference.oracles`: a second pass decodes each track again)."""
+    from vr_model.inference.oracles import OracleFit   # --- issue 24
+
     report = EvalReport()
     config = separator.stft
+    fit = OracleFit(config) if oracles else None       # --- issue 24
     for track in tracks:
         try:
             mixture, instrumental, vocals = load_references(track, config.sample_rate)
@@ -308,8 +317,12 @@ def evaluate_tracks(separator, tracks: Iterable[EvalTrack],
                 on_track(track, None, str(error))
             continue
         report.results.append(result)
+        if fit is not None:                            # --- issue 24
+            fit.add(track, track.id, mixture, instrumental, vocals)
         if on_track is not None:
             on_track(track, result, None)
+    if fit is not None:                                # --- issue 24
+        report.oracles = fit.finish(lambda track: load_references(track, config.sample_rate))
     return report
 
 
