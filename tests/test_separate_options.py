@@ -167,21 +167,6 @@ def test_the_separate_progress_bar_fits_80_columns_with_its_total_speed_and_time
     assert re.search(r"0\.01/0\.01 min +\d+\.\dx +\d:\d\d:\d\d", last), last
 
 
-@pytest.mark.parametrize("command", ["separate", "eval", "export"])
-def test_help_is_readable_at_80_columns(command):
-    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "80", "TERMINAL_WIDTH": "80"},
-                           terminal_width=80)
-    assert result.exit_code == 0
-    rows = [line for line in result.output.splitlines() if line.startswith("│")]
-    assert rows and all(len(line) <= 80 for line in result.output.splitlines())
-    assert "…" not in result.output
-    # Descriptions get at least 34 columns: option names do not squeeze them into a sliver.
-    starts = [len(line) - len(line[1:].lstrip("│ ").lstrip()) for line in rows if "--" in line]
-    description_columns = [80 - (line.index("<") + line[line.index("<"):].index(">") + 3)
-                            for line in rows if line.lstrip("│ ").startswith(("--", "*")) and "<" in line]
-    assert starts and min(description_columns) >= 34, description_columns
-
-
 def test_separation_docs_describe_the_plain_progress_lines_as_they_are():
     from pathlib import Path
 
