@@ -7,7 +7,7 @@ Sections, each reusing an existing benchmark:
 
 1. the training step (`bench_model.device_step`): `frame-primer`, bfloat16 autocast, fused
    AdamW, at 512, 1024 and 2048 frames, with and without gradient checkpointing: examples/s,
-   peak memory, and MFU = the step's FLOPs (`vr_model.flops.train_step_flops`) per second over
+   peak memory, and MFU = the step's FLOPs (`vr_model.network.flops.train_step_flops`) per second over
    the card's dense bfloat16 peak (datasheet, `DATASHEET_BF16_TFLOPS`; where the card is not
    listed, the bfloat16 matmul peak measured in this run, which the table also prints);
 2. the trainer with the real loader (`bench_train.measure`: `vr_model.train.train`, the Zarr
@@ -96,7 +96,7 @@ def step_rows(sizes: Sizes, device) -> list[tuple[str, str]]:
     import torch
 
     from bench_model import device_bf16_peak_tflops, device_step
-    from vr_model.flops import train_step_flops
+    from vr_model.network.flops import train_step_flops
 
     measured = device_bf16_peak_tflops(device, 8192 if device.type == "cuda" else 64)
     peak, origin = card_peak(device, measured)
@@ -176,7 +176,7 @@ def separation_row(sizes: Sizes, run: Path, work: Path) -> tuple[str, str]:
     import torch
 
     from bench_separate import write_song
-    from vr_model.separate import separator_from_checkpoint
+    from vr_model.inference.loading import separator_from_checkpoint
 
     separator = separator_from_checkpoint(run, sizes.device)
     song = write_song(work / "song.wav", sizes.separate_seconds / 60)
