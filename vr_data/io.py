@@ -248,6 +248,20 @@ def atomic_write_lines(path: Path, records: list[dict]) -> None:
     atomic_write_bytes(path, "".join(json.dumps(r, sort_keys=True) + "\n" for r in records).encode())
 
 
+def read_jsonl(path: str | Path) -> list[dict]:
+    """The records of a JSONL log the project appends to (`metrics.jsonl`, `examples.jsonl`): a
+    torn last line, from a kill mid-write, is skipped; a missing file is no records."""
+    records = []
+    path = Path(path)
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+    return records
+
+
 @contextlib.contextmanager
 def exclusive_lock(path: Path, holder: str, *, subject: Path | None = None, remove: bool = True) -> Iterator[None]:
     """Hold an exclusive advisory lock (`flock`) on the file `path` for the `with` block.

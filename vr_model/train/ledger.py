@@ -30,22 +30,14 @@ from pathlib import Path
 import torch.distributed as dist
 
 from vr_data.errors import VRDataError
-from vr_data.io import atomic_write_lines, not_regular_reason
+from vr_data.io import atomic_write_lines, not_regular_reason, read_jsonl
 
 EXAMPLES = "examples.jsonl"
 
 
 def read_ledger(run_dir: str | Path) -> list[dict]:
     """The step records of `RUN_DIR/examples.jsonl` (a torn last line, from a kill, is skipped)."""
-    path = Path(run_dir) / EXAMPLES
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
+    return read_jsonl(Path(run_dir) / EXAMPLES)
 
 
 class ExampleLedger:

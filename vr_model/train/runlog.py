@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from vr_data.io import atomic_write_text, atomic_write_with
+from vr_data.io import atomic_write_text, atomic_write_with, read_jsonl
 
 METRICS = "metrics.jsonl"
 TRAIN_LOG = "train.log"
@@ -32,15 +32,7 @@ LOSS_PLOT = "loss.png"
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
     """The records of `RUN_DIR/metrics.jsonl` (a torn last line, from a kill, is skipped)."""
-    path = Path(run_dir) / METRICS
-    records = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-    return records
+    return read_jsonl(Path(run_dir) / METRICS)
 
 
 def trim_metrics(run_dir: Path, step: int) -> None:

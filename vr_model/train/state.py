@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import pickle
+import pickle  # only for pickle.UnpicklingError: torch.load(weights_only=True) raises it on a refused pickle
 import random
 import shutil
 import tempfile
