@@ -9,13 +9,12 @@ import pytest
 import soundfile as sf
 from typer.testing import CliRunner
 
-from test_separate_support import identity_model, random_model, song, write_checkpoint
+from test_separate_support import SMALL_CROPS, identity_model, random_model, song, write_checkpoint
 from pipelines.vrtrain import app
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 runner = CliRunner()
-SMALL_CROPS = ["--crop-frames", "32", "--batch-size", "2"]
 
 
 @pytest.fixture(scope="module")

@@ -16,14 +16,13 @@ import soundfile as sf
 from rich.console import Console
 from typer.testing import CliRunner
 
-from test_separate_support import OPTIONS, identity_model, random_model, separator, song, write_checkpoint
+from test_separate_support import OPTIONS, SMALL_CROPS, identity_model, random_model, separator, song, write_checkpoint
 from pipelines.vrtrain import app
 from vr_model.inference.separate import SeparationOptions
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 runner = CliRunner()
-SMALL_CROPS = ["--crop-frames", "32", "--batch-size", "2"]
 
 
 @pytest.fixture(scope="module")

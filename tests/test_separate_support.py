@@ -25,6 +25,7 @@ SMALL = FramePrimerConfig(bins=128, channels=(4, 4, 8), encoder_primers=(0, 1, 1
                           num_heads=2, feedforward_expansion=1, max_frames=64, dropout=0.0)
 # Short crops and small batches: a two-second song crosses dozens of crop boundaries.
 OPTIONS = SeparationOptions(crop_frames=32, overlap=0.5, batch_size=3)
+SMALL_CROPS = ["--crop-frames", "32", "--batch-size", "2"]  # the same small crops, as CLI options
 
 
 def random_model(seed: int = 0, config: FramePrimerConfig = SMALL) -> FramePrimerUNet:
