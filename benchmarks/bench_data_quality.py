@@ -36,8 +36,8 @@ import soxr
 from vr_data.audio import write_audio
 from vr_data.catalog.scan import CHECK_SAMPLE_RATE, ScanOptions, measure_excerpts, scan
 from vr_data.dsp.pairs import pair_flags
-from vr_data.dsp.fingerprint import FRAME_SECONDS, fingerprint_audio
-from vr_data.quality.search import find_matches
+from vr_data.dsp.fingerprint import FRAME_SECONDS, HASH_BITS, fingerprint_audio
+from vr_data.quality.search import MIN_VOTES, find_matches
 from vr_data.testing.synth import music_like
 
 RATE = 44100
@@ -94,7 +94,8 @@ def fingerprint_table(songs: int, unrelated: int, seed: int) -> None:
     names = list(dict.fromkeys(name for _, name, _ in meaning if name))
     print(f"\nfingerprint matching: {songs} songs x {len(names)} corruptions + {unrelated} unrelated songs, "
           f"{SECONDS:g} s each; search {search_seconds:.2f} s")
-    print(f"{'corruption':20s} {'copies':>6s} {'found':>6s} {'recall':>7s} {'offset ok':>9s} {'median votes':>12s}")
+    print(f"{'corruption':20s} {'copies':>6s} {'found':>6s} {'recall':>7s} {'offset ok':>9s} {'median votes':>12s} "
+          f"{'min votes':>9s}")
     originals = {index: position for position, (index, name, _) in enumerate(meaning) if name is None}
     for name in names:
         hits = ok = 0
@@ -107,10 +108,14 @@ def fingerprint_table(songs: int, unrelated: int, seed: int) -> None:
                 votes.append(match.votes)
                 ok += abs(match.offset_seconds - offset) <= 2 * FRAME_SECONDS
         print(f"{name:20s} {len(copies):6d} {hits:6d} {100 * hits / len(copies):6.1f}% {ok:9d} "
-              f"{int(np.median(votes)) if votes else 0:12d}")
+              f"{int(np.median(votes)) if votes else 0:12d} {min(votes) if votes else 0:9d}")
     # Unrelated pairs: files of different songs (every copy counts as its song).
     unrelated_pairs = sum(1 for a, b in combinations(range(len(meaning)), 2) if meaning[a][0] != meaning[b][0])
     false = sum(1 for m in matches if meaning[m.a][0] != meaning[m.b][0])
+    # The margin: the most votes an unrelated pair got at its best offset, against MIN_VOTES.
+    loose = find_matches(prints, min_votes=2)
+    unrelated_votes = max((m.votes for m in loose if meaning[m.a][0] != meaning[m.b][0]), default=0)
+    print(f"most votes of an unrelated pair: {unrelated_votes} (a match needs {MIN_VOTES})")
     print(f"false pairs: {false} of {unrelated_pairs} unrelated pairs = {1000 * false / unrelated_pairs:.3f} per 1,000 "
           f"(goal <= 1)")
 
@@ -122,7 +127,7 @@ def scale_table(tracks: int, seconds: float, density: float, planted: int, seed:
     prints = []
     for _ in range(tracks):
         times = np.sort(rng.integers(0, frames, per_track)).astype(np.int32)
-        prints.append((rng.integers(0, 1 << 22, per_track, dtype=np.uint32), times))
+        prints.append((rng.integers(0, 1 << HASH_BITS, per_track, dtype=np.uint32), times))  # the real hashes' space
     answers, sources = set(), {}
     for number in range(planted):
         source = int(rng.integers(0, tracks))
