@@ -14,7 +14,7 @@ excerpt. Steps, all in `fingerprint_audio`:
 4. landmarks: each peak (anchor) with its next `FANOUT` peaks 1..`MAX_DT` frames later and
    within +-`MAX_DF` bins, taken two at a time (triplets: `FANOUT * (FANOUT - 1) / 2` per anchor);
    hash = (anchor bin, two bin differences, two frame differences), quantised into
-   `HASH_BITS` = 28 bits (`triplet_hash`). Music gives 15 to 20 landmarks a second.
+   `HASH_BITS` = 28 bits (`triplet_hash`).
 
 A fingerprint is `(hashes uint32 (n,), times int32 (n,))`, `times` the anchor frame. Two files
 hold the same audio when many hashes agree at one time difference (`vr_data.quality.search`):
@@ -29,8 +29,8 @@ whole-track identity and weak at short excerpts; landmarks match any overlap of 
 and need no binary (`fpcalc` is not a Python dependency). Measured: docs/performance.md.
 
 The manifest stores `encode(...)`: `VERSION:` then base64 of zlib(count as uint32, time deltas
-as uint16, hashes as 4 byte planes), 6 bytes per landmark before zlib and about 5 after
-(music gives 10 to 15 landmarks a second: 50 to 75 bytes a second).
+as uint16, hashes as 4 byte planes): 6 bytes a landmark before zlib, about 5 characters after
+zlib and base64 (synthetic music gives 14 to 18 landmarks a second: 70 to 85 bytes a second).
 """
 
 from __future__ import annotations

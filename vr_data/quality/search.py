@@ -35,7 +35,7 @@ import numpy as np
 
 from vr_data.dsp.fingerprint import FRAME_SECONDS
 
-MIN_VOTES = 12
+MIN_VOTES = 16
 MAX_BUCKET = 500
 _OFFSET_SPAN = 1 << 22  # offsets in frames fit in +-2**21 frames (37 hours at 64 ms)
 
