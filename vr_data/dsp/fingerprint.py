@@ -4,8 +4,9 @@ A fingerprint says *which song* a file holds, whatever was done to its bytes: re
 ogg, 16-bit), resampling, gain, mono/stereo folding, a trim or an offset, or cutting an
 excerpt. Steps, all in `fingerprint_audio`:
 
-1. fold to mono and resample to 8 kHz (`FP_RATE`): what survives every codec and rate;
-2. power STFT, `N_FFT` = 1024 (128 ms), hop `HOP` = 512 (64 ms per frame);
+1. fold to mono and resample to 4 kHz (`FP_RATE`): what survives every codec and rate, and half
+   the cost of 8 kHz with the same landmarks' robustness (measured: docs/performance.md);
+2. power STFT, `N_FFT` = 512 (128 ms, 7.8 Hz bins), hop `HOP` = 256 (64 ms per frame);
 3. peaks: local maxima of the power over +-`PEAK_BINS` bins and +-`PEAK_FRAMES` frames, kept
    when fewer than `PEAKS_PER_SECOND` stronger peaks lie within +-`BUDGET_FRAMES` frames (about
    one second centred on the peak), ranked by level so gain changes nothing. The window slides
@@ -41,14 +42,14 @@ import zlib
 import numpy as np
 
 VERSION = "lm2"
-FP_RATE = 8000
-N_FFT = 1024
-HOP = 512
-# soxr's quick quality: twice as fast as MQ, and the landmarks of a 48 kHz copy still agree
-# with those of the 44.1 kHz original at 89 % (MQ: 100 %; either is far above what matching needs).
+FP_RATE = 4000
+N_FFT = 512
+HOP = 256
+# soxr's quick quality: twice as fast as MQ; what it aliases differs between a 44.1 and a 48 kHz
+# copy, and still such copies keep most landmarks (docs/performance.md, "data quality").
 RESAMPLE_QUALITY = "QQ"
 FRAME_SECONDS = HOP / FP_RATE
-LOW_BIN, HIGH_BIN = 4, 480          # 31 Hz to 3.75 kHz: below the 8 kHz Nyquist and any codec cut-off
+LOW_BIN, HIGH_BIN = 4, 240          # 31 Hz to 1.875 kHz: below the 2 kHz Nyquist and any codec cut-off
 PEAK_BINS, PEAK_FRAMES = 20, 3      # neighbourhood of a peak: +-156 Hz, +-192 ms
 PEAKS_PER_SECOND = 6
 BUDGET_FRAMES = 8                   # the budget's window: +-512 ms around the peak
@@ -76,7 +77,7 @@ def fingerprint_audio(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, 
 
 
 def spectral_peaks(mono: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Peak frames and bins of mono 8 kHz audio float32 `(samples,)`, sorted by frame then bin
+    """Peak frames and bins of mono `FP_RATE` audio float32 `(samples,)`, sorted by frame then bin
     (see the module docstring): two int32 arrays `(peaks,)`."""
     import scipy.fft
 
@@ -92,11 +93,10 @@ def spectral_peaks(mono: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
     # Neighbourhood maximum, bins axis leading in the second pass (contiguous: twice as fast).
     local = sliding_max(sliding_max(power, PEAK_FRAMES, axis=0).T, PEAK_BINS, axis=0)  # (bins, frames)
-    by_frame = power  # (frames, bins): flat order is by frame, then bin
-    flat = np.flatnonzero(by_frame == local.T)
-    strength = by_frame.ravel()[flat]
+    flat = np.flatnonzero(power == local.T)  # by frame, then bin
+    strength = power.ravel()[flat]
     loud = strength > loudest * 10 ** (-FLOOR_DB / 10)
-    t, f = np.divmod(flat[loud], by_frame.shape[1])
+    t, f = np.divmod(flat[loud], power.shape[1])
     keep = within_budget(t, strength[loud], BUDGET_FRAMES, PEAKS_PER_SECOND)
     return t[keep].astype(np.int32), (f[keep] + LOW_BIN).astype(np.int32)
 
@@ -127,12 +127,11 @@ def within_budget(times: np.ndarray, strength: np.ndarray, radius: int, budget: 
 
 def triplet_hash(anchor_bin: np.ndarray, df1: np.ndarray, df2: np.ndarray, dt1: np.ndarray,
                  dt2: np.ndarray) -> np.ndarray:
-    """The 28-bit hash of triplets, uint32 `(n,)`: the anchor bin in 2-bin steps (8 bits, 15.6 Hz),
-    the two bin differences exactly (7 bits each, +-`MAX_DF`), the two frame differences in
-    4-frame steps (3 bits each, 1..`MAX_DT`). Frequencies survive a shift in time; a peak's frame
-    moves by one when the audio moves by part of a hop, and a coarse step keeps most such
-    landmarks' hashes (measured: docs/performance.md)."""
-    return ((np.asarray(anchor_bin, np.uint32) >> 1) << 20 | (df1 + 64).astype(np.uint32) << 13
+    """The 28-bit hash of triplets, uint32 `(n,)`: the anchor bin (8 bits, < `HIGH_BIN`), the two
+    bin differences (7 bits each, +-`MAX_DF`), the two frame differences in 4-frame steps (3 bits
+    each, 1..`MAX_DT`). Frequencies survive a shift in time; a peak's frame moves by one when the
+    audio moves by part of a hop, and the coarse step keeps most such landmarks' hashes."""
+    return (np.asarray(anchor_bin, np.uint32) << 20 | (df1 + 64).astype(np.uint32) << 13
             | (df2 + 64).astype(np.uint32) << 6 | (dt1.astype(np.uint32) >> 2) << 3 | dt2.astype(np.uint32) >> 2)
 
 
@@ -160,30 +159,27 @@ def landmarks(peaks_t: np.ndarray, peaks_f: np.ndarray) -> tuple[np.ndarray, np.
     every two of them make a landmark with the anchor.
     """
     count = len(peaks_t)
-    targets = np.full((count, FANOUT), -1, np.int64)  # peak index of each anchor's targets, -1: none
-    found = np.zeros(count, np.int64)
-    for step in range(1, 4 * FANOUT):  # look a few peaks ahead; the first FANOUT in the zone are kept
-        if step >= count:
-            break
-        dt = peaks_t[step:] - peaks_t[:-step]
-        df = peaks_f[step:] - peaks_f[:-step]
-        anchors = np.flatnonzero((dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF) & (found[:-step] < FANOUT))
-        targets[anchors, found[anchors]] = anchors + step
-        found[anchors] += 1
-    hashes, times = [], []
-    for first in range(FANOUT - 1):
-        for second in range(first + 1, FANOUT):
-            anchors = np.flatnonzero(targets[:, second] >= 0)
-            one, two = targets[anchors, first], targets[anchors, second]
-            hashes.append(triplet_hash(peaks_f[anchors], peaks_f[one] - peaks_f[anchors],
-                                       peaks_f[two] - peaks_f[anchors], peaks_t[one] - peaks_t[anchors],
-                                       peaks_t[two] - peaks_t[anchors]))
-            times.append(peaks_t[anchors])
-    if not hashes:
+    if count < 3:
         return np.zeros(0, np.uint32), np.zeros(0, np.int32)
-    hash_all, anchor_times = np.concatenate(hashes), np.concatenate(times)
-    order = np.lexsort((hash_all, anchor_times))
-    return hash_all[order], anchor_times[order].astype(np.int32)
+    # Candidates: the next few peaks of each anchor, (peaks, lookahead); the first FANOUT in the zone are kept.
+    candidate = np.arange(count)[:, None] + np.arange(1, 4 * FANOUT)
+    exists = candidate < count
+    candidate = np.minimum(candidate, count - 1)
+    dt = peaks_t[candidate] - peaks_t[:, None]
+    df = peaks_f[candidate] - peaks_f[:, None]
+    zone = exists & (dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF)
+    rank = np.cumsum(zone, axis=1) - 1  # 0 for an anchor's first target in the zone
+    anchors, columns = np.nonzero(zone & (rank < FANOUT))
+    targets = np.full((count, FANOUT), -1, np.int64)  # peak index of each anchor's targets, -1: none
+    targets[anchors, rank[anchors, columns]] = candidate[anchors, columns]
+    first, second = np.triu_indices(FANOUT, k=1)  # every two targets: (FANOUT * (FANOUT - 1) / 2,)
+    anchors, pairs = np.nonzero(targets[:, second] >= 0)
+    one, two = targets[anchors, first[pairs]], targets[anchors, second[pairs]]
+    hashes = triplet_hash(peaks_f[anchors], peaks_f[one] - peaks_f[anchors], peaks_f[two] - peaks_f[anchors],
+                          peaks_t[one] - peaks_t[anchors], peaks_t[two] - peaks_t[anchors])
+    anchor_times = peaks_t[anchors]
+    order = np.lexsort((hashes, anchor_times))
+    return hashes[order], anchor_times[order].astype(np.int32)
 
 
 def encode(hashes: np.ndarray, times: np.ndarray) -> str:
