@@ -31,7 +31,7 @@ and need no binary (`fpcalc` is not a Python dependency). Measured: docs/perform
 
 The manifest stores `encode(...)`: `VERSION:` then base64 of zlib(count as uint32, time deltas
 as uint16, hashes as 4 byte planes): 6 bytes a landmark before zlib, about 5 characters after
-zlib and base64 (synthetic music gives 14 to 18 landmarks a second: 70 to 85 bytes a second).
+zlib and base64 (synthetic music gives 17 to 24 landmarks a second: about 100 bytes a second).
 """
 
 from __future__ import annotations

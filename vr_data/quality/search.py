@@ -89,15 +89,22 @@ def find_matches(
     keys = keys[order]
     times = times[order]
     del order
-    bucket_hashes = keys >> np.uint64(32)
-    starts = np.flatnonzero(np.concatenate([[True], bucket_hashes[1:] != bucket_hashes[:-1]]))
-    del bucket_hashes
+    hashes = (keys >> np.uint64(32)).astype(np.uint32)
+    # Most buckets hold one landmark, which meets nothing: keep those that share their hash first.
+    same = hashes[1:] == hashes[:-1]
+    shared = np.zeros(len(keys), bool)
+    shared[1:] = same
+    shared[:-1] |= same
+    del same
+    keys, times, hashes = keys[shared], times[shared], hashes[shared]
+    del shared
+    starts = np.flatnonzero(np.concatenate([[True], hashes[1:] != hashes[:-1]]))
     bucket_sizes = np.diff(np.append(starts, len(keys)))
-    useful = (bucket_sizes >= 2) & (bucket_sizes <= max_bucket)
+    useful = bucket_sizes <= max_bucket  # the stop list
     member = np.repeat(useful, bucket_sizes)
     files = (keys[member] & np.uint64(0xFFFFFFFF)).astype(np.int32)
     times = times[member]
-    del keys, member
+    del keys, hashes, member, starts
     if len(files) == 0:
         return []
     bucket_sizes = bucket_sizes[useful]
