@@ -117,8 +117,21 @@ def fingerprint_table(songs: int, unrelated: int, seed: int) -> None:
     loose = find_matches(prints, min_votes=2)
     unrelated_votes = max((m.votes for m in loose if meaning[m.a][0] != meaning[m.b][0]), default=0)
     print(f"most votes of an unrelated pair: {unrelated_votes} (a match needs {MIN_VOTES})")
+    print(f"hash collisions between unrelated songs: {_collision_rate(prints, meaning):.2e} per landmark pair "
+          f"(uniform {HASH_BITS}-bit hashes: {2.0 ** -HASH_BITS:.2e}; the scale table below draws uniform ones)")
     print(f"false pairs: {false} of {unrelated_pairs} unrelated pairs = {1000 * false / unrelated_pairs:.3f} per 1,000 "
           f"(goal <= 1)")
+
+
+def _collision_rate(prints: list, meaning: list) -> float:
+    """How often two landmarks of different songs (originals and unrelated songs, no copies) share a
+    hash: how full real buckets are against the uniform hashes of the scale table."""
+    songs = [(hashes, index) for (hashes, _), (index, name, _) in zip(prints, meaning) if name is None]
+    pairs = lambda counts: float(np.sum(counts.astype(np.float64) * (counts - 1) / 2))  # noqa: E731
+    everything = pairs(np.unique(np.concatenate([hashes for hashes, _ in songs]), return_counts=True)[1])
+    within = sum(pairs(np.unique(hashes, return_counts=True)[1]) for hashes, _ in songs)
+    lengths = np.array([len(hashes) for hashes, _ in songs], dtype=np.float64)
+    return (everything - within) / ((lengths.sum() ** 2 - np.sum(lengths ** 2)) / 2)
 
 
 def scale_table(tracks: int, seconds: float, density: float, planted: int, seed: int) -> None:
