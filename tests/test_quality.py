@@ -9,6 +9,7 @@ it out.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,9 +22,9 @@ from typer.testing import CliRunner
 from pipelines.vrdata import app
 from vr_data.audio import write_audio
 from vr_data.catalog.exclusions import Exclusion, read_exclusions, write_exclusions
-from vr_data.catalog.manifest import read_manifest
-from vr_data.dsp.fingerprint import (FRAME_SECONDS, HASH_BITS, decode, encode, fingerprint_audio, sliding_max,
-                                      within_budget)
+from vr_data.catalog.manifest import read_manifest, write_manifest
+from vr_data.dsp.fingerprint import (FRAME_SECONDS, HASH_BITS, decode, encode, fingerprint_audio, is_current,
+                                      sliding_max, within_budget)
 from vr_data.errors import VRDataError
 from vr_data.quality.search import MIN_VOTES, find_matches
 from vr_data.store import open_store
@@ -291,3 +292,21 @@ def test_pair_checks_flag_each_fault_and_strict_rejects_the_flagged(tmp_path):
     assert kept == {"good"}
     rejects = [json.loads(line) for line in (tmp_path / "strict.rejects.jsonl").read_text().splitlines()]
     assert {r["code"] for r in rejects} == {"pair_check"} and len(rejects) == 4
+
+
+def test_outdated_fingerprints_are_warned_about_and_recomputed_by_a_rescan(tmp_path):
+    library = tmp_path / "library"
+    for index in range(2):
+        write_audio(library / f"song{index}.flac", music_like(6.0, RATE, seed=40 + index), RATE)
+    manifest_path = _scan(library, "pretrain", tmp_path / "pretrain.jsonl")
+    manifest = read_manifest(manifest_path)
+    for item in manifest.items:  # as a manifest scanned by the previous fingerprint version would hold them
+        item.files = {key: dataclasses.replace(entry, fingerprint="lm1:" + entry.fingerprint.split(":", 1)[1])
+                      for key, entry in item.files.items()}
+    write_manifest(manifest_path, manifest)
+    check = runner.invoke(app, ["check", str(manifest_path)])
+    assert check.exit_code == 0, check.output
+    assert "2 files have an outdated fingerprint" in " ".join(check.output.split())
+    _scan(library, "pretrain", manifest_path)  # incremental: unchanged files, outdated fingerprints
+    assert all(is_current(entry.fingerprint) for item in read_manifest(manifest_path).items
+               for entry in item.files.values())
