@@ -16,14 +16,14 @@ same audio, with the time offset between them and the matched duration. How:
    share a hash now and then, but at scattered offsets: a few votes at the best offset for
    30 s of music (docs/performance.md), against dozens to hundreds for a copy.
 
-Cost: the work is the number of landmark pairs that share a hash, the sum of the squared bucket
-sizes. With the fingerprint's 28-bit triplet hashes a bucket holds about one landmark up to a
-few hundred million landmarks (90 M landmarks in 2**28 hashes: 0.34 others by chance), so the
-search is the sort plus work linear in landmarks and in true copies (measured on 30,000 tracks
-in docs/performance.md). Memory: the index (8 bytes a landmark for the keys, 8 for the sort
-permutation, 4 for the times) plus 12 bytes per voting pair; a slice bounds the self-join's own
-temporaries. Files of one owner (the files of one item: a mixture contains its own stems) never
-match.
+Cost: a sort of one uint64 a landmark, passes linear in landmarks, and the landmark pairs that
+share a hash: true copies, and chance collisions of the 28-bit hashes, whose number grows with
+the square of the landmarks over 2**29 (4.7 M pairs among 50 M uniform landmarks, 42.6 M among
+151 M: 30,000 tracks of 4 min). That term is quadratic with a small constant; measured on
+3,000 to 30,000 tracks in docs/performance.md ("data quality"). Memory: 8 bytes a landmark for
+the keys and 4 for the times, then the positions, files and times of the landmarks that share a
+hash, and 12 bytes a voting pair; a slice bounds the self-join's own temporaries. Files of one
+owner (the files of one item: a mixture contains its own stems) never match.
 """
 
 from __future__ import annotations
