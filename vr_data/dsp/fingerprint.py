@@ -22,9 +22,9 @@ hold the same audio when many hashes agree at one time difference (`vr_data.qual
 a trim or offset moves every landmark together, an excerpt keeps a subset of them, and a
 codec loses some peaks but keeps most. Why triplets: a peak pair's 22 bits gave hash buckets
 that grow with the corpus (1 landmark in 4 M shares a hash by chance: with 90 M landmarks every
-bucket holds about 20, and the search meets them all); a triplet's 28 bits keep buckets near
-one landmark, so the search stays linear in landmarks, at the price of a landmark needing three
-peaks to survive instead of two. Why landmarks rather than Chromaprint: Chromaprint's
+bucket holds about 20, and the search meets them all); a triplet's 28 bits make chance
+collisions 64 times rarer (half a landmark per bucket at 150 M landmarks), at the price of a
+landmark needing three peaks to survive instead of two. Why landmarks rather than Chromaprint: Chromaprint's
 fingerprint is a sequence of 32-bit chroma words matched by aligning whole sequences, good at
 whole-track identity and weak at short excerpts; landmarks match any overlap of a few seconds
 and need no binary (`fpcalc` is not a Python dependency). Measured: docs/performance.md.
