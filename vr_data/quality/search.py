@@ -75,6 +75,29 @@ def find_matches(
     sizes = np.array([len(hashes) for hashes, _ in fingerprints], dtype=np.int64)
     if count < 2 or sizes.sum() == 0:
         return []
+    files, times, bucket_sizes = _index(fingerprints, sizes, max_bucket)
+    if len(files) == 0:
+        return []
+    bucket_ends = np.cumsum(bucket_sizes)
+    # later[i]: how many landmarks follow landmark i in its bucket.
+    later = (np.repeat(bucket_ends, bucket_sizes) - np.arange(len(files)) - 1).astype(np.int32)
+
+    votes, anchor_times = [], []
+    first = 0  # the slice: whole buckets, about slice_landmarks landmarks
+    while first < len(files):
+        last = int(bucket_ends[min(np.searchsorted(bucket_ends, first + slice_landmarks, side="right"),
+                                   len(bucket_ends) - 1)])
+        key, anchor = _self_join(files[first:last], times[first:last], later[first:last], owners_array, count)
+        votes.append(key)
+        anchor_times.append(anchor)
+        first = last
+    return _matches(np.concatenate(votes), np.concatenate(anchor_times), sizes, min_votes)
+
+
+def _index(fingerprints, sizes: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The landmarks that share their hash with others, by hash then file: files int32 `(kept,)`,
+    times int32 `(kept,)` and the sizes of their buckets int64 `(buckets,)`; buckets of more than
+    `max_bucket` landmarks (the stop list) and of one landmark are left out."""
     total = int(sizes.sum())
     if total >= 1 << _INDEX_BITS:
         raise ValueError(f"{total} landmarks: the index holds at most 2**{_INDEX_BITS}")
@@ -109,26 +132,10 @@ def find_matches(
     useful = bucket_sizes <= max_bucket  # the stop list
     position = (keys[np.repeat(useful, bucket_sizes)] & np.uint64((1 << _INDEX_BITS) - 1)).astype(np.int64)
     del keys, hashes, starts
-    if len(position) == 0:
-        return []
     times = times[position]
     files = (np.searchsorted(np.cumsum(sizes), position, side="right")).astype(np.int32)
     del position
-    bucket_sizes = bucket_sizes[useful]
-    bucket_ends = np.cumsum(bucket_sizes)
-    # later[i]: how many landmarks follow landmark i in its bucket.
-    later = (np.repeat(bucket_ends, bucket_sizes) - np.arange(len(files)) - 1).astype(np.int32)
-
-    votes, anchor_times = [], []
-    first = 0  # the slice: whole buckets, about slice_landmarks landmarks
-    while first < len(files):
-        last = int(bucket_ends[min(np.searchsorted(bucket_ends, first + slice_landmarks, side="right"),
-                                   len(bucket_ends) - 1)])
-        key, anchor = _self_join(files[first:last], times[first:last], later[first:last], owners_array, count)
-        votes.append(key)
-        anchor_times.append(anchor)
-        first = last
-    return _matches(np.concatenate(votes), np.concatenate(anchor_times), sizes, min_votes)
+    return files, times, bucket_sizes[useful]
 
 
 def _self_join(files, times, later, owners, count) -> tuple[np.ndarray, np.ndarray]:
