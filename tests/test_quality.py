@@ -26,7 +26,7 @@ from vr_data.catalog.manifest import read_manifest, write_manifest
 from vr_data.dsp.fingerprint import (FRAME_SECONDS, HASH_BITS, decode, encode, fingerprint_audio, is_current,
                                       sliding_max, within_budget)
 from vr_data.errors import VRDataError
-from vr_data.quality.search import MIN_VOTES, find_matches
+from vr_data.quality.search import MIN_SECONDS, MIN_VOTES, find_matches
 from vr_data.store import open_store
 from vr_data.testing.synth import music_like
 
@@ -157,6 +157,29 @@ def test_the_search_gives_the_same_matches_whatever_its_slices():
     found = {(m.a, m.b): m for m in whole}
     for pair, offset in planted.items():
         assert pair in found and found[pair].offset_seconds == pytest.approx(offset)
+
+
+def test_agreeing_landmarks_must_span_min_seconds_of_audio():
+    rng = np.random.default_rng(4)
+
+    def random_print():
+        return (rng.integers(0, 1 << 28, 2000, dtype=np.uint32), np.sort(rng.integers(0, 940, 2000)).astype(np.int32))
+
+    song, other = random_print(), random_print()
+
+    def sharing(chosen):  # `other` with 30 of the song's landmarks, 25 frames later
+        hashes = np.concatenate([other[0], song[0][chosen]])
+        times = np.concatenate([other[1], song[1][chosen] + 25])
+        order = np.argsort(times, kind="stable")
+        return hashes[order], times[order]
+
+    second = int(round(1 / FRAME_SECONDS))
+    burst = sharing(np.flatnonzero((song[1] >= 300) & (song[1] < 300 + second))[:30])   # within one second
+    spread = sharing(np.flatnonzero(song[1] >= 300)[::20][:30])                        # over many seconds
+    assert find_matches([song, burst], min_votes=20) == []
+    assert find_matches([song, burst], min_votes=20, min_seconds=0.5)
+    [match] = find_matches([song, spread], min_votes=20)
+    assert match.matched_seconds >= MIN_SECONDS and match.offset_seconds == pytest.approx(25 * FRAME_SECONDS)
 
 
 def test_the_stop_list_drops_crowded_hashes():

@@ -22,7 +22,7 @@ from vr_data import errors
 from vr_data.catalog.exclusions import Exclusion
 from vr_data.catalog.manifest import Manifest
 from vr_data.dsp.fingerprint import VERSION, decode, is_current
-from vr_data.quality.search import MIN_VOTES, connected_groups, find_matches
+from vr_data.quality.search import MIN_SECONDS, MIN_VOTES, connected_groups, find_matches
 
 HELD_OUT = {"train": 0, "valid": 1, "test": 2}
 
@@ -70,10 +70,11 @@ def fingerprinted_files(manifests: Iterable[Manifest]) -> tuple[list[FileRef], l
     return refs, prints, owners, missing, outdated
 
 
-def content_duplicates(manifests: Iterable[Manifest], min_votes: int = MIN_VOTES) -> dict:
+def content_duplicates(manifests: Iterable[Manifest], min_votes: int = MIN_VOTES,
+                       min_seconds: float = MIN_SECONDS) -> dict:
     """The duplicate groups and leaks of `manifests` (docs/stats.md, "content duplicates")."""
     refs, prints, owners, missing, outdated = fingerprinted_files(manifests)
-    matches = find_matches(prints, owners, min_votes=min_votes)
+    matches = find_matches(prints, owners, min_votes=min_votes, min_seconds=min_seconds)
     groups = []
     for members in connected_groups(len(refs), matches):
         position = {file: index for index, file in enumerate(members)}
@@ -93,7 +94,7 @@ def content_duplicates(manifests: Iterable[Manifest], min_votes: int = MIN_VOTES
                        "files": [ref.to_json() for ref in files], "matches": edges})
     groups.sort(key=lambda g: (not g["leak"], g["files"][0]["library"], g["files"][0]["path"]))
     return {"files": len(refs), "files_without_fingerprint": missing, "files_with_outdated_fingerprint": outdated,
-            "fingerprint_version": VERSION, "min_votes": min_votes,
+            "fingerprint_version": VERSION, "min_votes": min_votes, "min_seconds": min_seconds,
             "leaks": sum(group["leak"] for group in groups), "groups": groups}
 
 

@@ -12,9 +12,12 @@ same audio, with the time offset between them and the matched duration. How:
    files `a < b` (of different owners) vote for `(a, b, time in b - time in a)`;
 3. votes at one pair and offset are counted (`np.unique`) together with those of the two
    neighbouring offsets (a landmark moves by a frame when the audio is shifted by part of a
-   hop); a pair matches when its best offset has at least `min_votes` votes. Unrelated songs
-   share a hash now and then, but at scattered offsets: a few votes at the best offset for
-   30 s of music (docs/performance.md), against dozens to hundreds for a copy.
+   hop); a pair matches when its best offset has at least `min_votes` votes and the landmarks
+   that agree span at least `min_seconds` of audio (or half the shorter file, when that is
+   shorter). Unrelated songs share a hash now and then, but at scattered offsets: a few votes
+   at the best offset for 30 s of music (docs/performance.md), against dozens to hundreds for a
+   copy; the span keeps out a burst of agreeing landmarks within a second or two (one repeated
+   beat of two songs from one generator), which no copy, trim or excerpt of a few seconds is.
 
 Cost: a sort of one uint64 a landmark, passes linear in landmarks, and the landmark pairs that
 share a hash: true copies, and chance collisions of the 28-bit hashes, whose number grows with
@@ -36,6 +39,7 @@ import numpy as np
 from vr_data.dsp.fingerprint import FRAME_SECONDS, HASH_BITS, VERSION
 
 MIN_VOTES = 16
+MIN_SECONDS = 3.0
 MAX_BUCKET = 500
 _OFFSET_SPAN = 1 << 22  # offsets in frames fit in +-2**21 frames (37 hours at 64 ms)
 _INDEX_BITS = 64 - HASH_BITS  # a landmark's position in the index key: up to 2**36 landmarks
@@ -61,6 +65,7 @@ def find_matches(
     owners: Sequence[int] | None = None,
     *,
     min_votes: int = MIN_VOTES,
+    min_seconds: float = MIN_SECONDS,
     max_bucket: int = MAX_BUCKET,
     slice_landmarks: int = 4_000_000,
 ) -> list[Match]:
@@ -91,7 +96,11 @@ def find_matches(
         votes.append(key)
         anchor_times.append(anchor)
         first = last
-    return _matches(np.concatenate(votes), np.concatenate(anchor_times), sizes, min_votes)
+    matches = _matches(np.concatenate(votes), np.concatenate(anchor_times), sizes, min_votes)
+    # The span of each file's landmarks: a match need not span more than half the shorter file.
+    spans = np.array([(int(t.max()) - int(t.min()) + 1) * FRAME_SECONDS if len(t) else 0.0
+                      for _, t in fingerprints])
+    return [m for m in matches if m.matched_seconds >= min(min_seconds, 0.5 * min(spans[m.a], spans[m.b]))]
 
 
 def _index(fingerprints, sizes: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
