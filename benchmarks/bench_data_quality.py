@@ -6,10 +6,12 @@
    mixed with unrelated songs; the duplicate search runs over all of them. Recall: copies
    matched to their original at the right offset (+-2 frames). False pairs: matches between
    unrelated songs, per 1,000 unrelated pairs. Goals: recall >= 99 %, <= 1 false pair per 1,000.
-2. Duplicate search at 83-day scale: 30,000 tracks of 240 s of synthetic fingerprints (uniform
-   random landmarks at the density real music gives, plus planted copies keeping 30 % of their
-   original's landmarks at a random offset): time and peak memory of `find_matches`, and the
-   planted copies found.
+   Also printed: the fewest votes of a true match and the most of an unrelated pair (the
+   margin around `MIN_VOTES`), and how often unrelated songs' landmarks share a hash.
+2. Duplicate search at 83-day scale: 30,000 tracks of 240 s of synthetic fingerprints (random
+   landmarks at the density `lm2` gives on `music_like`, 21 a second, hashes uniform over the
+   fingerprint's `HASH_BITS`, plus planted copies keeping 30 % of their original's landmarks at
+   a random offset): time and peak memory of `find_matches`, and the planted copies found.
 3. Scan time with and without fingerprints, the same files in the same run (alternated).
 4. Pair checks: pairs (instrumental + a sparse vocal, 20 s) made wrong one way each: the
    instrumental offset by 1 to 500 ms (log-uniform), its gain changed by 0.5 to 6 dB (either
@@ -18,6 +20,7 @@
    flags (goal >= 95 % each), the swapped ones flagged by any check, clean ones by none.
 
 Usage: python benchmarks/bench_data_quality.py [--pairs 80] [--songs 20] [--tracks 30000] [--skip-scale]
+       [--only-scale] [--scan-files 8] [--scan-repeats 5]
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ import soxr
 from vr_data.audio import write_audio
 from vr_data.catalog.scan import CHECK_SAMPLE_RATE, ScanOptions, measure_excerpts, scan
 from vr_data.dsp.pairs import pair_flags
-from vr_data.dsp.fingerprint import FRAME_SECONDS, fingerprint_audio
-from vr_data.quality.search import find_matches
+from vr_data.dsp.fingerprint import FRAME_SECONDS, HASH_BITS, fingerprint_audio
+from vr_data.quality.search import MIN_VOTES, find_matches
 from vr_data.testing.synth import music_like
 
 RATE = 44100
@@ -94,7 +97,8 @@ def fingerprint_table(songs: int, unrelated: int, seed: int) -> None:
     names = list(dict.fromkeys(name for _, name, _ in meaning if name))
     print(f"\nfingerprint matching: {songs} songs x {len(names)} corruptions + {unrelated} unrelated songs, "
           f"{SECONDS:g} s each; search {search_seconds:.2f} s")
-    print(f"{'corruption':20s} {'copies':>6s} {'found':>6s} {'recall':>7s} {'offset ok':>9s} {'median votes':>12s}")
+    print(f"{'corruption':20s} {'copies':>6s} {'found':>6s} {'recall':>7s} {'offset ok':>9s} {'median votes':>12s} "
+          f"{'min votes':>9s}")
     originals = {index: position for position, (index, name, _) in enumerate(meaning) if name is None}
     for name in names:
         hits = ok = 0
@@ -107,12 +111,29 @@ def fingerprint_table(songs: int, unrelated: int, seed: int) -> None:
                 votes.append(match.votes)
                 ok += abs(match.offset_seconds - offset) <= 2 * FRAME_SECONDS
         print(f"{name:20s} {len(copies):6d} {hits:6d} {100 * hits / len(copies):6.1f}% {ok:9d} "
-              f"{int(np.median(votes)) if votes else 0:12d}")
+              f"{int(np.median(votes)) if votes else 0:12d} {min(votes) if votes else 0:9d}")
     # Unrelated pairs: files of different songs (every copy counts as its song).
     unrelated_pairs = sum(1 for a, b in combinations(range(len(meaning)), 2) if meaning[a][0] != meaning[b][0])
     false = sum(1 for m in matches if meaning[m.a][0] != meaning[m.b][0])
+    # The margin: the most votes an unrelated pair got at its best offset (spanning MIN_SECONDS), against MIN_VOTES.
+    loose = find_matches(prints, min_votes=2)
+    unrelated_votes = max((m.votes for m in loose if meaning[m.a][0] != meaning[m.b][0]), default=0)
+    print(f"most votes of an unrelated pair: {unrelated_votes} (a match needs {MIN_VOTES})")
+    print(f"hash collisions between unrelated songs: {_collision_rate(prints, meaning):.2e} per landmark pair "
+          f"(uniform {HASH_BITS}-bit hashes: {2.0 ** -HASH_BITS:.2e}; the scale table below draws uniform ones)")
     print(f"false pairs: {false} of {unrelated_pairs} unrelated pairs = {1000 * false / unrelated_pairs:.3f} per 1,000 "
           f"(goal <= 1)")
+
+
+def _collision_rate(prints: list, meaning: list) -> float:
+    """How often two landmarks of different songs (originals and unrelated songs, no copies) share a
+    hash: how full real buckets are against the uniform hashes of the scale table."""
+    songs = [(hashes, index) for (hashes, _), (index, name, _) in zip(prints, meaning) if name is None]
+    pairs = lambda counts: float(np.sum(counts.astype(np.float64) * (counts - 1) / 2))  # noqa: E731
+    everything = pairs(np.unique(np.concatenate([hashes for hashes, _ in songs]), return_counts=True)[1])
+    within = sum(pairs(np.unique(hashes, return_counts=True)[1]) for hashes, _ in songs)
+    lengths = np.array([len(hashes) for hashes, _ in songs], dtype=np.float64)
+    return (everything - within) / ((lengths.sum() ** 2 - np.sum(lengths ** 2)) / 2)
 
 
 def scale_table(tracks: int, seconds: float, density: float, planted: int, seed: int) -> None:
@@ -122,7 +143,7 @@ def scale_table(tracks: int, seconds: float, density: float, planted: int, seed:
     prints = []
     for _ in range(tracks):
         times = np.sort(rng.integers(0, frames, per_track)).astype(np.int32)
-        prints.append((rng.integers(0, 1 << 22, per_track, dtype=np.uint32), times))
+        prints.append((rng.integers(0, 1 << HASH_BITS, per_track, dtype=np.uint32), times))  # the real hashes' space
     answers, sources = set(), {}
     for number in range(planted):
         source = int(rng.integers(0, tracks))
@@ -171,8 +192,8 @@ def scan_table(files: int, repeats: int) -> None:
                 timings[fingerprint].append(time.perf_counter() - started)
     without, with_ = min(timings[False]), min(timings[True])
     print(f"\nscan of {files} files x {SECONDS:g} s ({', '.join(formats)}), in one process, best of {repeats}:")
-    print(f"without fingerprints {without:.2f} s, with {with_:.2f} s: x{with_ / without:.2f} "
-          f"(+{100 * (with_ / without - 1):.0f} %)")
+    print(f"without fingerprints {without:.3f} s, with {with_:.3f} s: x{with_ / without:.3f} "
+          f"(+{100 * (with_ / without - 1):.1f} %)")
 
 
 def pair_table(pairs: int, seed: int) -> None:
@@ -221,8 +242,10 @@ def main() -> None:
     parser.add_argument("--unrelated", type=int, default=40)
     parser.add_argument("--tracks", type=int, default=30000)
     parser.add_argument("--track-seconds", type=float, default=240.0)
-    parser.add_argument("--density", type=float, default=12.5, help="landmarks a second (music_like gives ~12.5)")
+    parser.add_argument("--density", type=float, default=21.0,
+                        help="landmarks a second (music_like gives 17 to 24 with fingerprint lm2, 21 on average)")
     parser.add_argument("--scan-files", type=int, default=8)
+    parser.add_argument("--scan-repeats", type=int, default=5)
     parser.add_argument("--pairs", type=int, default=80)
     parser.add_argument("--skip-scale", action="store_true")
     parser.add_argument("--only-scale", action="store_true")
@@ -231,7 +254,7 @@ def main() -> None:
     if not args.only_scale:
         pair_table(args.pairs, args.seed)
         fingerprint_table(args.songs, args.unrelated, args.seed)
-        scan_table(args.scan_files, repeats=3)
+        scan_table(args.scan_files, args.scan_repeats)
     if not args.skip_scale:
         scale_table(args.tracks, args.track_seconds, args.density, planted=100, seed=args.seed)
 

@@ -19,7 +19,7 @@ from vr_data.catalog.exclusions import write_exclusions
 from vr_data.io import check_writable
 from vr_data.quality.duplicates import content_duplicates, exclusions
 from vr_data.quality.pair_report import pair_check_report
-from vr_data.quality.search import MIN_VOTES
+from vr_data.quality.search import MIN_SECONDS, MIN_VOTES
 
 
 @app.command("check")
@@ -33,6 +33,8 @@ def check_command(
     exclude_duplicates: bool = typer.Option(False, help="List duplicates within a split in the exclusions too "
                                             "(all but the longest item of each role)."),
     min_votes: int = typer.Option(MIN_VOTES, min=2, help="Landmarks that must agree at one offset for a match."),
+    min_seconds: float = typer.Option(MIN_SECONDS, min=0.0, help="Seconds the agreeing landmarks must span (at "
+                                      "most half the shorter file)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Also write the findings as JSON ('-': stdout)."),
 ) -> None:
     """Find the same audio twice among MANIFESTs (re-encoded, resampled, trimmed, excerpted)."""
@@ -48,7 +50,7 @@ def check_command(
         raise VRDataError(stores[0], "is a store; vrdata check reads manifests (stores keep no fingerprints)")
     with humans_on_stderr(json_out == "-"):
         with console.status("matching fingerprints"):
-            findings = content_duplicates(manifests, min_votes=min_votes)
+            findings = content_duplicates(manifests, min_votes=min_votes, min_seconds=min_seconds)
         print_content_duplicates(findings)
         pairs = pair_check_report(manifests)
         print_pair_checks(pairs)

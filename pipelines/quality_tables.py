@@ -14,6 +14,10 @@ def print_content_duplicates(findings: dict) -> None:
     if findings["files_without_fingerprint"]:
         console.print(f"[yellow]warning:[/] {findings['files_without_fingerprint']} files have no fingerprint "
                       "(rescan with vrdata scan to add them)", highlight=False)
+    if findings.get("files_with_outdated_fingerprint"):
+        console.print(f"[yellow]warning:[/] {findings['files_with_outdated_fingerprint']} files have an outdated "
+                      f"fingerprint, not compared (this version reads {findings['fingerprint_version']}; rescan with "
+                      "vrdata scan to recompute them)", highlight=False)
     if not groups:
         console.print(f"content: no duplicate or leaked audio among {findings['files']} fingerprinted files",
                       highlight=False)

@@ -9,6 +9,7 @@ it out.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -21,10 +22,11 @@ from typer.testing import CliRunner
 from pipelines.vrdata import app
 from vr_data.audio import write_audio
 from vr_data.catalog.exclusions import Exclusion, read_exclusions, write_exclusions
-from vr_data.catalog.manifest import read_manifest
-from vr_data.dsp.fingerprint import FRAME_SECONDS, decode, encode, fingerprint_audio, sliding_max
+from vr_data.catalog.manifest import read_manifest, write_manifest
+from vr_data.dsp.fingerprint import (FRAME_SECONDS, HASH_BITS, decode, encode, fingerprint_audio, is_current,
+                                      sliding_max, within_budget)
 from vr_data.errors import VRDataError
-from vr_data.quality.search import MIN_VOTES, find_matches
+from vr_data.quality.search import MIN_SECONDS, MIN_VOTES, find_matches
 from vr_data.store import open_store
 from vr_data.testing.synth import music_like
 
@@ -116,6 +118,75 @@ def test_sliding_max_equals_a_naive_window_maximum():
             moved = np.moveaxis(values, axis, 0)
             naive = np.stack([moved[max(0, i - radius):i + radius + 1].max(axis=0) for i in range(len(moved))])
             assert np.array_equal(sliding_max(values, radius, axis), np.moveaxis(naive, 0, axis))
+
+
+def test_within_budget_equals_a_naive_count_of_stronger_neighbours():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        count = int(rng.integers(0, 60))
+        times = np.sort(rng.integers(0, 40, count))
+        strength = rng.integers(0, 5, count).astype(np.float32)  # many ties: the earlier index wins them
+        naive = np.array([sum(abs(times[j] - times[i]) <= 3 and (strength[j] > strength[i]
+                                                                 or (strength[j] == strength[i] and j < i))
+                              for j in range(count)) < 2 for i in range(count)], dtype=bool)
+        assert np.array_equal(within_budget(times, strength, 3, 2), naive)
+
+
+def test_hashes_fit_their_bits_and_survive_encoding(song):
+    hashes, times = fingerprint_audio(song, RATE)
+    assert len(hashes) > 10 * 20 and int(hashes.max()) < 1 << HASH_BITS
+    wide = hashes | np.uint32(1 << 31)  # the encoding keeps all 32 bits
+    assert np.array_equal(decode(encode(wide, times))[0], wide)
+
+
+def _synthetic_prints(rng: np.random.Generator, files: int, landmarks: int, copies: int):
+    prints = [(rng.integers(0, 1 << 12, landmarks, dtype=np.uint32), np.sort(rng.integers(0, 600, landmarks)).astype(np.int32))
+              for _ in range(files)]
+    for number in range(copies):  # half the landmarks of an earlier file, 5..40 frames later
+        hashes, times = prints[number * 3]
+        keep = rng.random(len(hashes)) < 0.5
+        prints.append((hashes[keep], times[keep] + 5 + number))
+    return prints
+
+
+def test_the_search_gives_the_same_matches_whatever_its_slices():
+    prints = _synthetic_prints(np.random.default_rng(1), 40, 300, 8)
+    whole = find_matches(prints, min_votes=3, slice_landmarks=10**9)
+    assert whole == find_matches(prints, min_votes=3, slice_landmarks=50)
+    planted = {(number * 3, 40 + number): (5 + number) * FRAME_SECONDS for number in range(8)}
+    found = {(m.a, m.b): m for m in whole}
+    for pair, offset in planted.items():
+        assert pair in found and found[pair].offset_seconds == pytest.approx(offset)
+
+
+def test_agreeing_landmarks_must_span_min_seconds_of_audio():
+    rng = np.random.default_rng(4)
+
+    def random_print():
+        return (rng.integers(0, 1 << 28, 2000, dtype=np.uint32), np.sort(rng.integers(0, 940, 2000)).astype(np.int32))
+
+    song, other = random_print(), random_print()
+
+    def sharing(chosen):  # `other` with 30 of the song's landmarks, 25 frames later
+        hashes = np.concatenate([other[0], song[0][chosen]])
+        times = np.concatenate([other[1], song[1][chosen] + 25])
+        order = np.argsort(times, kind="stable")
+        return hashes[order], times[order]
+
+    second = int(round(1 / FRAME_SECONDS))
+    burst = sharing(np.flatnonzero((song[1] >= 300) & (song[1] < 300 + second))[:30])   # within one second
+    spread = sharing(np.flatnonzero(song[1] >= 300)[::20][:30])                        # over many seconds
+    assert find_matches([song, burst], min_votes=20) == []
+    assert find_matches([song, burst], min_votes=20, min_seconds=0.5)
+    [match] = find_matches([song, spread], min_votes=20)
+    assert match.matched_seconds >= MIN_SECONDS and match.offset_seconds == pytest.approx(25 * FRAME_SECONDS)
+
+
+def test_the_stop_list_drops_crowded_hashes():
+    times = np.arange(50, dtype=np.int32)
+    tone = [(np.full(50, 7, np.uint32), times) for _ in range(4)]  # one hash everywhere: a pure tone
+    assert len(find_matches(tone, max_bucket=10**6)) == 6
+    assert find_matches(tone, max_bucket=150) == []  # 200 landmarks share the hash: dropped
 
 
 def test_silence_has_an_empty_fingerprint():
@@ -244,3 +315,21 @@ def test_pair_checks_flag_each_fault_and_strict_rejects_the_flagged(tmp_path):
     assert kept == {"good"}
     rejects = [json.loads(line) for line in (tmp_path / "strict.rejects.jsonl").read_text().splitlines()]
     assert {r["code"] for r in rejects} == {"pair_check"} and len(rejects) == 4
+
+
+def test_outdated_fingerprints_are_warned_about_and_recomputed_by_a_rescan(tmp_path):
+    library = tmp_path / "library"
+    for index in range(2):
+        write_audio(library / f"song{index}.flac", music_like(6.0, RATE, seed=40 + index), RATE)
+    manifest_path = _scan(library, "pretrain", tmp_path / "pretrain.jsonl")
+    manifest = read_manifest(manifest_path)
+    for item in manifest.items:  # as a manifest scanned by the previous fingerprint version would hold them
+        item.files = {key: dataclasses.replace(entry, fingerprint="lm1:" + entry.fingerprint.split(":", 1)[1])
+                      for key, entry in item.files.items()}
+    write_manifest(manifest_path, manifest)
+    check = runner.invoke(app, ["check", str(manifest_path)])
+    assert check.exit_code == 0, check.output
+    assert "2 files have an outdated fingerprint" in " ".join(check.output.split())
+    _scan(library, "pretrain", manifest_path)  # incremental: unchanged files, outdated fingerprints
+    assert all(is_current(entry.fingerprint) for item in read_manifest(manifest_path).items
+               for entry in item.files.values())

@@ -1,26 +1,37 @@
-"""Content fingerprints: landmark hashes of spectral peak pairs (Wang 2003, "Shazam").
+"""Content fingerprints: landmark hashes of spectral peak triplets (after Wang 2003, "Shazam").
 
 A fingerprint says *which song* a file holds, whatever was done to its bytes: re-encoding (mp3,
 ogg, 16-bit), resampling, gain, mono/stereo folding, a trim or an offset, or cutting an
 excerpt. Steps, all in `fingerprint_audio`:
 
-1. fold to mono and resample to 8 kHz (`FP_RATE`): what survives every codec and rate;
-2. log-magnitude STFT, `N_FFT` = 1024 (128 ms), hop `HOP` = 256 (32 ms per frame);
-3. peaks: local maxima of the power over +-`PEAK_BINS` bins and +-`PEAK_FRAMES` frames, at most
-   `PEAKS_PER_SECOND` a second (the strongest), ranked by level so gain changes nothing;
-4. landmarks: each peak (anchor) paired with its next `FANOUT` peaks 1..`MAX_DT` frames later
-   and within +-`MAX_DF` bins; hash = (anchor bin, bin difference, frame difference) in 22 bits.
+1. fold to mono and resample to 4 kHz (`FP_RATE`): what survives every codec and rate, and half
+   the cost of 8 kHz with the same landmarks' robustness (measured: docs/performance.md);
+2. power STFT, `N_FFT` = 512 (128 ms, 7.8 Hz bins), hop `HOP` = 256 (64 ms per frame);
+3. peaks: local maxima of the power over +-`PEAK_BINS` bins and +-`PEAK_FRAMES` frames, kept
+   when fewer than `PEAKS_PER_SECOND` stronger peaks lie within +-`BUDGET_FRAMES` frames (about
+   one second centred on the peak), ranked by level so gain changes nothing. The window slides
+   with the peak: a budget over fixed one-second blocks would change which peaks are kept when a
+   trim moves the block edges, and landmarks of a trimmed copy would be lost;
+4. landmarks: each peak (anchor) with its next `FANOUT` peaks 1..`MAX_DT` frames later and
+   within +-`MAX_DF` bins, taken two at a time (triplets: `FANOUT * (FANOUT - 1) / 2` per anchor);
+   hash = (anchor bin, two bin differences, two frame differences), quantised into
+   `HASH_BITS` = 28 bits (`triplet_hash`).
 
 A fingerprint is `(hashes uint32 (n,), times int32 (n,))`, `times` the anchor frame. Two files
 hold the same audio when many hashes agree at one time difference (`vr_data.quality.search`):
 a trim or offset moves every landmark together, an excerpt keeps a subset of them, and a
-codec loses some peaks but keeps most. Why landmarks rather than Chromaprint: Chromaprint's
+codec loses some peaks but keeps most. Why triplets: a peak pair's 22 bits gave hash buckets
+that grow with the corpus (1 landmark in 4 M shares a hash by chance: with 90 M landmarks every
+bucket holds about 20, and the search meets them all); a triplet's 28 bits make chance
+collisions 64 times rarer (half a landmark per bucket at 150 M landmarks), at the price of a
+landmark needing three peaks to survive instead of two. Why landmarks rather than Chromaprint: Chromaprint's
 fingerprint is a sequence of 32-bit chroma words matched by aligning whole sequences, good at
 whole-track identity and weak at short excerpts; landmarks match any overlap of a few seconds
 and need no binary (`fpcalc` is not a Python dependency). Measured: docs/performance.md.
 
-The manifest stores `encode(...)`: `VERSION:` then base64 of zlib(time deltas as uint16 +
-hashes as 3 bytes), about 4 bytes per landmark (18 landmarks a second: ~70 bytes a second).
+The manifest stores `encode(...)`: `VERSION:` then base64 of zlib(count as uint32, time deltas
+as uint16, hashes as 4 byte planes): 6 bytes a landmark before zlib, about 5 characters after
+zlib and base64 (synthetic music gives 17 to 24 landmarks a second: about 100 bytes a second).
 """
 
 from __future__ import annotations
@@ -30,21 +41,22 @@ import zlib
 
 import numpy as np
 
-VERSION = "lm1"
-FP_RATE = 8000
-N_FFT = 1024
+VERSION = "lm2"
+FP_RATE = 4000
+N_FFT = 512
 HOP = 256
-# soxr's quick quality: twice as fast as MQ, and the landmarks of a 48 kHz copy still agree
-# with those of the 44.1 kHz original at 89 % (MQ: 100 %; either is far above what matching needs).
+# soxr's quick quality: twice as fast as MQ; what it aliases differs between a 44.1 and a 48 kHz
+# copy, and still such copies keep most landmarks (docs/performance.md, "data quality").
 RESAMPLE_QUALITY = "QQ"
 FRAME_SECONDS = HOP / FP_RATE
-LOW_BIN, HIGH_BIN = 4, 480          # 31 Hz to 3.75 kHz: below the 8 kHz Nyquist and any codec cut-off
-PEAK_BINS, PEAK_FRAMES = 20, 6      # neighbourhood of a peak: +-156 Hz, +-192 ms
+LOW_BIN, HIGH_BIN = 4, 240          # 31 Hz to 1.875 kHz: below the 2 kHz Nyquist and any codec cut-off
+PEAK_BINS, PEAK_FRAMES = 20, 3      # neighbourhood of a peak: +-156 Hz, +-192 ms
 PEAKS_PER_SECOND = 6
-FANOUT = 3
-MAX_DT, MAX_DF = 63, 63            # target zone: up to 2 s later, +-490 Hz
+BUDGET_FRAMES = 8                   # the budget's window: +-512 ms around the peak
+FANOUT = 4
+MAX_DT, MAX_DF = 31, 63             # target zone: up to 2 s later, +-490 Hz
 FLOOR_DB = 70.0                     # peaks more than this below the file's loudest bin are noise
-_BLOCK = int(round(1.0 / FRAME_SECONDS))  # frames per second: the unit of the peak budget
+HASH_BITS = 28
 
 
 def fingerprint_audio(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, np.ndarray]:
@@ -54,8 +66,8 @@ def fingerprint_audio(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, 
     Silence and very short audio give empty arrays.
     """
     mono = np.asarray(audio, dtype=np.float32)
-    if mono.ndim == 2:
-        mono = mono[0] if len(mono) == 1 else np.add.reduce(mono, axis=0) * np.float32(1 / len(mono))
+    if mono.ndim == 2:  # the sum of the channels, not their mean: the level does not matter (peaks are ranked)
+        mono = mono[0] if len(mono) == 1 else mono[0] + mono[1] if len(mono) == 2 else np.add.reduce(mono, axis=0)
     if sample_rate != FP_RATE and mono.size:
         import soxr
 
@@ -65,7 +77,8 @@ def fingerprint_audio(audio: np.ndarray, sample_rate: int) -> tuple[np.ndarray, 
 
 
 def spectral_peaks(mono: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Peak frames and bins of mono 8 kHz audio, sorted by frame (see the module docstring)."""
+    """Peak frames and bins of mono `FP_RATE` audio float32 `(samples,)`, sorted by frame then bin
+    (see the module docstring): two int32 arrays `(peaks,)`."""
     import scipy.fft
 
     frames = (len(mono) - N_FFT) // HOP + 1
@@ -80,22 +93,46 @@ def spectral_peaks(mono: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return np.zeros(0, np.int32), np.zeros(0, np.int32)
     # Neighbourhood maximum, bins axis leading in the second pass (contiguous: twice as fast).
     local = sliding_max(sliding_max(power, PEAK_FRAMES, axis=0).T, PEAK_BINS, axis=0)  # (bins, frames)
-    by_bin = np.ascontiguousarray(power.T)
-    flat = np.flatnonzero(by_bin == local)
-    strength = by_bin.ravel()[flat]
-    f, t = np.divmod(flat[strength > loudest * 10 ** (-FLOOR_DB / 10)], by_bin.shape[1])
-    strength = strength[strength > loudest * 10 ** (-FLOOR_DB / 10)]
-    order = np.lexsort((f, t))  # by frame, then bin: ties below are broken the same way every time
-    t, f, strength = t[order], f[order], strength[order]
-    # The strongest PEAKS_PER_SECOND per one-second block: a budget, ranked, so gain is irrelevant.
-    block = t // _BLOCK
-    order = np.lexsort((-strength, block))
-    t, f, block = t[order], f[order], block[order]
-    starts = np.searchsorted(block, block, side="left")
-    keep = np.arange(len(block)) - starts < PEAKS_PER_SECOND
-    t, f = t[keep], f[keep]
-    order = np.lexsort((f, t))
-    return t[order].astype(np.int32), (f[order] + LOW_BIN).astype(np.int32)
+    flat = np.flatnonzero(power == local.T)  # by frame, then bin
+    strength = power.ravel()[flat]
+    loud = strength > loudest * 10 ** (-FLOOR_DB / 10)
+    t, f = np.divmod(flat[loud], power.shape[1])
+    keep = within_budget(t, strength[loud], BUDGET_FRAMES, PEAKS_PER_SECOND)
+    return t[keep].astype(np.int32), (f[keep] + LOW_BIN).astype(np.int32)
+
+
+def within_budget(times: np.ndarray, strength: np.ndarray, radius: int, budget: int) -> np.ndarray:
+    """Boolean `(peaks,)`: peak `i` has fewer than `budget` stronger peaks `j` with
+    `|times[j] - times[i]| <= radius` (`times` ascending; a tie goes to the earlier index).
+
+    Each peak is compared with its neighbours in time order, one distance at a time: a window
+    holds a few dozen peaks, so this is a few dozen vectorised passes.
+    """
+    count = len(times)
+    lo = np.searchsorted(times, times - radius, side="left")
+    hi = np.searchsorted(times, times + radius, side="right")
+    index = np.arange(count)
+    stronger = np.zeros(count, np.int32)
+    widest = int(max((hi - index).max(initial=0), (index - lo).max(initial=0)))
+    for distance in range(1, widest + 1):
+        later = index[:count - distance]  # i, compared with i + distance (in the window when < hi[i])
+        inside = later + distance < hi[later]
+        ahead = strength[distance:] > strength[:count - distance]
+        stronger[later] += inside & ahead
+        # ... and i + distance compared with i (in its window when i >= lo[i + distance]): ties go to i.
+        behind = strength[:count - distance] >= strength[distance:]
+        stronger[later + distance] += (later >= lo[later + distance]) & behind
+    return stronger < budget
+
+
+def triplet_hash(anchor_bin: np.ndarray, df1: np.ndarray, df2: np.ndarray, dt1: np.ndarray,
+                 dt2: np.ndarray) -> np.ndarray:
+    """The 28-bit hash of triplets, uint32 `(n,)`: the anchor bin (8 bits, < `HIGH_BIN`), the two
+    bin differences (7 bits each, +-`MAX_DF`), the two frame differences in 4-frame steps (3 bits
+    each, 1..`MAX_DT`). Frequencies survive a shift in time; a peak's frame moves by one when the
+    audio moves by part of a hop, and the coarse step keeps most such landmarks' hashes."""
+    return (np.asarray(anchor_bin, np.uint32) << 20 | (df1 + 64).astype(np.uint32) << 13
+            | (df2 + 64).astype(np.uint32) << 6 | (dt1.astype(np.uint32) >> 2) << 3 | dt2.astype(np.uint32) >> 2)
 
 
 def sliding_max(values: np.ndarray, radius: int, axis: int) -> np.ndarray:
@@ -115,32 +152,34 @@ def sliding_max(values: np.ndarray, radius: int, axis: int) -> np.ndarray:
 
 
 def landmarks(peaks_t: np.ndarray, peaks_f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Pair each peak with its next `FANOUT` peaks in the target zone: `(hashes, anchor times)`."""
-    hashes, times = [], []
-    n = len(peaks_t)
-    for step in range(1, 4 * FANOUT):  # look a few peaks ahead; FANOUT of them are kept per anchor
-        if step >= n:
-            break
-        dt = peaks_t[step:] - peaks_t[:-step]
-        df = peaks_f[step:] - peaks_f[:-step]
-        ok = (dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF)
-        anchors = np.nonzero(ok)[0]
-        hashes.append((peaks_f[anchors].astype(np.uint32) << 13) | ((df[anchors] + 64).astype(np.uint32) << 6)
-                      | dt[anchors].astype(np.uint32))
-        times.append(np.stack([anchors, np.full(len(anchors), step)]))
-    if not hashes:
+    """Triplets of peaks `(peaks,)` sorted by frame: `(hashes uint32, anchor times int32)`, one
+    entry per landmark, sorted by time then hash.
+
+    Each anchor's targets are its first `FANOUT` later peaks (in peak order) in the target zone;
+    every two of them make a landmark with the anchor.
+    """
+    count = len(peaks_t)
+    if count < 3:
         return np.zeros(0, np.uint32), np.zeros(0, np.int32)
-    hash_all = np.concatenate(hashes)
-    anchor_step = np.concatenate(times, axis=1)
-    # Keep the first FANOUT targets of each anchor (nearest in peak order).
-    order = np.lexsort((anchor_step[1], anchor_step[0]))
-    anchor = anchor_step[0][order]
-    rank = np.arange(len(anchor)) - np.searchsorted(anchor, anchor, side="left")
-    keep = order[rank < FANOUT]
-    hash_all, anchor = hash_all[keep], anchor_step[0][keep]
-    anchor_times = peaks_t[anchor]
-    order = np.lexsort((hash_all, anchor_times))
-    return hash_all[order], anchor_times[order].astype(np.int32)
+    # Candidates: the next few peaks of each anchor, (peaks, lookahead); the first FANOUT in the zone are kept.
+    candidate = np.arange(count)[:, None] + np.arange(1, 4 * FANOUT)
+    exists = candidate < count
+    candidate = np.minimum(candidate, count - 1)
+    dt = peaks_t[candidate] - peaks_t[:, None]
+    df = peaks_f[candidate] - peaks_f[:, None]
+    zone = exists & (dt >= 1) & (dt <= MAX_DT) & (np.abs(df) <= MAX_DF)
+    rank = np.cumsum(zone, axis=1) - 1  # 0 for an anchor's first target in the zone
+    anchors, columns = np.nonzero(zone & (rank < FANOUT))
+    targets = np.full((count, FANOUT), -1, np.int64)  # peak index of each anchor's targets, -1: none
+    targets[anchors, rank[anchors, columns]] = candidate[anchors, columns]
+    first, second = np.triu_indices(FANOUT, k=1)  # every two targets: (FANOUT * (FANOUT - 1) / 2,)
+    anchors, pairs = np.nonzero(targets[:, second] >= 0)
+    one, two = targets[anchors, first[pairs]], targets[anchors, second[pairs]]
+    hashes = triplet_hash(peaks_f[anchors], peaks_f[one] - peaks_f[anchors], peaks_f[two] - peaks_f[anchors],
+                          peaks_t[one] - peaks_t[anchors], peaks_t[two] - peaks_t[anchors])
+    anchor_times = peaks_t[anchors]
+    order = np.lexsort((hashes, anchor_times))
+    return hashes[order], anchor_times[order].astype(np.int32)
 
 
 def encode(hashes: np.ndarray, times: np.ndarray) -> str:
@@ -150,7 +189,7 @@ def encode(hashes: np.ndarray, times: np.ndarray) -> str:
     if len(deltas) and (deltas.min() < 0 or deltas.max() > 0xFFFF):
         raise ValueError("fingerprint times must ascend by at most 65535 frames")
     hashes = np.asarray(hashes, np.uint32)
-    packed = np.stack([hashes & 0xFF, (hashes >> 8) & 0xFF, (hashes >> 16) & 0xFF]).astype(np.uint8)
+    packed = np.stack([(hashes >> shift) & 0xFF for shift in (0, 8, 16, 24)]).astype(np.uint8)  # byte planes: zlib likes them
     payload = np.array([len(hashes)], "<u4").tobytes() + deltas.astype("<u2").tobytes() + packed.tobytes()
     return f"{VERSION}:" + base64.b64encode(zlib.compress(payload, 6)).decode("ascii")
 
@@ -167,11 +206,11 @@ def decode(text: str) -> tuple[np.ndarray, np.ndarray]:
     if len(payload) < 4:
         raise ValueError("damaged fingerprint (too short)")
     count = int(np.frombuffer(payload[:4], "<u4")[0])
-    if len(payload) != 4 + 5 * count:
+    if len(payload) != 4 + 6 * count:
         raise ValueError("damaged fingerprint (length does not match its count)")
     deltas = np.frombuffer(payload[4:4 + 2 * count], "<u2").astype(np.int64)
-    packed = np.frombuffer(payload[4 + 2 * count:], np.uint8).reshape(3, count).astype(np.uint32)
-    hashes = packed[0] | (packed[1] << 8) | (packed[2] << 16)
+    packed = np.frombuffer(payload[4 + 2 * count:], np.uint8).reshape(4, count).astype(np.uint32)
+    hashes = packed[0] | (packed[1] << 8) | (packed[2] << 16) | (packed[3] << 24)
     return hashes, np.cumsum(deltas).astype(np.int32)
 
 

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from vr_data import errors
 from vr_data.catalog.exclusions import Exclusion
 from vr_data.catalog.manifest import Manifest
-from vr_data.dsp.fingerprint import decode, is_current
-from vr_data.quality.search import MIN_VOTES, connected_groups, find_matches
+from vr_data.dsp.fingerprint import VERSION, decode, is_current
+from vr_data.quality.search import MIN_SECONDS, MIN_VOTES, connected_groups, find_matches
 
 HELD_OUT = {"train": 0, "valid": 1, "test": 2}
 
@@ -44,16 +44,20 @@ class FileRef:
                 "key": self.key, "path": self.path, "seconds": round(self.seconds, 3)}
 
 
-def fingerprinted_files(manifests: Iterable[Manifest]) -> tuple[list[FileRef], list, list[int], int]:
-    """`(files, fingerprints, owners, files without a current fingerprint)` of `manifests`."""
-    refs, prints, owners, missing = [], [], [], 0
+def fingerprinted_files(manifests: Iterable[Manifest]) -> tuple[list[FileRef], list, list[int], int, int]:
+    """`(files, fingerprints, owners, files without a fingerprint, files whose fingerprint is of an
+    older version)` of `manifests`; a damaged fingerprint counts as none."""
+    refs, prints, owners, missing, outdated = [], [], [], 0, 0
     owner_ids: dict[tuple[str, str], int] = {}
     for manifest in manifests:
         for item in manifest.items:
             owner = owner_ids.setdefault((manifest.library, item.id), len(owner_ids))
             for key, entry in sorted(item.files.items()):
                 if not is_current(entry.fingerprint):
-                    missing += 1
+                    if entry.fingerprint is None:
+                        missing += 1
+                    else:
+                        outdated += 1
                     continue
                 try:
                     prints.append(decode(entry.fingerprint))
@@ -63,13 +67,14 @@ def fingerprinted_files(manifests: Iterable[Manifest]) -> tuple[list[FileRef], l
                 refs.append(FileRef(manifest.library, manifest.role, item.split, item.id, key, entry.path,
                                     entry.duration))
                 owners.append(owner)
-    return refs, prints, owners, missing
+    return refs, prints, owners, missing, outdated
 
 
-def content_duplicates(manifests: Iterable[Manifest], min_votes: int = MIN_VOTES) -> dict:
+def content_duplicates(manifests: Iterable[Manifest], min_votes: int = MIN_VOTES,
+                       min_seconds: float = MIN_SECONDS) -> dict:
     """The duplicate groups and leaks of `manifests` (docs/stats.md, "content duplicates")."""
-    refs, prints, owners, missing = fingerprinted_files(manifests)
-    matches = find_matches(prints, owners, min_votes=min_votes)
+    refs, prints, owners, missing, outdated = fingerprinted_files(manifests)
+    matches = find_matches(prints, owners, min_votes=min_votes, min_seconds=min_seconds)
     groups = []
     for members in connected_groups(len(refs), matches):
         position = {file: index for index, file in enumerate(members)}
@@ -88,7 +93,8 @@ def content_duplicates(manifests: Iterable[Manifest], min_votes: int = MIN_VOTES
         groups.append({"leak": len(splits) > 1, "splits": splits, "kinds": kinds,
                        "files": [ref.to_json() for ref in files], "matches": edges})
     groups.sort(key=lambda g: (not g["leak"], g["files"][0]["library"], g["files"][0]["path"]))
-    return {"files": len(refs), "files_without_fingerprint": missing, "min_votes": min_votes,
+    return {"files": len(refs), "files_without_fingerprint": missing, "files_with_outdated_fingerprint": outdated,
+            "fingerprint_version": VERSION, "min_votes": min_votes, "min_seconds": min_seconds,
             "leaks": sum(group["leak"] for group in groups), "groups": groups}
 
 
