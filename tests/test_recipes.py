@@ -9,20 +9,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from test_build_support import GEOMETRY, STFT, load, scan_corpus, write_corpus
-from vr_data.store.build import build_store
 from vr_model.network.presets import get_config
 from vr_model.train import load_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("recipes")
-    manifests = scan_corpus(write_corpus(directory / "audio"), directory / "manifests")
-    build_store(load(manifests), directory / "store", stft=STFT, geometry=GEOMETRY)
-    return directory / "store"
 
 
 @pytest.mark.parametrize("name", ["cpu-smoke.toml", "gpu-curriculum.toml"])
@@ -54,13 +44,13 @@ def test_the_quality_benchmark_trains_with_the_cpu_smoke_recipe():
     assert (config.checkpoint.every, config.checkpoint.keep) == (20, 3)  # steps 20, 40 and 50
 
 
-def test_vrtrain_run_trains_with_the_cpu_smoke_recipe(store, tmp_path):
+def test_vrtrain_run_trains_with_the_cpu_smoke_recipe(built_store, tmp_path):
     from pipelines.vrtrain import app
 
     # The tests' store has n_fft 512 (256 bins + Nyquist): the model is told so, nothing else.
     sets = ["model.overrides.bins=256", "train.threads=1", "data.workers=0", "log.tensorboard=false", "train.warmup_steps=1",
             "curriculum=[{crop_frames=32, batch_size=4, accumulation=1, steps=2}]"]
-    result = CliRunner().invoke(app, ["run", "--store", str(store), "--out", str(tmp_path / "run"),
+    result = CliRunner().invoke(app, ["run", "--store", str(built_store), "--out", str(tmp_path / "run"),
                                       "--config", str(RECIPES / "cpu-smoke.toml"),
                                       *[item for value in sets for item in ("--set", value)]])
     assert result.exit_code == 0, result.output
