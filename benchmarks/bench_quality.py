@@ -472,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quick run: pipeline OK (gain {gain:+.2f} dB is not judged in a smoke run)")
             return 0
         trained = (f"{summary.steps} steps, {summary.examples} examples, {summary.seconds / 60:.1f} min of training "
-                   f"({train_cpu / 60:.1f} CPU-min; {budget_minutes:g} CPU-min budget)")
+                   f"({train_cpu / 60:.1f} CPU-min; "
+                   + (f"{budget_minutes:g} CPU-min budget)" if step_seconds is not None else "steps given)"))
         if args.corpus == "realistic":
             # Issue 24: beating an equaliser fitted on the evaluation pairs themselves, by 2 dB.
             margin = model - bin_mask_oracle
