@@ -1,7 +1,8 @@
 """Does it learn? A budgeted quality check of the whole recipe.
 
     .venv/bin/python benchmarks/bench_quality.py [--corpus synthetic|realistic] [--budget-minutes 25]
-        [--quick] [--work DIR] [--threads 1] [--steps N] [--set train.lr=3e-3 ...] [--keep]
+        [--quick] [--work DIR] [--threads 1] [--steps N] [--curve STEPS] [--set train.lr=3e-3 ...]
+        [--keep] [--json FILE]
 
 1. Synthesises a corpus with `vr_data.testing.demo` (chords, bass and drums; sung vowels with
    vibrato): instrumentals and vocals for training, which the mixer combines at random, and
@@ -9,9 +10,12 @@
    than every training track's.
 2. Scans the training libraries and builds a store (the project's defaults: 44.1 kHz, n_fft
    2048, hop 1024).
-3. Trains `tiny` with `vr_model.train.train` for a wall-clock budget: a few timed steps first
-   measure this machine's step time under its current load, and the run gets the number of
-   steps that fits the budget (its learning-rate schedule needs the count up front).
+3. Trains with `recipes/cpu-smoke.toml` (`tiny`; what `vrtrain run --config` reads) through
+   `vr_model.train.train` for a budget of CPU-minutes: two short calibration runs measure the
+   CPU time of a step and of a run's start on this machine, and the run gets the number of
+   steps that fits the budget (its learning-rate schedule needs the count up front). CPU time,
+   so a loaded machine gives the same steps as an idle one; wall time is printed beside it.
+   `--curve STEPS` keeps a checkpoint every STEPS steps and scores each: SDR against CPU-minutes.
 4. Separates every evaluation pair with the checkpoint (its EMA weights, the normalisation it
    was trained with) and scores it as `vrtrain eval` does: the MDX global SDR of the
    instrumental, beside the floor (the mixture as the estimate) and the ceiling (the ideal
@@ -81,20 +85,9 @@ EVAL_SEED = 9000
 VOCAL_LEVEL_DB = -6.0              # training vocals' RMS against the instrumentals' average
 EVAL_VOCAL_LEVELS_DB = (-9.0, -3.0)  # each evaluation pair's vocal RMS against its instrumental
 
-# The recipe the benchmark trains with (docs/performance.md, "quality", says how it was found).
-# `--set` overrides any of these; the curriculum's steps are set from the budget.
-RECIPE = {
-    "crop_frames": 64,     # 1.5 s: at a fixed compute budget, 4x the steps of 256-frame crops
-    "batch_size": 4,
-    "overrides": [
-        "model.preset=tiny",
-        "train.loss=l2",   # L1 kept the mask at ~1 everywhere (pass everything)
-        "train.lr=3e-3",
-        "train.min_lr=1e-5",
-        "train.warmup_steps=20",
-        "train.ema_decay=0.99",
-    ],
-}
+# The recipe the benchmark trains with: the CPU smoke recipe users run (docs/training.md,
+# "Recipes", says how it was found). `--set` overrides any key; the steps come from the budget.
+RECIPE_FILE = Path(__file__).resolve().parents[1] / "recipes" / "cpu-smoke.toml"
 
 
 # ----------------------------------------------------------------------------- corpus and store
@@ -178,37 +171,55 @@ def build(root: Path, roots: dict[str, Path]) -> tuple[Path, Path]:
 # ----------------------------------------------------------------------------- training
 
 
-def run_config(recipe: dict, steps: int, threads: int, extra: list[str]):
-    """The training config: the recipe, augmented mixes only (the store has no pairs), one
-    stage of `steps` steps, no validation (the store has no valid split), quiet logging."""
+def recipe_stage(crop: int | None = None, batch: int | None = None) -> tuple[int, int]:
+    """(crop frames, batch size) of the recipe's first stage, or the given ones."""
     from vr_model.train import load_config
 
-    stage = f"curriculum=[{{crop_frames={recipe['crop_frames']}, batch_size={recipe['batch_size']}, " \
-            f"accumulation=1, steps={steps}}}]"
+    stage = load_config(RECIPE_FILE).curriculum[0]
+    return crop or stage.crop_frames, batch or stage.batch_size
+
+
+def run_config(stage: tuple[int, int], steps: int, threads: int, extra: list[str], curve_every: int = 0):
+    """The training config: `RECIPE_FILE`, augmented mixes only (the store has no pairs), one
+    stage of `steps` steps at `stage` = (crop frames, batch), no validation (the store has no
+    valid split), quiet logging; a checkpoint at the end, and every `curve_every` steps (all
+    kept) when the SDR curve is asked for."""
+    from vr_model.train import load_config
+
+    crop, batch = stage
+    every = curve_every if 0 < curve_every < steps else steps
     overrides = [
         "mixer.proportions={augmented=1.0}", 'mixer.instrumental_sources=["instrumental"]',
         f"train.threads={threads}", "data.workers=1", "log.every=10", "log.tensorboard=false",
-        "log.progress=plain", "validation.every=0", f"checkpoint.every={steps}", "checkpoint.keep=1",
-        *recipe["overrides"], stage, *extra,
+        "log.progress=plain", "validation.every=0", f"checkpoint.every={every}",
+        f"checkpoint.keep={steps // every + 1}",
+        f"curriculum=[{{crop_frames={crop}, batch_size={batch}, accumulation=1, steps={steps}}}]",
+        *extra,
     ]
-    return load_config(None, overrides)
+    return load_config(RECIPE_FILE, overrides)
 
 
-def measure_step_seconds(store: Path, work: Path, recipe: dict, threads: int, extra: list[str],
-                         steps: int = 30) -> float:
-    """Seconds per optimizer step of the real loop (loader, forward, loss, backward, AdamW, EMA)
-    on this machine now: a throwaway run of `steps` steps, timed over its intervals after the
-    first ten steps (which pay for oneDNN's primitive creation and the loader's start)."""
+def measure_step_cpu_seconds(store: Path, work: Path, stage: tuple[int, int], threads: int,
+                             extra: list[str], steps: tuple[int, int] = (10, 40)) -> tuple[float, float]:
+    """(CPU seconds per optimizer step, CPU seconds a run pays once) of the real loop (loader,
+    forward, loss, backward, AdamW, EMA, checkpoint) on this machine: two throwaway runs of
+    `steps[0]` and `steps[1]` steps; the difference of their CPU times (this process and its
+    reaped loader worker) over the difference of steps is the step's cost, the rest the start
+    (oneDNN primitives, the loader, the checkpoint). CPU time, not wall time: a budget in
+    CPU-minutes means the same on a loaded machine as on an idle one."""
     from vr_model.train import train
-    from vr_model.train.runlog import read_metrics
 
-    run_dir = Path(tempfile.mkdtemp(prefix="calibration-", dir=work))
-    try:
-        train(store, run_dir, run_config(recipe, steps, threads, [*extra, "log.progress=plain"]))
-        intervals = [r for r in read_metrics(run_dir) if r.get("kind") == "train" and r["step"] > 10]
-        return sum(r["seconds_per_step"] for r in intervals) / len(intervals)
-    finally:
-        shutil.rmtree(run_dir, ignore_errors=True)
+    spent = []
+    for count in steps:
+        run_dir = Path(tempfile.mkdtemp(prefix="calibration-", dir=work))
+        try:
+            before = cpu_seconds()
+            train(store, run_dir, run_config(stage, count, threads, extra))
+            spent.append(cpu_seconds() - before)
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
+    per_step = max((spent[1] - spent[0]) / (steps[1] - steps[0]), 1e-3)
+    return per_step, max(spent[0] - steps[0] * per_step, 0.0)
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -228,11 +239,13 @@ class Evaluation:
         return self.report.aggregate("median")[estimate]["instrumental"]["sdr"]
 
 
-def evaluate(checkpoint: Path, eval_manifest: Path, crop_frames: int, weights: str = "ema") -> Evaluation:
+def evaluate(checkpoint: Path, eval_manifest: Path, crop_frames: int, weights: str = "ema",
+             oracles: bool = True) -> Evaluation:
     """Separate and score every evaluation pair: decode, STFT, masks crop by crop (the
     checkpoint's normalisation), inverse STFT, then model / floor / ceiling scores per track,
     and the input-blind oracles of `vr_model.inference.oracles` (as `vrtrain eval` reports them:
-    the best gain per track, the best fixed per-bin mask over all pairs, both fitted on them)."""
+    the best gain per track, the best fixed per-bin mask over all pairs, both fitted on them;
+    `oracles=False` leaves them out: they do not depend on the checkpoint)."""
     import numpy as np
 
     from vr_data.catalog.manifest import read_manifest
@@ -247,7 +260,7 @@ def evaluate(checkpoint: Path, eval_manifest: Path, crop_frames: int, weights: s
                                           options=SeparationOptions(crop_frames=crop_frames, overlap=0.5))
     config = separator.stft
     report = EvalReport()
-    oracles = OracleFit(config)
+    fit = OracleFit(config) if oracles else None
     weighted = {"vocal": [0.0, 0.0], "instrumental": [0.0, 0.0]}
     for track in eval_tracks(read_manifest(eval_manifest)):
         mixture, instrumental, vocals = load_references(track, config.sample_rate)
@@ -255,7 +268,8 @@ def evaluate(checkpoint: Path, eval_manifest: Path, crop_frames: int, weights: s
         estimate_spec = separator.instrumental_spectrogram(mixture_spec)
         estimate = istft(estimate_spec, config, length=mixture.shape[-1])
         report.results.append(score_track(track.id, mixture, instrumental, vocals, estimate, config))
-        oracles.add(track, track.id, mixture, instrumental, vocals)
+        if fit is not None:
+            fit.add(track, track.id, mixture, instrumental, vocals)
         magnitude = np.abs(mixture_spec)
         mask = np.divide(np.abs(estimate_spec), magnitude, out=np.ones_like(magnitude), where=magnitude > 0)
         vocal_dominated = np.abs(stft(vocals, config)) > np.abs(stft(instrumental, config))
@@ -263,7 +277,8 @@ def evaluate(checkpoint: Path, eval_manifest: Path, crop_frames: int, weights: s
         for name, where in (("vocal", vocal_dominated), ("instrumental", ~vocal_dominated)):
             weighted[name][0] += float(np.sum(mask * energy * where))
             weighted[name][1] += float(np.sum(energy * where))
-    report.oracles = oracles.finish(lambda track: load_references(track, config.sample_rate))
+    if fit is not None:
+        report.oracles = fit.finish(lambda track: load_references(track, config.sample_rate))
     return Evaluation(report, weighted["vocal"][0] / max(weighted["vocal"][1], 1e-30),
                       weighted["instrumental"][0] / max(weighted["instrumental"][1], 1e-30),
                       time.perf_counter() - started)
@@ -281,6 +296,30 @@ def figures_table(evaluation: Evaluation) -> str:
     for title, name in rows:
         value = evaluation.median(name)
         lines.append(f"{title:<56} {value:6.2f} {value - floor:+7.2f}")
+    return "\n".join(lines)
+
+
+def learning_curve(run_dir: Path, eval_manifest: Path, crop_frames: int, steps: int,
+                   train_cpu: float) -> list[dict]:
+    """Median instrumental SDR of every kept checkpoint of the run (EMA weights), with its
+    training CPU-minutes pro rata of its step (the steps cost the same; the start is spread)."""
+    from vr_model.network.checkpoint import list_checkpoints
+
+    points = []
+    for checkpoint in list_checkpoints(run_dir / "checkpoints"):
+        step = int(checkpoint.name.split("-")[-1])
+        evaluation = evaluate(checkpoint, eval_manifest, crop_frames, oracles=False)
+        points.append({"step": step, "cpu_minutes": train_cpu / 60 * step / max(steps, 1),
+                       "sdr": evaluation.median("model")})
+        print(f"curve: step {step}: {evaluation.median('model'):.2f} dB ({evaluation.seconds:.0f} s to evaluate)")
+    return points
+
+
+def curve_table(curve: list[dict], bin_mask_oracle: float) -> str:
+    """SDR against training CPU-minutes, and against the per-bin oracle."""
+    lines = [f"{'step':>6} {'CPU-min':>8} {'model dB':>9} {'- per-bin oracle':>17}"]
+    lines += [f"{p['step']:>6} {p['cpu_minutes']:>8.1f} {p['sdr']:>9.2f} {p['sdr'] - bin_mask_oracle:>+17.2f}"
+              for p in curve]
     return "\n".join(lines)
 
 
@@ -305,7 +344,7 @@ def load_average() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--budget-minutes", type=float, default=None,
-                        help=f"training wall-clock budget (default {DEFAULT_BUDGET_MINUTES:g}; --quick: 1)")
+                        help=f"training budget in CPU-minutes (default {DEFAULT_BUDGET_MINUTES:g}; --quick: 1)")
     parser.add_argument("--quick", action="store_true", help="smoke run: small corpus, 1 minute, no pass/fail")
     parser.add_argument("--work", type=Path, default=None, help="cache the corpus, store and run here")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work directory")
@@ -315,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="train this many steps instead of the budget's")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="extra trainer config override (repeatable)")
+    parser.add_argument("--curve", type=int, default=0, metavar="STEPS",
+                        help="also evaluate a checkpoint every STEPS steps: SDR against CPU-minutes")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures as JSON here")
     parser.add_argument("--corpus", choices=("synthetic", "realistic"), default="synthetic",
                         help="synthetic (default) or realistic: Debian soundtracks with festival and espeak-ng "
@@ -338,9 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         spec = QUICK if args.quick else FULL
     budget_minutes = args.budget_minutes if args.budget_minutes is not None else (1.0 if args.quick else DEFAULT_BUDGET_MINUTES)
-    recipe = dict(RECIPE)
-    recipe["crop_frames"] = args.crop or recipe["crop_frames"]
-    recipe["batch_size"] = args.batch or recipe["batch_size"]
+    stage_shape = recipe_stage(args.crop, args.batch)
 
     temporary = None
     if args.work is None:
@@ -372,17 +411,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.steps:
             steps, step_seconds = args.steps, None
         else:
-            step_seconds = measure_step_seconds(store, work, recipe, args.threads, args.overrides,
-                                                steps=12 if args.quick else 30)
-            steps = max(1, int(budget_minutes * 60 / step_seconds))
-        config = run_config(recipe, steps, args.threads, args.overrides)
+            step_seconds, start_seconds = measure_step_cpu_seconds(
+                store, work, stage_shape, args.threads, args.overrides, steps=(4, 12) if args.quick else (10, 40))
+            steps = max(1, int((budget_minutes * 60 - start_seconds) / step_seconds))
+        config = run_config(stage_shape, steps, args.threads, args.overrides, args.curve)
         stage = config.curriculum[0]
-        print(f"training: tiny, crop {stage.crop_frames} frames, batch {stage.batch_size}, lr {config.train.lr:g}, "
-              f"warmup {config.train.warmup_steps}, loss {config.train.loss}, normalisation "
+        print(f"training: {RECIPE_FILE.name}: {config.model.preset}, crop {stage.crop_frames} frames, batch "
+              f"{stage.batch_size}, lr {config.train.lr:g} (warmup {config.train.warmup_steps}, to "
+              f"{config.train.min_lr:g}), loss {config.train.loss}, EMA {config.train.ema_decay:g}, normalisation "
               f"{config.mixer.normalisation}" + (f"; extra {' '.join(args.overrides)}" if args.overrides else ""))
         if step_seconds is not None:
-            print(f"budget {budget_minutes:g} min; a calibration run measured {step_seconds:.2f} s/step now "
-                  f"-> {steps} steps")
+            print(f"budget {budget_minutes:g} CPU-min; calibration runs measured {step_seconds:.3f} CPU-s/step "
+                  f"and {start_seconds:.1f} CPU-s to start -> {steps} steps")
         (work / "runs").mkdir(parents=True, exist_ok=True)
         run_dir = Path(tempfile.mkdtemp(prefix=time.strftime("%Y%m%d-%H%M%S-"), dir=work / "runs"))
         load_before = load_average()
@@ -394,9 +434,11 @@ def main(argv: list[str] | None = None) -> int:
               f"({summary.seconds / max(summary.steps, 1):.2f} s/step; data wait {100 * summary.data_wait_share:.1f}%); "
               f"loss {summary.first_loss:.3g} -> {summary.last_loss:.3g}; load average {load_before} -> {load_average()}")
 
-        if step_seconds is not None and summary.seconds > 1.2 * budget_minutes * 60:
-            print(f"note: training took {summary.seconds / 60:.1f} min, over the {budget_minutes:g} min budget "
-                  f"(the machine got slower than during the calibration)")
+        if step_seconds is not None and train_cpu > 1.2 * budget_minutes * 60:
+            print(f"note: training used {train_cpu / 60:.1f} CPU-min, over the {budget_minutes:g} CPU-min budget "
+                  f"(steps cost more than during the calibration)")
+        curve = learning_curve(run_dir, eval_manifest, stage.crop_frames, summary.steps, train_cpu) \
+            if args.curve else []
         evaluation = evaluate(run_dir, eval_manifest, stage.crop_frames)
         model, floor, ceiling = (evaluation.median(name) for name in ("model", "floor", "ceiling"))
         gain_oracle, bin_mask_oracle = evaluation.median("gain"), evaluation.median("bin_mask")
@@ -409,6 +451,8 @@ def main(argv: list[str] | None = None) -> int:
               f"gain over the floor {gain:+.2f} dB ({100 * gain / max(ceiling - floor, 1e-9):.0f}% of the way to the ceiling)")
         print(figures_table(evaluation))
         print(f"model - best fixed per-bin mask (an equaliser fitted on these pairs): {model - bin_mask_oracle:+.2f} dB")
+        if curve:
+            print(curve_table(curve, bin_mask_oracle))
         figures = {
             "budget_minutes": budget_minutes, "steps": summary.steps, "examples": summary.examples,
             "train_seconds": summary.seconds, "train_cpu_seconds": train_cpu, "step_seconds_measured": step_seconds,
@@ -419,7 +463,8 @@ def main(argv: list[str] | None = None) -> int:
             "constant_gain_sdr": gain_oracle, "spectral_mask_sdr": bin_mask_oracle,
             "mask_vocal": evaluation.mask_vocal, "mask_instrumental": evaluation.mask_instrumental,
             "per_track": [r.model.instrumental_sdr for r in evaluation.report.results],
-            "load_average_end": load_average(), "corpus": spec.to_dict(),
+            "load_average_end": load_average(), "corpus": spec.to_dict(), "recipe": str(RECIPE_FILE.name),
+            "curve": curve,
         }
         if args.json:
             args.json.write_text(json.dumps(figures, indent=1) + "\n")
@@ -427,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quick run: pipeline OK (gain {gain:+.2f} dB is not judged in a smoke run)")
             return 0
         trained = (f"{summary.steps} steps, {summary.examples} examples, {summary.seconds / 60:.1f} min of training "
-                   f"({train_cpu / 60:.1f} CPU-min; {budget_minutes:g} min budget)")
+                   f"({train_cpu / 60:.1f} CPU-min; "
+                   + (f"{budget_minutes:g} CPU-min budget)" if step_seconds is not None else "steps given)"))
         if args.corpus == "realistic":
             # Issue 24: beating an equaliser fitted on the evaluation pairs themselves, by 2 dB.
             margin = model - bin_mask_oracle
