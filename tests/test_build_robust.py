@@ -177,7 +177,10 @@ def _cli(*arguments: str) -> list[str]:
 
 @pytest.mark.slow
 def test_two_builds_racing_for_a_new_store_leave_one_consistent_store(tmp_path):
-    manifests = [_manifest(tmp_path, name, ["a.wav", "b.wav"]) for name in ("left", "right")]
+    # Other items in each: a build that starts after the other has finished is refused too
+    # ("--append"), not told "nothing to do" for items the store already holds.
+    manifests = [_manifest(tmp_path, name, files) for name, files in (("left", ["a.wav", "b.wav"]),
+                                                                       ("right", ["c.wav", "d.wav"]))]
     environment = {**os.environ, "VR_PROGRESS": "0"}
     for attempt in range(1):  # before the lock, about 2 runs in 10 left two plans in one store
         out = tmp_path / f"store{attempt}"
