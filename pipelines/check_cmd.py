@@ -33,8 +33,8 @@ def check_command(
     exclude_duplicates: bool = typer.Option(False, help="List duplicates within a split in the exclusions too "
                                             "(all but the longest item of each role)."),
     min_votes: int = typer.Option(MIN_VOTES, min=2, help="Landmarks that must agree at one offset for a match."),
-    min_seconds: float = typer.Option(MIN_SECONDS, min=0.0, help="Seconds the agreeing landmarks must span (at "
-                                      "most half the shorter file)."),
+    min_seconds: int = typer.Option(MIN_SECONDS, min=0, help="Distinct seconds that must hold agreeing landmarks "
+                                    "(at most half the shorter file's)."),
     json_out: Optional[str] = typer.Option(None, "--json", help="Also write the findings as JSON ('-': stdout)."),
 ) -> None:
     """Find the same audio twice among MANIFESTs (re-encoded, resampled, trimmed, excerpted)."""

@@ -179,7 +179,7 @@ def test_agreeing_landmarks_must_span_min_seconds_of_audio():
     assert find_matches([song, burst], min_votes=20) == []
     assert find_matches([song, burst], min_votes=20, min_seconds=0.5)
     [match] = find_matches([song, spread], min_votes=20)
-    assert match.matched_seconds >= MIN_SECONDS and match.offset_seconds == pytest.approx(25 * FRAME_SECONDS)
+    assert match.agreeing_seconds >= MIN_SECONDS and match.offset_seconds == pytest.approx(25 * FRAME_SECONDS)
 
 
 def test_the_stop_list_drops_crowded_hashes():

@@ -71,7 +71,7 @@ def fingerprinted_files(manifests: Iterable[Manifest]) -> tuple[list[FileRef], l
 
 
 def content_duplicates(manifests: Iterable[Manifest], min_votes: int = MIN_VOTES,
-                       min_seconds: float = MIN_SECONDS) -> dict:
+                       min_seconds: int = MIN_SECONDS) -> dict:
     """The duplicate groups and leaks of `manifests` (docs/stats.md, "content duplicates")."""
     refs, prints, owners, missing, outdated = fingerprinted_files(manifests)
     matches = find_matches(prints, owners, min_votes=min_votes, min_seconds=min_seconds)
@@ -89,7 +89,8 @@ def content_duplicates(manifests: Iterable[Manifest], min_votes: int = MIN_VOTES
         if len(libraries) < len(files):
             kinds.append("within_library")
         edges = [{"a": position[m.a], "b": position[m.b], "votes": m.votes, "offset_seconds": m.offset_seconds,
-                  "matched_seconds": m.matched_seconds} for m in matches if m.a in position]
+                  "matched_seconds": m.matched_seconds, "agreeing_seconds": m.agreeing_seconds}
+                 for m in matches if m.a in position]
         groups.append({"leak": len(splits) > 1, "splits": splits, "kinds": kinds,
                        "files": [ref.to_json() for ref in files], "matches": edges})
     groups.sort(key=lambda g: (not g["leak"], g["files"][0]["library"], g["files"][0]["path"]))

@@ -13,11 +13,12 @@ same audio, with the time offset between them and the matched duration. How:
 3. votes at one pair and offset are counted (`np.unique`) together with those of the two
    neighbouring offsets (a landmark moves by a frame when the audio is shifted by part of a
    hop); a pair matches when its best offset has at least `min_votes` votes and the landmarks
-   that agree span at least `min_seconds` of audio (or half the shorter file, when that is
-   shorter). Unrelated songs share a hash now and then, but at scattered offsets: a few votes
-   at the best offset for 30 s of music (docs/performance.md), against dozens to hundreds for a
-   copy; the span keeps out a burst of agreeing landmarks within a second or two (one repeated
-   beat of two songs from one generator), which no copy, trim or excerpt of a few seconds is.
+   that agree fall in at least `min_seconds` distinct seconds of the audio (or half the shorter
+   file's, when that is fewer). Unrelated songs share a hash now and then, but at scattered
+   offsets: a few votes at the best offset for 30 s of music (docs/performance.md), against
+   dozens to hundreds for a copy; the seconds rule keeps out votes bunched in a second or two
+   (two songs from one generator that open on the same chord), which no copy, trim or excerpt
+   of a few seconds gives.
 
 Cost: a sort of one uint64 a landmark, passes linear in landmarks, and the landmark pairs that
 share a hash: true copies, and chance collisions of the 28-bit hashes, whose number grows with
@@ -39,7 +40,7 @@ import numpy as np
 from vr_data.dsp.fingerprint import FRAME_SECONDS, HASH_BITS, VERSION
 
 MIN_VOTES = 16
-MIN_SECONDS = 3.0
+MIN_SECONDS = 4
 MAX_BUCKET = 500
 _OFFSET_SPAN = 1 << 22  # offsets in frames fit in +-2**21 frames (37 hours at 64 ms)
 _INDEX_BITS = 64 - HASH_BITS  # a landmark's position in the index key: up to 2**36 landmarks
@@ -48,8 +49,9 @@ _INDEX_BITS = 64 - HASH_BITS  # a landmark's position in the index key: up to 2*
 @dataclass(frozen=True)
 class Match:
     """Two files with the same audio: the audio at `t` s in file `a` is at `t + offset_seconds`
-    in file `b`; `matched_seconds` is the span of `a` where landmarks agree; `votes` the
-    landmarks that agree at that offset (out of `a_landmarks` and `b_landmarks`)."""
+    in file `b`; `matched_seconds` is the span of `a` where landmarks agree, `agreeing_seconds`
+    the distinct seconds of `a` that hold one; `votes` the landmarks that agree at that offset
+    (out of `a_landmarks` and `b_landmarks`)."""
 
     a: int
     b: int
@@ -58,6 +60,7 @@ class Match:
     matched_seconds: float
     a_landmarks: int
     b_landmarks: int
+    agreeing_seconds: int = 0
 
 
 def find_matches(
@@ -65,7 +68,7 @@ def find_matches(
     owners: Sequence[int] | None = None,
     *,
     min_votes: int = MIN_VOTES,
-    min_seconds: float = MIN_SECONDS,
+    min_seconds: int = MIN_SECONDS,
     max_bucket: int = MAX_BUCKET,
     slice_landmarks: int = 4_000_000,
 ) -> list[Match]:
@@ -97,10 +100,10 @@ def find_matches(
         anchor_times.append(anchor)
         first = last
     matches = _matches(np.concatenate(votes), np.concatenate(anchor_times), sizes, min_votes)
-    # The span of each file's landmarks: a match need not span more than half the shorter file.
+    # The seconds each file's landmarks cover: a match need not agree in more than half the shorter file's.
     spans = np.array([(int(t.max()) - int(t.min()) + 1) * FRAME_SECONDS if len(t) else 0.0
                       for _, t in fingerprints])
-    return [m for m in matches if m.matched_seconds >= min(min_seconds, 0.5 * min(spans[m.a], spans[m.b]))]
+    return [m for m in matches if m.agreeing_seconds >= min(min_seconds, 0.5 * min(spans[m.a], spans[m.b]))]
 
 
 def _index(fingerprints, sizes: np.ndarray, max_bucket: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -198,14 +201,17 @@ def _matches(key: np.ndarray, anchor_times: np.ndarray, sizes: np.ndarray, min_v
     where, agreeing = where[found], anchor_times[found].astype(np.int64)
     np.minimum.at(earliest, where, agreeing)
     np.maximum.at(latest, where, agreeing)
+    # Distinct seconds of `a` holding an agreeing landmark, per best key.
+    per_second = np.unique(where * (1 << 32) + agreeing // int(round(1 / FRAME_SECONDS)))
+    seconds = np.bincount(per_second >> 32, minlength=len(best_keys))
     results = []
     count = len(sizes)
-    for key_value, vote_count, start, stop in zip(best_keys, best_votes, earliest, latest):
+    for key_value, vote_count, start, stop, held in zip(best_keys, best_votes, earliest, latest, seconds):
         a, b = divmod(int(key_value // _OFFSET_SPAN), count)
         offset_frames = int(key_value % _OFFSET_SPAN) - _OFFSET_SPAN // 2
         matched = (int(stop) - int(start) + 1) * FRAME_SECONDS
         results.append(Match(a, b, int(vote_count), round(offset_frames * FRAME_SECONDS, 3), round(matched, 2),
-                             int(sizes[a]), int(sizes[b])))
+                             int(sizes[a]), int(sizes[b]), int(held)))
     results.sort(key=lambda m: (m.a, m.b))
     return results
 
