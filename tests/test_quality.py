@@ -159,7 +159,7 @@ def test_the_search_gives_the_same_matches_whatever_its_slices():
         assert pair in found and found[pair].offset_seconds == pytest.approx(offset)
 
 
-def test_agreeing_landmarks_must_span_min_seconds_of_audio():
+def test_agreeing_landmarks_must_fall_in_min_seconds_distinct_seconds():
     rng = np.random.default_rng(4)
 
     def random_print():
